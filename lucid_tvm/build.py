@@ -1,0 +1,141 @@
+"""Floor 3: a kernel spec becomes a compiled module, cached in memory and on disk.
+
+The disk cache is content-addressed: the key hashes everything that decides the machine code
+(the kernel sources, the spec, the schedule, the target and the TVM version), so a change to any
+of them compiles anew and a second process with the same inputs loads the shared library
+without compiling. Files are written to a temporary name and renamed, so readers never see a
+half-written module.
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import tvm
+from tvm.target import codegen
+
+from .kernels import recurrent
+from .kernels.gates import MODES, NUM_GATES
+from .schedule import default_schedule
+
+_KERNEL_SOURCES = sorted((Path(__file__).parent / "kernels").glob("*.py"))
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """What one compiled layer-direction module computes."""
+
+    mode: str
+    input_size: int
+    hidden_size: int
+    dtype: str
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"unknown recurrent mode {self.mode!r}; expected one of {MODES}")
+
+    @property
+    def num_gates(self):
+        return NUM_GATES[self.mode]
+
+
+def host_target():
+    """The CPU this process runs on, with its own -mcpu and core count."""
+    return tvm.target.Target(
+        {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": os.cpu_count() or 1}
+    )
+
+
+def cache_dir():
+    """``$LUCID_TVM_CACHE_DIR``, else ``$XDG_CACHE_HOME/lucid_tvm``, else ``~/.cache/lucid_tvm``."""
+    if os.environ.get("LUCID_TVM_CACHE_DIR"):
+        return Path(os.environ["LUCID_TVM_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "lucid_tvm"
+
+
+def _sources_digest():
+    h = hashlib.sha256()
+    for path in _KERNEL_SOURCES:
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+_SOURCES_DIGEST = _sources_digest()
+
+
+def cache_key(spec, schedule, target):
+    text = json.dumps(
+        {
+            "spec": asdict(spec),
+            "schedule": asdict(schedule),
+            "target": str(target),
+            "tvm": tvm.__version__,
+            "kernels": _SOURCES_DIGEST,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def lower(spec, schedule):
+    """The IRModule of one layer-direction: ``project`` and ``recur``."""
+    return tvm.IRModule(
+        {
+            "project": recurrent.projection(
+                spec.num_gates, spec.input_size, spec.hidden_size, spec.dtype,
+                schedule.lanes, schedule.rows, schedule.project_parallel,
+            ),
+            "recur": recurrent.recurrence(
+                spec.mode, spec.hidden_size, spec.dtype,
+                schedule.lanes, schedule.rows, schedule.recur_parallel,
+            ),
+        }
+    )
+
+
+_memory = {}
+_lock = threading.Lock()
+
+
+def compile_layer(spec, target=None):
+    """(runtime module, schedule) for ``spec`` on ``target`` (default: this CPU), from a cache if possible."""
+    target = target or host_target()
+    schedule = default_schedule(target, spec.mode, spec.input_size, spec.hidden_size, spec.dtype)
+    key = cache_key(spec, schedule, target)
+    with _lock:
+        if key not in _memory:
+            _memory[key] = _load_or_build(key, spec, schedule, target)
+        return _memory[key], schedule
+
+
+def _load_or_build(key, spec, schedule, target):
+    path = cache_dir() / f"{key}.so"
+    if path.exists():
+        try:
+            return tvm.runtime.load_module(str(path))
+        except Exception as err:  # a truncated or foreign file: rebuild it
+            warnings.warn(f"lucid_tvm: discarding unreadable cached module {path}: {err}", stacklevel=3)
+    module = tvm.tirx.build(lower(spec, schedule), target=target)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+        os.close(fd)
+        try:
+            module.export_library(tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        # Run from the shared library, as a later process would.
+        return tvm.runtime.load_module(str(path))
+    except OSError as err:
+        warnings.warn(f"lucid_tvm: cannot write the kernel cache at {path.parent} ({err}); "
+                      "kernels will be compiled in every process", stacklevel=3)
+        return module

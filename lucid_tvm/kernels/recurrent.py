@@ -1,0 +1,167 @@
+"""TIR kernels of a recurrent layer: the input projection of all steps, and the time loop.
+
+A layer-direction runs as two compiled calls:
+
+1. ``project``: ``xp = x @ W_ih^T + b_ih`` for every step at once, one GEMM over (T*B) rows.
+2. ``recur``: the time loop. Each step computes ``h @ W_hh^T + b_hh`` for every hidden block and
+   applies the gate equations of :mod:`.gates`, writing ``h_t`` into the output row of step t;
+   step t+1 reads it back from there, so the output doubles as the hidden-state buffer.
+
+Sequence length and batch are symbolic: one compiled module serves every T and B. Hidden and
+input sizes, dtype and the knobs below are fixed per module:
+
+- ``lanes``: SIMD width in elements (hidden units per block),
+- ``rows``: rows (batch entries or time-batch rows) that share one weight load in registers,
+- ``parallel``: split hidden blocks across the thread pool (per GEMM, and per time step).
+
+The loop nest here is the CPU schedule itself; the knobs are chosen in :mod:`lucid_tvm.schedule`.
+"""
+
+from tvm.script import tirx as T
+
+from .gates import NUM_GATES, cell_update
+from .layout import num_blocks
+
+
+def projection(num_gates, input_size, hidden_size, dtype, lanes, rows, parallel):
+    """PrimFunc ``project(x (M, I), w (NB, I, G, L), b (NB, G, L), xp (M, NB, G, L))``."""
+    G, K, L, R = num_gates, input_size, lanes, rows
+    NB = num_blocks(hidden_size, lanes)
+    loop = T.parallel if parallel else T.serial
+
+    @T.macro
+    def tile(nrows, row0, blk, x, w, b, xp):
+        acc = T.alloc_buffer((R, G, L), dtype, scope="local")
+        for r, g in T.grid(nrows, G):
+            for l in T.vectorized(L):
+                acc[r, g, l] = b[blk, g, l]
+        for k in range(K):
+            for r in T.unroll(nrows):
+                for g in T.unroll(G):
+                    for l in T.vectorized(L):
+                        acc[r, g, l] = acc[r, g, l] + x[row0 + r, k] * w[blk, k, g, l]
+        for r, g in T.grid(nrows, G):
+            for l in T.vectorized(L):
+                xp[row0 + r, blk, g, l] = acc[r, g, l]
+
+    @T.prim_func
+    def project(x_h: T.handle, w_h: T.handle, b_h: T.handle, xp_h: T.handle):
+        T.func_attr({"global_symbol": "project", "tirx.noalias": True})
+        n_m = T.int32()
+        x = T.match_buffer(x_h, (n_m, K), dtype)
+        w = T.match_buffer(w_h, (NB, K, G, L), dtype)
+        b = T.match_buffer(b_h, (NB, G, L), dtype)
+        xp = T.match_buffer(xp_h, (n_m, NB, G, L), dtype)
+        # Blocks vary fastest, so a task's neighbours share its rows of x.
+        for p in loop((n_m // R) * NB):
+            tile(R, (p // NB) * R, p % NB, x, w, b, xp)
+        for p in loop((n_m % R) * NB):
+            tile(1, (n_m // R) * R + p // NB, p % NB, x, w, b, xp)
+
+    return project
+
+
+def recurrence(mode, hidden_size, dtype, lanes, rows, parallel):
+    """PrimFunc ``recur`` running the whole time loop of one layer-direction.
+
+    Arguments: ``xp (T, B, NB, G, L)`` from :func:`projection`, packed ``w (NB, H, G, L)`` and
+    ``rb (NB, G, L)`` (``W_hh``, ``b_hh``), ``h0 (B, H)``, [LSTM: ``c0 (B, H)``], the output
+    ``y (T, B, YW)`` written at columns ``yoff .. yoff+H`` (so both directions of a bidirectional
+    layer share one output), [LSTM: ``cn (B, H)``, the final cell state], and ``reverse`` (0 or 1).
+    The final hidden state is the output row of the last step processed.
+    """
+    G, H, L, R = NUM_GATES[mode], hidden_size, lanes, rows
+    NB = num_blocks(hidden_size, lanes)
+    full_blocks, tail = H // L, H % L
+    is_lstm = mode == "LSTM"
+    loop = T.parallel if parallel else T.serial
+
+    def unit_update(xp, acc, hprev, hcol, cst, tt, b, r, blk, l):
+        j = blk * L + l
+        return cell_update(
+            mode,
+            lambda g: xp[tt, b, blk, g, l],
+            lambda g: acc[r, g, l],
+            hprev[b, hcol + j],
+            cst[b, j] if is_lstm else None,
+        )
+
+    @T.macro
+    def gate_math(width, nrows, row0, blk, xp, acc, hprev, hcol, y, yoff, cst, tt):
+        for r in range(nrows):
+            for l in T.vectorized(width):
+                new = T.meta_var(unit_update(xp, acc, hprev, hcol, cst, tt, row0 + r, r, blk, l))
+                y[tt, row0 + r, yoff + blk * L + l] = new[0]
+                if is_lstm:
+                    cst[row0 + r, blk * L + l] = new[1]
+
+    @T.macro
+    def tile(nrows, row0, blk, xp, w, rb, hprev, hcol, y, yoff, cst, tt):
+        acc = T.alloc_buffer((R, G, L), dtype, scope="local")
+        for r, g in T.grid(nrows, G):
+            for l in T.vectorized(L):
+                acc[r, g, l] = rb[blk, g, l]
+        for k in range(H):
+            for r in T.unroll(nrows):
+                for g in T.unroll(G):
+                    for l in T.vectorized(L):
+                        acc[r, g, l] = acc[r, g, l] + hprev[row0 + r, hcol + k] * w[blk, k, g, l]
+        # The tail block's padded lanes are never stored: they would spill into the next columns.
+        if blk < full_blocks:
+            gate_math(L, nrows, row0, blk, xp, acc, hprev, hcol, y, yoff, cst, tt)
+        else:
+            gate_math(tail, nrows, row0, blk, xp, acc, hprev, hcol, y, yoff, cst, tt)
+
+    @T.macro
+    def step(n_b, xp, w, rb, hprev, hcol, y, yoff, cst, tt):
+        for blk in loop(NB):
+            for bo in range(n_b // R):
+                tile(R, bo * R, blk, xp, w, rb, hprev, hcol, y, yoff, cst, tt)
+            for br in range(n_b % R):
+                tile(1, (n_b // R) * R + br, blk, xp, w, rb, hprev, hcol, y, yoff, cst, tt)
+
+    @T.macro
+    def time_loop(n_t, n_b, yw, xp, w, rb, h0, y, yoff, cst, reverse):
+        for s in range(n_t):
+            tt = T.bind(T.if_then_else(reverse != 0, n_t - 1 - s, s))
+            if s == 0:
+                step(n_b, xp, w, rb, h0, 0, y, yoff, cst, tt)
+            else:
+                tp = T.bind(T.if_then_else(reverse != 0, tt + 1, tt - 1))
+                yprev = T.decl_buffer((n_b, yw), dtype, data=y.data, elem_offset=tp * n_b * yw)
+                step(n_b, xp, w, rb, yprev, yoff, y, yoff, cst, tt)
+
+    if is_lstm:
+
+        @T.prim_func
+        def recur(xp_h: T.handle, w_h: T.handle, rb_h: T.handle, h0_h: T.handle, c0_h: T.handle,
+                  y_h: T.handle, cn_h: T.handle, yoff: T.int32, reverse: T.int32):
+            T.func_attr({"global_symbol": "recur", "tirx.noalias": True})
+            n_t, n_b, yw = T.int32(), T.int32(), T.int32()
+            xp = T.match_buffer(xp_h, (n_t, n_b, NB, G, L), dtype)
+            w = T.match_buffer(w_h, (NB, H, G, L), dtype)
+            rb = T.match_buffer(rb_h, (NB, G, L), dtype)
+            h0 = T.match_buffer(h0_h, (n_b, H), dtype)
+            c0 = T.match_buffer(c0_h, (n_b, H), dtype)
+            y = T.match_buffer(y_h, (n_t, n_b, yw), dtype)
+            cn = T.match_buffer(cn_h, (n_b, H), dtype)
+            # The cell state is updated in place: each unit is read and written by one task only.
+            for b, j in T.grid(n_b, H):
+                cn[b, j] = c0[b, j]
+            time_loop(n_t, n_b, yw, xp, w, rb, h0, y, yoff, cn, reverse)
+
+    else:
+
+        @T.prim_func
+        def recur(xp_h: T.handle, w_h: T.handle, rb_h: T.handle, h0_h: T.handle,
+                  y_h: T.handle, yoff: T.int32, reverse: T.int32):
+            T.func_attr({"global_symbol": "recur", "tirx.noalias": True})
+            n_t, n_b, yw = T.int32(), T.int32(), T.int32()
+            xp = T.match_buffer(xp_h, (n_t, n_b, NB, G, L), dtype)
+            w = T.match_buffer(w_h, (NB, H, G, L), dtype)
+            rb = T.match_buffer(rb_h, (NB, G, L), dtype)
+            h0 = T.match_buffer(h0_h, (n_b, H), dtype)
+            y = T.match_buffer(y_h, (n_t, n_b, yw), dtype)
+            time_loop(n_t, n_b, yw, xp, w, rb, h0, y, yoff, None, reverse)
+
+    return recur

@@ -1,0 +1,164 @@
+"""Module, Parameter and ModuleList: the parts of lucid.nn / torch.nn the recurrent layers need."""
+
+from collections import OrderedDict
+
+import numpy as np
+
+from ..tensor import Tensor, to_numpy
+
+
+class Parameter(Tensor):
+    """A Tensor owned by a module. Its array is read-only: assign ``param.data = new`` to change it,
+    which bumps ``version`` so that compiled layers repack their weights instead of reusing stale ones."""
+
+    def __init__(self, data, requires_grad=True, dtype=None):
+        self.version = 0
+        super().__init__(data, requires_grad=requires_grad, dtype=dtype)
+
+    @property
+    def data(self):
+        return self._data
+
+    @data.setter
+    def data(self, value):
+        old = self.__dict__.get("_data")
+        array = np.array(value, dtype=None if old is None else old.dtype)  # a copy the module owns
+        array.flags.writeable = False
+        self._data = array
+        self.version += 1
+
+    def __repr__(self):
+        return "Parameter containing:\n" + super().__repr__()
+
+
+class Module:
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name, value):
+        if isinstance(value, Parameter) or (value is None and name in self._parameters):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        else:
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name):
+        for table in ("_parameters", "_modules"):
+            entries = self.__dict__.get(table, {})
+            if name in entries:
+                return entries[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def named_children(self):
+        return iter(self._modules.items())
+
+    def children(self):
+        return (module for _, module in self.named_children())
+
+    def named_modules(self, prefix=""):
+        yield prefix, self
+        for name, module in self._modules.items():
+            yield from module.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self):
+        return (module for _, module in self.named_modules())
+
+    def named_parameters(self, prefix=""):
+        for module_name, module in self.named_modules(prefix):
+            for name, param in module._parameters.items():
+                if param is not None:
+                    yield (f"{module_name}.{name}" if module_name else name), param
+
+    def parameters(self):
+        return (param for _, param in self.named_parameters())
+
+    def state_dict(self):
+        return OrderedDict((name, param.data) for name, param in self.named_parameters())
+
+    def _state_dict_keys(self, state_dict):
+        """Hook for modules that also accept other key spellings (see RNNBase)."""
+        return state_dict
+
+    def load_state_dict(self, state_dict, strict=True):
+        state_dict = self._state_dict_keys(dict(state_dict))
+        own = dict(self.named_parameters())
+        missing = [key for key in own if key not in state_dict]
+        unexpected = [key for key in state_dict if key not in own]
+        if strict and (missing or unexpected):
+            raise ValueError(f"{type(self).__name__}.load_state_dict: missing keys {missing}, "
+                             f"unexpected keys {unexpected}")
+        updates = {}
+        for key, param in own.items():
+            if key not in state_dict:
+                continue
+            value = to_numpy(state_dict[key], f"{type(self).__name__}.load_state_dict[{key!r}]")
+            if value.shape != param.shape:
+                raise ValueError(f"{type(self).__name__}.load_state_dict: {key!r} expected shape "
+                                 f"{param.shape}, got {value.shape}")
+            updates[key] = value
+        for key, value in updates.items():  # all checked first: a failed load changes nothing
+            own[key].data = value
+        return missing, unexpected
+
+    def train(self, mode=True):
+        for module in self.modules():
+            object.__setattr__(module, "training", bool(mode))
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def to(self, dtype):
+        """Cast every parameter to ``dtype`` (float32 or float64)."""
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise TypeError(f"{type(self).__name__}.to: expected float32 or float64, got {dtype}")
+        for module in self.modules():
+            for name, param in module._parameters.items():
+                if param is not None:
+                    module._parameters[name] = Parameter(param.data.astype(dtype),
+                                                         requires_grad=param.requires_grad)
+        return self
+
+    def float(self):
+        return self.to(np.float32)
+
+    def double(self):
+        return self.to(np.float64)
+
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        lines = [f"  ({name}): " + repr(module).replace("\n", "\n  ") for name, module in self._modules.items()]
+        head = f"{type(self).__name__}({self.extra_repr()}"
+        return head + ("\n" + "\n".join(lines) + "\n)" if lines else ")")
+
+
+class ModuleList(Module):
+    def __init__(self, modules=()):
+        super().__init__()
+        for module in modules:
+            self.append(module)
+
+    def append(self, module):
+        self._modules[str(len(self._modules))] = module
+        return self
+
+    def __getitem__(self, index):
+        return list(self._modules.values())[index]
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())

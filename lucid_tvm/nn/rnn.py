@@ -1,0 +1,335 @@
+"""lucid.nn recurrent layers (lucid 2.x API, PyTorch semantics) on compiled TVM kernels.
+
+These classes hold parameters and check arguments; every number is computed by the compiled
+kernels (``lucid_tvm.runtime``). A cell is a sequence of length one, so cells and sequence
+modules run the same kernels.
+"""
+
+import math
+import numbers
+import re
+import warnings
+
+import numpy as np
+
+from ..kernels.gates import MODES, NUM_GATES
+from ..runtime import aligned, aligned_empty, layer_kernel
+from ..tensor import Tensor, generator, to_numpy
+from .activation import ReLU, Tanh
+from .module import Module, ModuleList, Parameter
+
+_NONLINEARITIES = {"tanh": Tanh, "relu": ReLU}
+
+
+def _check_size(owner, name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{owner}: {name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{owner}: {name} must be at least {minimum}, got {value}")
+    return int(value)
+
+
+def _check_nonlinearity(owner, nonlinearity):
+    if nonlinearity not in _NONLINEARITIES:
+        raise ValueError(f"{owner}: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    return nonlinearity
+
+
+class _Cell(Module):
+    """Parameters and the compiled step shared by RNNCell, LSTMCell and GRUCell."""
+
+    mode = None  # set by each subclass (RNNCell: per instance)
+
+    def __init__(self, input_size, hidden_size, bias=True):
+        super().__init__()
+        name = type(self).__name__
+        self.input_size = _check_size(name, "input_size", input_size)
+        self.hidden_size = _check_size(name, "hidden_size", hidden_size)
+        self.bias = bool(bias)
+        gates = NUM_GATES[self.mode] * self.hidden_size
+        bound = 1.0 / math.sqrt(self.hidden_size)
+
+        def uniform(*shape):
+            return Parameter(generator().uniform(-bound, bound, shape).astype(np.float32))
+
+        self.weight_ih = uniform(gates, self.input_size)
+        self.weight_hh = uniform(gates, self.hidden_size)
+        self.bias_ih = uniform(gates) if self.bias else None
+        self.bias_hh = uniform(gates) if self.bias else None
+        self._packed, self._packed_key = None, None
+
+    def extra_repr(self):
+        return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
+
+    @property
+    def dtype(self):
+        return self.weight_ih.dtype
+
+    @property
+    def is_lstm(self):
+        return self.mode == "LSTM"
+
+    def _kernel(self):
+        return layer_kernel(self.mode, self.input_size, self.hidden_size, self.dtype)
+
+    def _packed_weights(self):
+        params = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        key = tuple(None if p is None else (id(p), p.version, p.dtype) for p in params)
+        if key != self._packed_key:  # a new parameter or new data: repack, never reuse stale weights
+            self._packed = self._kernel().pack(*(None if p is None else p.data for p in params))
+            self._packed_key = key
+        return self._packed
+
+    def run_sequence(self, x, h0, c0, y, yoff=0, reverse=False, cn=None):
+        """Run over ``x`` (T, B, I); see :meth:`lucid_tvm.runtime.LayerKernel.run`."""
+        self._kernel().run(self._packed_weights(), x, h0, c0, y, yoff, reverse, cn)
+
+    def _state(self, value, name, batch, batched):
+        owner = type(self).__name__
+        if value is None:
+            return aligned(np.zeros((batch, self.hidden_size)), self.dtype)
+        state = to_numpy(value, f"{owner} {name}")
+        expected = (batch, self.hidden_size) if batched else (self.hidden_size,)
+        if state.shape != expected:
+            raise ValueError(f"{owner}: expected {name} of shape {expected} for "
+                             f"{'batched 2-D' if batched else 'unbatched 1-D'} input, got {state.shape}")
+        return aligned(state.reshape(batch, self.hidden_size), self.dtype)
+
+    def forward(self, input, hx=None):
+        owner = type(self).__name__
+        x = to_numpy(input, f"{owner} input")
+        if x.ndim not in (1, 2):
+            raise ValueError(f"{owner}: expected input of 1 (unbatched) or 2 (batch, input_size) "
+                             f"dimensions, got {x.ndim} with shape {x.shape}")
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"{owner}: expected input with feature size {self.input_size} "
+                             f"(last axis), got shape {x.shape}")
+        batched = x.ndim == 2
+        batch = x.shape[0] if batched else 1
+        if batch == 0:
+            raise ValueError(f"{owner}: expected a batch of at least 1, got shape {x.shape}")
+        if self.is_lstm:
+            if hx is None:
+                hx = (None, None)
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise ValueError(f"{owner}: expected hx as a tuple (h_0, c_0), got {type(hx).__name__}")
+            h0, c0 = (self._state(v, n, batch, batched) for v, n in zip(hx, ("h_0", "c_0")))
+        else:
+            h0, c0 = self._state(hx, "hx", batch, batched), None
+        y = aligned_empty((1, batch, self.hidden_size), self.dtype)
+        cn = aligned_empty((batch, self.hidden_size), self.dtype) if self.is_lstm else None
+        self.run_sequence(aligned(x.reshape(1, batch, self.input_size), self.dtype), h0, c0, y, cn=cn)
+        shape = (batch, self.hidden_size) if batched else (self.hidden_size,)
+        h = Tensor(y.reshape(shape))
+        return (h, Tensor(cn.reshape(shape))) if self.is_lstm else h
+
+
+class RNNCell(_Cell):
+    """``h' = nonlinearity(x W_ih^T + b_ih + h W_hh^T + b_hh)``; ``nonlinearity`` is a Tanh or ReLU module."""
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh"):
+        _check_nonlinearity(type(self).__name__, nonlinearity)
+        self.mode = "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
+        super().__init__(input_size, hidden_size, bias)
+        self.nonlinearity = _NONLINEARITIES[nonlinearity]()
+
+    def extra_repr(self):
+        return super().extra_repr() + (", nonlinearity='relu'" if self.mode == "RNN_RELU" else "")
+
+
+class LSTMCell(_Cell):
+    """Gates i, f, g, o; takes and returns ``(h, c)``."""
+
+    mode = "LSTM"
+
+
+class GRUCell(_Cell):
+    """Gates r, z, n with ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``, ``h' = (1 - z) n + z h``."""
+
+    mode = "GRU"
+
+
+_FLAT_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)(_reverse)?$")
+
+
+class RNNBase(Module):
+    """A stack of recurrent layers run over whole sequences, lucid 2.x ``RNNBase``.
+
+    ``layers`` holds one cell per layer and direction (layer-major: layer 0 forward, layer 0
+    reverse, layer 1 forward, ...). Each layer-direction runs as compiled code with the time loop
+    inside; between layers, dropout in training mode only.
+    """
+
+    def __init__(self, mode, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False):
+        super().__init__()
+        name = type(self).__name__
+        if mode not in MODES:
+            raise ValueError(f"{name}: mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
+        self.nonlinearity = "relu" if mode == "RNN_RELU" else "tanh"
+        self.input_size = _check_size(name, "input_size", input_size)
+        self.hidden_size = _check_size(name, "hidden_size", hidden_size)
+        self.num_layers = _check_size(name, "num_layers", num_layers)
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout <= 1:
+            raise ValueError(f"{name}: dropout must be a number in [0, 1], got {dropout!r}")
+        self.dropout = float(dropout)
+        if self.dropout > 0 and self.num_layers == 1:
+            warnings.warn(f"{name}: dropout={self.dropout} has no effect with num_layers=1 "
+                          "(it applies between layers)", stacklevel=2)
+        self.bidirectional = bool(bidirectional)
+        self.is_lstm = mode == "LSTM"
+        directions = 2 if self.bidirectional else 1
+        cells = []
+        for layer in range(self.num_layers):
+            layer_input = self.input_size if layer == 0 else self.hidden_size * directions
+            for _ in range(directions):
+                if mode == "LSTM":
+                    cells.append(LSTMCell(layer_input, self.hidden_size, self.bias))
+                elif mode == "GRU":
+                    cells.append(GRUCell(layer_input, self.hidden_size, self.bias))
+                else:
+                    cells.append(RNNCell(layer_input, self.hidden_size, self.bias, self.nonlinearity))
+        self.layers = ModuleList(cells)
+
+    @property
+    def num_directions(self):
+        return 2 if self.bidirectional else 1
+
+    @property
+    def dtype(self):
+        return self.layers[0].dtype
+
+    def extra_repr(self):
+        options = [f"{self.input_size}, {self.hidden_size}"]
+        if self.mode.startswith("RNN"):
+            options.append(f"nonlinearity='{self.nonlinearity}'")
+        for key, default in (("num_layers", 1), ("bias", True), ("batch_first", False),
+                             ("dropout", 0.0), ("bidirectional", False)):
+            if getattr(self, key) != default:
+                options.append(f"{key}={getattr(self, key)}")
+        return ", ".join(options)
+
+    def _state_dict_keys(self, state_dict):
+        """Accept PyTorch's / lucid 3.x flat keys (``weight_ih_l0``, ``bias_hh_l1_reverse``)."""
+        out = {}
+        for key, value in state_dict.items():
+            match = _FLAT_KEY.match(key)
+            if match and (self.bidirectional or not match.group(3)):
+                name, layer, reverse = match.group(1), int(match.group(2)), bool(match.group(3))
+                key = f"layers.{layer * self.num_directions + reverse}.{name}"
+            out[key] = value
+        return out
+
+    def _initial_state(self, value, name, batch, batched):
+        owner, stack = type(self).__name__, self.num_layers * self.num_directions
+        shape = (stack, batch, self.hidden_size)
+        if value is None:
+            return np.zeros(shape, self.dtype)
+        state = to_numpy(value, f"{owner} {name}")
+        if not batched:
+            if state.shape != (stack, self.hidden_size):
+                raise ValueError(f"{owner}: for unbatched 2-D input expected {name} of shape "
+                                 f"{(stack, self.hidden_size)}, got {state.shape}")
+            return state.reshape(shape)
+        if state.ndim == 2:
+            if stack != 1:
+                raise ValueError(
+                    f"{owner}: a 2-D {name} is taken as (1, batch, hidden_size), which fits only one "
+                    f"layer and direction; this module has num_layers * num_directions = {stack}, "
+                    f"so expected {name} of shape {shape}, got {state.shape}")
+            state = state[None]
+        if state.shape != shape:
+            raise ValueError(f"{owner}: expected {name} of shape (num_layers * num_directions, "
+                             f"batch, hidden_size) = {shape}, got {state.shape}")
+        return state
+
+    def _dropout(self, y):
+        """Inverted dropout: keep each value with probability 1 - p and scale it by 1 / (1 - p)."""
+        keep = generator().random(y.shape) >= self.dropout
+        scale = 0.0 if self.dropout >= 1 else 1.0 / (1.0 - self.dropout)
+        return aligned(np.where(keep, y * y.dtype.type(scale), y.dtype.type(0)), y.dtype)
+
+    def forward(self, input, hx=None):
+        owner = type(self).__name__
+        x = to_numpy(input, f"{owner} input")
+        if x.ndim not in (2, 3):
+            raise ValueError(f"{owner}: expected input of 3 dimensions ((seq, batch, feature), or "
+                             f"(batch, seq, feature) with batch_first) or 2 (unbatched), got "
+                             f"{x.ndim} with shape {x.shape}")
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"{owner}: expected input with feature size {self.input_size} "
+                             f"(last axis), got shape {x.shape}")
+        batched = x.ndim == 3
+        if not batched:
+            x = x[:, None]
+        elif self.batch_first:
+            x = x.transpose(1, 0, 2)
+        steps, batch = x.shape[0], x.shape[1]
+        if steps == 0 or batch == 0:
+            raise ValueError(f"{owner}: expected a non-empty sequence and batch, got input of shape "
+                             f"{to_numpy(input, owner).shape}")
+        if self.is_lstm:
+            if hx is None:
+                hx = (None, None)
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise ValueError(f"{owner}: expected hx as a tuple (h_0, c_0), got {type(hx).__name__}")
+            h0 = self._initial_state(hx[0], "h_0", batch, batched)
+            c0 = self._initial_state(hx[1], "c_0", batch, batched)
+        else:
+            h0, c0 = self._initial_state(hx, "hx", batch, batched), None
+
+        dtype, hidden, directions = self.dtype, self.hidden_size, self.num_directions
+        h_n = np.empty((self.num_layers * directions, batch, hidden), dtype)
+        c_n = np.empty_like(h_n) if self.is_lstm else None
+        layer_input = aligned(x, dtype)
+        for layer in range(self.num_layers):
+            y = aligned_empty((steps, batch, directions * hidden), dtype)
+            for direction in range(directions):
+                index = layer * directions + direction
+                cn = aligned_empty((batch, hidden), dtype) if self.is_lstm else None
+                self.layers[index].run_sequence(
+                    layer_input, aligned(h0[index], dtype),
+                    aligned(c0[index], dtype) if self.is_lstm else None,
+                    y, direction * hidden, direction == 1, cn)
+                last = 0 if direction == 1 else steps - 1
+                h_n[index] = y[last, :, direction * hidden:(direction + 1) * hidden]
+                if self.is_lstm:
+                    c_n[index] = cn
+            if self.training and self.dropout > 0 and layer < self.num_layers - 1:
+                y = self._dropout(y)
+            layer_input = y
+
+        output = layer_input
+        if not batched:
+            output, h_n = output[:, 0], h_n[:, 0]
+            c_n = c_n[:, 0] if self.is_lstm else None
+        elif self.batch_first:
+            output = output.transpose(1, 0, 2)
+        if self.is_lstm:
+            return Tensor(output), (Tensor(h_n), Tensor(c_n))
+        return Tensor(output), Tensor(h_n)
+
+
+class RNN(RNNBase):
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False):
+        _check_nonlinearity(type(self).__name__, nonlinearity)
+        super().__init__("RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", input_size,
+                         hidden_size, num_layers, bias, batch_first, dropout, bidirectional)
+
+
+class LSTM(RNNBase):
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False):
+        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional)
+
+
+class GRU(RNNBase):
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False):
+        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional)

@@ -1,0 +1,119 @@
+"""The array type of the lucid face, and the conversion of whatever users pass in.
+
+A :class:`Tensor` is a thin wrapper over a numpy array (lucid 2.x tensors are the same), so it
+converts to numpy, DLPack and torch without copying. Layers accept Tensors, numpy arrays,
+CPU torch tensors (through DLPack, no copy) and lucid tensors (objects with a numpy ``.data``).
+"""
+
+import numpy as np
+
+DEFAULT_DTYPE = np.float32
+
+_rng = np.random.default_rng()
+
+
+def seed(value):
+    """Seed lucid_tvm's generator: ``randn`` and the dropout masks between layers."""
+    global _rng
+    _rng = np.random.default_rng(value)
+
+
+def generator():
+    return _rng
+
+
+class Tensor:
+    """``Tensor(data, requires_grad=False, dtype=None)``: lists and scalars become float32."""
+
+    def __init__(self, data, requires_grad=False, dtype=None):
+        if isinstance(data, Tensor):
+            data = data.data
+        if dtype is None and not (isinstance(data, np.ndarray) and data.dtype.kind == "f"):
+            dtype = DEFAULT_DTYPE
+        self.data = np.asarray(data, dtype=dtype)
+        self.requires_grad = bool(requires_grad)
+        self.grad = None
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def ndim(self):
+        return self.data.ndim
+
+    @property
+    def size(self):
+        return self.data.size
+
+    def numpy(self):
+        return self.data
+
+    def __array__(self, dtype=None, copy=None):
+        if dtype is not None and dtype != self.data.dtype:
+            return self.data.astype(dtype)
+        return self.data.copy() if copy else self.data
+
+    def __dlpack__(self, **kwargs):
+        return self.data.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self.data.__dlpack_device__()
+
+    def __len__(self):
+        return len(self.data)
+
+    def __iter__(self):
+        return (Tensor(row) for row in self.data)
+
+    def __getitem__(self, index):
+        return Tensor(self.data[index])
+
+    def __repr__(self):
+        return f"Tensor({np.array2string(self.data, separator=', ')}, grad={self.grad})"
+
+    def __str__(self):
+        return str(self.data)
+
+
+def _shape(shape):
+    return tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+
+
+def randn(*shape, requires_grad=False, dtype=DEFAULT_DTYPE):
+    return Tensor(_rng.standard_normal(_shape(shape)).astype(dtype), requires_grad=requires_grad)
+
+
+def zeros(*shape, requires_grad=False, dtype=DEFAULT_DTYPE):
+    return Tensor(np.zeros(_shape(shape), dtype=dtype), requires_grad=requires_grad)
+
+
+def ones(*shape, requires_grad=False, dtype=DEFAULT_DTYPE):
+    return Tensor(np.ones(_shape(shape), dtype=dtype), requires_grad=requires_grad)
+
+
+def to_numpy(value, what):
+    """The numpy array behind ``value`` (no copy where possible); TypeError for anything else.
+
+    ``what`` names the argument in the error, e.g. ``"LSTM input"``.
+    """
+    if isinstance(value, Tensor):
+        array = value.data
+    elif isinstance(value, np.ndarray):
+        array = value
+    elif type(value).__module__.startswith("torch"):
+        if value.device.type != "cpu":
+            raise TypeError(f"{what}: expected a CPU tensor, got a tensor on {value.device}")
+        array = np.from_dlpack(value.detach())
+    elif isinstance(getattr(value, "data", None), np.ndarray):  # a lucid tensor
+        array = value.data
+    else:
+        raise TypeError(f"{what}: expected a lucid_tvm.Tensor, numpy array, torch tensor or lucid "
+                        f"tensor, got {type(value).__name__}")
+    if array.dtype.kind != "f":
+        raise TypeError(f"{what}: expected a floating-point tensor, got dtype {array.dtype}")
+    return array

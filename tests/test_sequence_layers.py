@@ -1,0 +1,121 @@
+"""Every mode x layers x bias x batch_first x bidirectional x hx form x dtype against torch.nn."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import assert_close, torch_twin
+
+MODES = ["RNN_TANH", "RNN_RELU", "LSTM", "GRU"]
+I, H, T, B = 5, 7, 6, 3
+
+
+def _hidden(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("hx_form", ["none", "full", "2d"])
+@pytest.mark.parametrize("num_layers,bidirectional", list(itertools.product([1, 2], [False, True])))
+@pytest.mark.parametrize("bias,batch_first", list(itertools.product([True, False], [False, True])))
+@pytest.mark.parametrize("mode", MODES)
+def test_matches_torch(mode, bias, batch_first, num_layers, bidirectional, hx_form, dtype, rng):
+    ref, ours = torch_twin(mode, I, H, dtype, num_layers=num_layers, bias=bias,
+                           batch_first=batch_first, bidirectional=bidirectional)
+    stack = num_layers * (2 if bidirectional else 1)
+    x = rng.standard_normal((B, T, I) if batch_first else (T, B, I)).astype(dtype)
+    if hx_form == "none":
+        hx = None
+    else:
+        shape = (stack, B, H) if hx_form == "full" else (B, H)
+        hx = _hidden(rng, shape, dtype)
+        if mode == "LSTM":
+            hx = (hx, _hidden(rng, shape, dtype))
+    if hx_form == "2d" and stack != 1:
+        with pytest.raises(ValueError, match="2-D"):
+            ours(x, hx)
+        return
+
+    def as_torch(v):
+        if v is None:
+            return None
+        if isinstance(v, tuple):
+            return tuple(as_torch(e) for e in v)
+        v = torch.from_numpy(v)
+        return v[None] if v.ndim == 2 else v
+
+    with torch.no_grad():
+        ref_out, ref_state = ref(torch.from_numpy(x), as_torch(hx))
+    out, state = ours(x, hx)
+    assert_close(out, ref_out, dtype)
+    if mode == "LSTM":
+        assert_close(state[0], ref_state[0], dtype)
+        assert_close(state[1], ref_state[1], dtype)
+    else:
+        assert_close(state, ref_state, dtype)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_unbatched_sequence(mode, bidirectional, rng):
+    ref, ours = torch_twin(mode, I, H, num_layers=2, bidirectional=bidirectional)
+    stack = 2 * (2 if bidirectional else 1)
+    x = rng.standard_normal((T, I)).astype(np.float32)
+    h = rng.standard_normal((stack, H)).astype(np.float32)
+    hx = (h, h * 0.5) if mode == "LSTM" else h
+    thx = tuple(torch.from_numpy(v) for v in hx) if mode == "LSTM" else torch.from_numpy(h)
+    with torch.no_grad():
+        ref_out, ref_state = ref(torch.from_numpy(x), thx)
+    out, state = ours(x, hx)
+    assert_close(out, ref_out)
+    assert_close(state[0] if mode == "LSTM" else state, ref_state[0] if mode == "LSTM" else ref_state)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_new_sequence_lengths_and_batches(mode, rng):
+    ref, ours = torch_twin(mode, I, H)
+    for steps, batch in [(1, 1), (17, 2), (3, 9), (40, 5)]:
+        x = rng.standard_normal((steps, batch, I)).astype(np.float32)
+        with torch.no_grad():
+            ref_out = ref(torch.from_numpy(x))[0]
+        assert_close(ours(x)[0], ref_out)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_wide_layers_use_the_parallel_path(mode, rng):
+    # 300 units: several SIMD blocks with a ragged tail, and enough work per step to run parallel.
+    ref, ours = torch_twin(mode, 33, 300)
+    x = rng.standard_normal((4, 6, 33)).astype(np.float32)
+    with torch.no_grad():
+        ref_out = ref(torch.from_numpy(x))[0]
+    assert_close(ours(x)[0], ref_out)
+
+
+def test_dropout_only_in_training(rng):
+    ref, ours = torch_twin("LSTM", I, H, num_layers=3, dropout=1.0)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    # Eval: no dropout, same as torch.
+    with torch.no_grad():
+        assert_close(ours(x)[0], ref(torch.from_numpy(x))[0])
+    # Training with p = 1: layers 2 and 3 see zeros, deterministically, in both libraries.
+    ours.train()
+    ref.train()
+    with torch.no_grad():
+        assert_close(ours(x)[0], ref(torch.from_numpy(x))[0])
+
+
+def test_dropout_is_seedable_and_scaled(rng):
+    import lucid_tvm
+
+    _, ours = torch_twin("GRU", I, H, num_layers=2, dropout=0.5)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    ours.train()
+    lucid_tvm.seed(7)
+    first = ours(x)[0].numpy()
+    lucid_tvm.seed(7)
+    again = ours(x)[0].numpy()
+    np.testing.assert_array_equal(first, again)
+    ours.eval()
+    assert not np.allclose(ours(x)[0].numpy(), first)
