@@ -74,7 +74,7 @@ class Tensor:
         return Tensor(self.data[index])
 
     def __repr__(self):
-        return f"Tensor({np.array2string(self.data, separator=', ')}, grad={self.grad})"
+        return f"Tensor({np.array2string(self.data, separator=', ', prefix='Tensor(')}, grad={self.grad})"
 
     def __str__(self):
         return str(self.data)

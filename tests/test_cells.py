@@ -1,0 +1,84 @@
+"""RNNCell, LSTMCell and GRUCell against torch.nn cells on the same weights."""
+
+import numpy as np
+import pytest
+import torch
+
+import lucid_tvm.nn as nn
+from conftest import assert_close
+
+CELLS = [
+    ("RNNCell", {"nonlinearity": "tanh"}),
+    ("RNNCell", {"nonlinearity": "relu"}),
+    ("LSTMCell", {}),
+    ("GRUCell", {}),
+]
+I, H, B = 6, 9, 4
+
+
+def _twin(name, kwargs, bias, dtype):
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, name)(I, H, bias=bias, **kwargs)
+    ref = ref.double() if dtype == np.float64 else ref
+    ours = getattr(nn, name)(I, H, bias=bias, **kwargs).to(dtype)
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("with_hx", [False, True])
+@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("name,kwargs", CELLS, ids=[f"{n}-{k.get('nonlinearity', '')}" for n, k in CELLS])
+def test_cell_matches_torch(name, kwargs, bias, batched, with_hx, dtype, rng):
+    ref, ours = _twin(name, kwargs, bias, dtype)
+    lead = (B,) if batched else ()
+    x = rng.standard_normal(lead + (I,)).astype(dtype)
+    hx = None
+    if with_hx:
+        hx = rng.standard_normal(lead + (H,)).astype(dtype)
+        if name == "LSTMCell":
+            hx = (hx, rng.standard_normal(lead + (H,)).astype(dtype))
+    thx = None if hx is None else (
+        tuple(map(torch.from_numpy, hx)) if isinstance(hx, tuple) else torch.from_numpy(hx))
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(x), thx)
+    got = ours(x, hx)
+    if name == "LSTMCell":
+        assert_close(got[0], expected[0], dtype)
+        assert_close(got[1], expected[1], dtype)
+    else:
+        assert_close(got, expected, dtype)
+
+
+def test_cell_attributes():
+    cell = nn.RNNCell(3, 5, nonlinearity="relu")
+    assert isinstance(cell.nonlinearity, nn.ReLU)
+    assert isinstance(nn.RNNCell(3, 5).nonlinearity, nn.Tanh)
+    lstm = nn.LSTMCell(3, 5, bias=False)
+    assert lstm.weight_ih.shape == (20, 3) and lstm.weight_hh.shape == (20, 5)
+    assert lstm.bias_ih is None and lstm.bias_hh is None
+    assert [k for k, _ in lstm.named_parameters()] == ["weight_ih", "weight_hh"]
+    gru = nn.GRUCell(3, 5)
+    bound = 1 / np.sqrt(5)
+    for p in gru.parameters():
+        assert p.dtype == np.float32
+        assert np.abs(p.numpy()).max() <= bound
+
+
+def test_parameter_update_is_seen(rng):
+    """Changing a parameter between calls must not reuse stale packed weights."""
+    cell = nn.GRUCell(I, H)
+    x = rng.standard_normal((B, I)).astype(np.float32)
+    before = cell(x).numpy().copy()
+    cell.weight_hh.data = cell.weight_hh.numpy() * 0  # h is zero at the start: no change expected
+    cell.weight_ih.data = cell.weight_ih.numpy() * 2
+    ref = torch.nn.GRUCell(I, H)
+    ref.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in cell.state_dict().items()})
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(x))
+    after = cell(x)
+    assert_close(after, expected)
+    assert not np.allclose(after.numpy(), before)
+    with pytest.raises(ValueError, match="read-only"):
+        cell.weight_ih.numpy()[0, 0] = 1.0

@@ -1,0 +1,123 @@
+"""What goes in: Tensor, numpy, torch, lucid-like tensors, float64, views, misaligned buffers, NaN."""
+
+import numpy as np
+import pytest
+import torch
+
+import lucid_tvm as lucid
+import lucid_tvm.nn as nn
+from conftest import assert_close, torch_twin
+
+T, B, I, H = 5, 3, 4, 6
+
+
+class LucidLikeTensor:
+    """What a lucid 2.x tensor looks like from outside: a numpy array in ``.data``."""
+
+    def __init__(self, data):
+        self.data = data
+
+
+def test_tensor_api():
+    t = lucid.Tensor([[1, 2], [3, 4]])
+    assert t.dtype == np.float32 and t.shape == (2, 2) and t.ndim == 2 and len(t) == 2
+    assert [row.shape for row in t] == [(2,), (2,)]
+    np.testing.assert_array_equal(t[1].numpy(), [3, 4])
+    np.testing.assert_array_equal(np.asarray(t), t.numpy())
+    np.testing.assert_array_equal(torch.from_dlpack(t).numpy(), t.numpy())
+    assert repr(t) == "Tensor([[1., 2.],\n        [3., 4.]], grad=None)"
+    assert lucid.Tensor([1.0], dtype=np.float64).dtype == np.float64
+    assert lucid.randn(2, 3).shape == (2, 3) and lucid.randn(2, 3).dtype == np.float32
+    assert lucid.zeros((2, 3)).numpy().sum() == 0 and lucid.ones(4).numpy().sum() == 4
+
+
+@pytest.mark.parametrize("kind", ["tensor", "numpy", "torch", "lucid"])
+def test_input_kinds_agree(kind, rng):
+    ref, ours = torch_twin("LSTM", I, H)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    wrap = {"tensor": lucid.Tensor, "numpy": lambda a: a, "torch": torch.from_numpy,
+            "lucid": LucidLikeTensor}[kind]
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(x))[0]
+    out = ours(wrap(x))[0]
+    assert isinstance(out, lucid.Tensor)
+    assert_close(out, expected)
+
+
+def test_torch_input_is_read_without_copy(monkeypatch, rng):
+    from lucid_tvm import runtime
+
+    x = torch.from_numpy(rng.standard_normal((T, B, I)).astype(np.float32))
+    copies = []
+    original = runtime.aligned_empty
+    monkeypatch.setattr(runtime, "aligned_empty", lambda *a: copies.append(a) or original(*a))
+    cell = nn.GRU(I, H)
+    cell(x)
+    if x.data_ptr() % 64 == 0:  # a copy happens only for misaligned memory
+        assert (T, B, I) not in [shape for shape, _ in copies]
+
+
+def test_torch_tensor_requiring_grad(rng):
+    ref, ours = torch_twin("GRU", I, H)
+    x = torch.randn(T, B, I, requires_grad=True)
+    assert_close(ours(x)[0], ref(x)[0])
+
+
+def test_float64_input_to_float32_layer_is_cast(rng):
+    ref, ours = torch_twin("GRU", I, H)
+    x = rng.standard_normal((T, B, I))
+    out = ours(x)[0]
+    assert out.dtype == np.float32
+    with torch.no_grad():
+        assert_close(out, ref(torch.from_numpy(x.astype(np.float32)))[0])
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.bool_, np.complex64])
+def test_non_float_input_is_type_error(dtype):
+    _, ours = torch_twin("RNN_TANH", I, H)
+    with pytest.raises(TypeError, match="floating-point"):
+        ours(np.zeros((T, B, I), dtype=dtype))
+
+
+@pytest.mark.parametrize("bad", ["abc", None, 3, [[1.0]]])
+def test_non_tensor_input_is_type_error(bad):
+    _, ours = torch_twin("GRU", I, H)
+    with pytest.raises(TypeError, match="GRU input|RNNBase input"):
+        ours(bad)
+
+
+def test_views_and_odd_strides(rng):
+    ref, ours = torch_twin("LSTM", I, H, num_layers=2)
+    big = rng.standard_normal((2 * T, 3 * B, 2 * I)).astype(np.float32)
+    x = big[::2, ::3, 1::2]  # a strided view, not contiguous
+    assert not x.flags.c_contiguous
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(np.ascontiguousarray(x)))[0]
+    assert_close(ours(x)[0], expected)
+    assert_close(ours(torch.from_numpy(big)[::2, ::3, 1::2])[0], expected)
+
+
+def test_misaligned_buffers(rng):
+    ref, ours = torch_twin("GRU", I, H)
+    raw = np.zeros(T * B * I + 1, dtype=np.float32)
+    x = raw[1:].reshape(T, B, I)  # 4 bytes past an aligned start
+    x[...] = rng.standard_normal((T, B, I))
+    assert x.ctypes.data % 64 != 0
+    h = np.zeros(B * H + 3, np.float32)[3:].reshape(1, B, H)
+    h[...] = 0.25
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(x.copy()), torch.from_numpy(h.copy()))[0]
+    assert_close(ours(x, h)[0], expected)
+
+
+@pytest.mark.parametrize("mode", ["RNN_TANH", "RNN_RELU", "LSTM", "GRU"])
+def test_nan_propagates_like_torch(mode, rng):
+    ref, ours = torch_twin(mode, I, H)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    x[2, 1, 0] = np.nan
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(x))[0].numpy()
+    got = ours(x)[0].numpy()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    finite = ~np.isnan(expected)
+    np.testing.assert_allclose(got[finite], expected[finite], atol=2e-5, rtol=0)

@@ -1,0 +1,60 @@
+"""Module plumbing: our keys, PyTorch / lucid 3.x flat keys, and wrong keys or shapes."""
+
+import numpy as np
+import pytest
+import torch
+
+import lucid_tvm.nn as nn
+
+
+def test_own_keys_round_trip(rng):
+    a = nn.GRU(4, 6, num_layers=2, bidirectional=True)
+    b = nn.GRU(4, 6, num_layers=2, bidirectional=True)
+    keys = list(a.state_dict())
+    assert keys[:4] == ["layers.0.weight_ih", "layers.0.weight_hh", "layers.0.bias_ih", "layers.0.bias_hh"]
+    assert len(keys) == 16
+    b.load_state_dict(a.state_dict())
+    x = rng.standard_normal((5, 2, 4)).astype(np.float32)
+    np.testing.assert_array_equal(a(x)[0].numpy(), b(x)[0].numpy())
+
+
+def test_flat_keys_from_torch_map_to_layers():
+    ref = torch.nn.LSTM(3, 5, num_layers=2, bidirectional=True)
+    ours = nn.LSTM(3, 5, num_layers=2, bidirectional=True)
+    ours.load_state_dict(ref.state_dict())
+    np.testing.assert_array_equal(ours.layers[3].weight_hh.numpy(), ref.weight_hh_l1_reverse.detach().numpy())
+    np.testing.assert_array_equal(ours.layers[2].bias_ih.numpy(), ref.bias_ih_l1.detach().numpy())
+    # numpy values work as well
+    ours.load_state_dict({k: v.numpy() for k, v in ref.state_dict().items()})
+
+
+def test_wrong_keys_and_shapes_are_named():
+    ours = nn.RNN(3, 5)
+    sd = dict(torch.nn.RNN(3, 5).state_dict())
+    with pytest.raises(ValueError, match="missing keys.*layers.0.bias_hh"):
+        ours.load_state_dict({k: v for k, v in sd.items() if k != "bias_hh_l0"})
+    with pytest.raises(ValueError, match="unexpected keys.*weight_ih_l0_reverse"):
+        ours.load_state_dict({**sd, "weight_ih_l0_reverse": sd["weight_ih_l0"]})
+    with pytest.raises(ValueError, match=r"layers.0.weight_ih.*\(5, 3\).*\(5, 4\)"):
+        ours.load_state_dict({**sd, "weight_ih_l0": torch.zeros(5, 4)})
+    missing, unexpected = ours.load_state_dict({"weight_ih_l0": sd["weight_ih_l0"]}, strict=False)
+    assert "layers.0.weight_hh" in missing and unexpected == []
+
+
+def test_module_plumbing():
+    m = nn.LSTM(3, 4, num_layers=2, bias=False)
+    assert isinstance(m.layers, nn.ModuleList) and len(m.layers) == 2
+    assert isinstance(m.layers[1], nn.LSTMCell) and m.layers[1].input_size == 4
+    assert m.mode == "LSTM" and m.nonlinearity == "tanh"
+    assert nn.RNN(3, 4, nonlinearity="relu").mode == "RNN_RELU"
+    assert nn.RNN(3, 4, nonlinearity="relu").nonlinearity == "relu"
+    assert len(list(m.parameters())) == 4
+    assert m.training and all(c.training for c in m.layers)
+    m.eval()
+    assert not m.training and not any(c.training for c in m.layers)
+    m.train()
+    assert m.layers[0].training
+    m.double()
+    assert all(p.dtype == np.float64 for p in m.parameters())
+    out, (h, c) = m(np.zeros((2, 1, 3)))
+    assert out.dtype == np.float64
