@@ -23,9 +23,16 @@ from .gates import NUM_GATES, cell_update
 from .layout import num_blocks
 
 
+def _check_rows(rows):
+    # Remainders are split into tiles of 4, 2 and 1 rows, which covers any rest below 8.
+    if not 4 <= rows <= 8:
+        raise ValueError(f"rows must be in [4, 8], got {rows}")
+
+
 def projection(num_gates, input_size, hidden_size, dtype, lanes, rows, parallel):
     """PrimFunc ``project(x (M, I), w (NB, I, G, L), b (NB, G, L), xp (M, NB, G, L))``."""
     G, K, L, R = num_gates, input_size, lanes, rows
+    _check_rows(rows)
     NB = num_blocks(hidden_size, lanes)
     loop = T.parallel if parallel else T.serial
 
@@ -44,6 +51,16 @@ def projection(num_gates, input_size, hidden_size, dtype, lanes, rows, parallel)
             for l in T.vectorized(L):
                 xp[row0 + r, blk, g, l] = acc[r, g, l]
 
+    @T.macro
+    def remainder(rest, row0, blk, x, w, b, xp):
+        # rest < R <= 8 rows, as tiles of 4, 2 and 1 so each tile still shares its weight loads.
+        if rest >= 4:
+            tile(4, row0, blk, x, w, b, xp)
+        if rest % 4 >= 2:
+            tile(2, row0 + rest // 4 * 4, blk, x, w, b, xp)
+        if rest % 2 == 1:
+            tile(1, row0 + rest // 2 * 2, blk, x, w, b, xp)
+
     @T.prim_func
     def project(x_h: T.handle, w_h: T.handle, b_h: T.handle, xp_h: T.handle):
         T.func_attr({"global_symbol": "project", "tirx.noalias": True})
@@ -55,8 +72,9 @@ def projection(num_gates, input_size, hidden_size, dtype, lanes, rows, parallel)
         # Blocks vary fastest, so a task's neighbours share its rows of x.
         for p in loop((n_m // R) * NB):
             tile(R, (p // NB) * R, p % NB, x, w, b, xp)
-        for p in loop((n_m % R) * NB):
-            tile(1, (n_m // R) * R + p // NB, p % NB, x, w, b, xp)
+        rest = T.bind(n_m % R)
+        for blk in loop(T.if_then_else(rest > 0, NB, 0)):
+            remainder(rest, n_m - rest, blk, x, w, b, xp)
 
     return project
 
@@ -71,6 +89,7 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, parallel):
     The final hidden state is the output row of the last step processed.
     """
     G, H, L, R = NUM_GATES[mode], hidden_size, lanes, rows
+    _check_rows(rows)
     NB = num_blocks(hidden_size, lanes)
     full_blocks, tail = H // L, H % L
     is_lstm = mode == "LSTM"
@@ -117,8 +136,15 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, parallel):
         for blk in loop(NB):
             for bo in range(n_b // R):
                 tile(R, bo * R, blk, xp, w, rb, hprev, hcol, y, yoff, cst, tt)
-            for br in range(n_b % R):
-                tile(1, (n_b // R) * R + br, blk, xp, w, rb, hprev, hcol, y, yoff, cst, tt)
+            # The last n_b % R < 8 rows, as tiles of 4, 2 and 1 (see projection).
+            rest = T.bind(n_b % R)
+            row0 = T.bind(n_b - rest)
+            if rest >= 4:
+                tile(4, row0, blk, xp, w, rb, hprev, hcol, y, yoff, cst, tt)
+            if rest % 4 >= 2:
+                tile(2, row0 + rest // 4 * 4, blk, xp, w, rb, hprev, hcol, y, yoff, cst, tt)
+            if rest % 2 == 1:
+                tile(1, row0 + rest // 2 * 2, blk, xp, w, rb, hprev, hcol, y, yoff, cst, tt)
 
     @T.macro
     def time_loop(n_t, n_b, yw, xp, w, rb, h0, y, yoff, cst, reverse):
