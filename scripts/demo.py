@@ -32,8 +32,10 @@ def main():
         layer = make().eval()
         out = layer(x)[0]  # first call compiles (or loads from the kernel cache)
         first = time.perf_counter() - start
-        weights = {k.replace("layers.", "").split(".", 1)[1] + "_l" + k.split(".")[1]: v
-                   for k, v in layer.state_dict().items()}
+        weights = {}  # layers.{k}.weight_ih -> weight_ih_l{k}, the reference's (PyTorch's) names
+        for key, value in layer.state_dict().items():
+            _, index, name = key.split(".")
+            weights[f"{name}_l{index}"] = value
         expected = run_stack(mode, x.numpy().astype(np.float64),
                              {k: v.astype(np.float64) for k, v in weights.items()}, layer.num_layers)
         error = np.abs(out.numpy() - expected).max()
