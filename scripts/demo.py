@@ -34,8 +34,8 @@ def main():
         first = time.perf_counter() - start
         weights = {}  # layers.{k}.weight_ih -> weight_ih_l{k}, the reference's (PyTorch's) names
         for key, value in layer.state_dict().items():
-            _, index, name = key.split(".")
-            weights[f"{name}_l{index}"] = value
+            _, index, param = key.split(".")
+            weights[f"{param}_l{index}"] = value
         expected = run_stack(mode, x.numpy().astype(np.float64),
                              {k: v.astype(np.float64) for k, v in weights.items()}, layer.num_layers)
         error = np.abs(out.numpy() - expected).max()
