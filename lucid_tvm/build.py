@@ -70,26 +70,21 @@ def _sources_digest():
 _SOURCES_DIGEST = _sources_digest()
 
 
-def cache_key(spec, schedule, target):
+def cache_key(description, target):
+    """Hash of everything that decides a module's machine code."""
     text = json.dumps(
-        {
-            "spec": asdict(spec),
-            "schedule": asdict(schedule),
-            "target": str(target),
-            "tvm": tvm.__version__,
-            "kernels": _SOURCES_DIGEST,
-        },
+        {"module": description, "target": str(target), "tvm": tvm.__version__, "kernels": _SOURCES_DIGEST},
         sort_keys=True,
     )
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def lower(spec, schedule):
+def lower_layer(spec, schedule):
     """The IRModule of one layer-direction: ``project`` and ``recur``."""
     return tvm.IRModule(
         {
             "project": recurrent.projection(
-                spec.num_gates, spec.input_size, spec.hidden_size, spec.dtype,
+                spec.num_gates, spec.hidden_size, spec.dtype,
                 schedule.lanes, schedule.rows, schedule.project_parallel,
             ),
             "recur": recurrent.recurrence(
@@ -100,29 +95,58 @@ def lower(spec, schedule):
     )
 
 
+def compile_layer(spec, target=None):
+    """(runtime module, schedule) of one lucid layer-direction on ``target`` (default: this CPU)."""
+    target = target or host_target()
+    schedule = default_schedule(target, spec.num_gates, spec.hidden_size, spec.dtype)
+    description = {"layer": asdict(spec), "schedule": asdict(schedule)}
+    return compile_cached(description, lambda: lower_layer(spec, schedule), target), schedule
+
+
+def compile_gemm(output_size, dtype, target=None):
+    """(runtime module with ``project``, schedule) for ``x @ W^T`` with W of ``output_size`` rows."""
+    target = target or host_target()
+    schedule = default_schedule(target, 1, output_size, dtype)
+    description = {"gemm": {"output_size": output_size, "dtype": dtype}, "schedule": asdict(schedule)}
+
+    def lower():
+        return tvm.IRModule({"project": recurrent.projection(
+            1, output_size, dtype, schedule.lanes, schedule.rows, schedule.project_parallel)})
+
+    return compile_cached(description, lower, target), schedule
+
+
+def compile_functions(description, functions, target=None):
+    """A module of named PrimFuncs (e.g. from ``kernels.tracetorch``) with their default loops."""
+    target = target or host_target()
+
+    def lower():
+        return tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in functions().items()})
+
+    return compile_cached(description, lower, target)
+
+
 _memory = {}
 _lock = threading.Lock()
 
 
-def compile_layer(spec, target=None):
-    """(runtime module, schedule) for ``spec`` on ``target`` (default: this CPU), from a cache if possible."""
-    target = target or host_target()
-    schedule = default_schedule(target, spec.mode, spec.input_size, spec.hidden_size, spec.dtype)
-    key = cache_key(spec, schedule, target)
+def compile_cached(description, lower, target):
+    """The runtime module for ``description``: from memory, from the disk cache, or built by ``lower()``."""
+    key = cache_key(description, target)
     with _lock:
         if key not in _memory:
-            _memory[key] = _load_or_build(key, spec, schedule, target)
-        return _memory[key], schedule
+            _memory[key] = _load_or_build(key, lower, target)
+        return _memory[key]
 
 
-def _load_or_build(key, spec, schedule, target):
+def _load_or_build(key, lower, target):
     path = cache_dir() / f"{key}.so"
     if path.exists():
         try:
             return tvm.runtime.load_module(str(path))
         except Exception as err:  # a truncated or foreign file: rebuild it
             warnings.warn(f"lucid_tvm: discarding unreadable cached module {path}: {err}", stacklevel=3)
-    module = tvm.tirx.build(lower(spec, schedule), target=target)
+    module = tvm.tirx.build(lower(), target=target)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 from tvm.target import codegen
 
-from .kernels.gates import NUM_GATES
-
 # Below this many multiply-adds per step and batch row, one thread beats a launch per step.
 PARALLEL_STEP_MACS = 64 * 1024
 
@@ -33,8 +31,9 @@ def vector_lanes(target, dtype):
     return max(1, bits // (8 * np.dtype(dtype).itemsize))
 
 
-def default_schedule(target, mode, input_size, hidden_size, dtype):
-    gates = NUM_GATES[mode]
+def default_schedule(target, num_gates, hidden_size, dtype):
+    """Knobs for kernels producing ``num_gates * hidden_size`` columns (a GEMM: num_gates=1)."""
+    gates = num_gates
     return CpuSchedule(
         lanes=vector_lanes(target, dtype),
         rows=min(8, 24 // gates),

@@ -29,11 +29,15 @@ def _check_rows(rows):
         raise ValueError(f"rows must be in [4, 8], got {rows}")
 
 
-def projection(num_gates, input_size, hidden_size, dtype, lanes, rows, parallel):
-    """PrimFunc ``project(x (M, I), w (NB, I, G, L), b (NB, G, L), xp (M, NB, G, L))``."""
-    G, K, L, R = num_gates, input_size, lanes, rows
+def projection(num_gates, output_size, dtype, lanes, rows, parallel):
+    """PrimFunc ``project(x (M, K), w (NB, K, G, L), b (NB, G, L), xp (M, NB, G, L))``.
+
+    ``xp = x @ W^T + b`` for a (G*output_size, K) weight packed by :func:`.layout.pack_weight`.
+    M and K are symbolic: the same GEMM serves every input size.
+    """
+    G, L, R = num_gates, lanes, rows
     _check_rows(rows)
-    NB = num_blocks(hidden_size, lanes)
+    NB = num_blocks(output_size, lanes)
     loop = T.parallel if parallel else T.serial
 
     @T.macro
@@ -42,7 +46,7 @@ def projection(num_gates, input_size, hidden_size, dtype, lanes, rows, parallel)
         for r, g in T.grid(nrows, G):
             for l in T.vectorized(L):
                 acc[r, g, l] = b[blk, g, l]
-        for k in range(K):
+        for k in range(x.shape[1]):
             for r in T.unroll(nrows):
                 for g in T.unroll(G):
                     for l in T.vectorized(L):
@@ -64,9 +68,9 @@ def projection(num_gates, input_size, hidden_size, dtype, lanes, rows, parallel)
     @T.prim_func
     def project(x_h: T.handle, w_h: T.handle, b_h: T.handle, xp_h: T.handle):
         T.func_attr({"global_symbol": "project", "tirx.noalias": True})
-        n_m = T.int32()
-        x = T.match_buffer(x_h, (n_m, K), dtype)
-        w = T.match_buffer(w_h, (NB, K, G, L), dtype)
+        n_m, n_k = T.int32(), T.int32()
+        x = T.match_buffer(x_h, (n_m, n_k), dtype)
+        w = T.match_buffer(w_h, (NB, n_k, G, L), dtype)
         b = T.match_buffer(b_h, (NB, G, L), dtype)
         xp = T.match_buffer(xp_h, (n_m, NB, G, L), dtype)
         # Blocks vary fastest, so a task's neighbours share its rows of x.

@@ -1,0 +1,155 @@
+"""The tracetorch 0.19.2 cell equations, forward and backward, as TE elementwise kernels.
+
+tracetorch computes every gate with one Linear over ``cat([H, x])`` (H first). The matrix products
+run on the GEMM of :mod:`.recurrent` (``projection`` with one gate); these kernels hold the
+elementwise math around them. ``pre`` is a GEMM output of shape (B, P) whose first columns are the
+Linear's outputs in tracetorch's chunk order (P is the GEMM's padded width).
+
+- SimpleRNN: ``H' = tanh(pre)``
+- LSTM, chunks i, f, o, g: ``C' = sig(f) C + sig(i) tanh(g)``, ``H' = sig(o) tanh(C')``
+- GRU, in two stages around the candidate GEMM:
+  ``r, u = sig(pre1)``; ``cand = tanh(Linear2(cat[H * r, x]))``; ``H' = H (1 - u) + u cand``
+
+Backward kernels take the gradient of the step's outputs and return the gradient of the
+pre-activations (for the weight and input GEMMs) and of the previous states. Batch is symbolic.
+"""
+
+from tvm import te, tirx
+
+KINDS = ("SimpleRNN", "LSTM", "GRU")
+NUM_CHUNKS = {"SimpleRNN": 1, "LSTM": 4, "GRU": 2}  # of the first Linear
+
+
+def _sig(x):
+    return tirx.sigmoid(x)
+
+
+def _one(like):
+    return tirx.const(1, str(like.ty.dtype))
+
+
+def _batch_and(dtype, *shapes):
+    batch = te.var("batch")
+    return batch, [te.placeholder((batch,) + tuple(s), dtype, name=n) for n, s in shapes]
+
+
+def simple_rnn(hidden, dtype):
+    """forward(pre, h_new); backward(h_new, dh, dpre)."""
+    batch, (pre,) = _batch_and(dtype, ("pre", (te.var("p"),)))
+    h_new = te.compute((batch, hidden), lambda b, j: tirx.tanh(pre[b, j]), name="h_new")
+    _, (h, dh) = _batch_and(dtype, ("h", (hidden,)), ("dh", (hidden,)))
+    batch2 = h.shape[0]
+    dpre = te.compute((batch2, hidden), lambda b, j: dh[b, j] * (_one(h[b, j]) - h[b, j] * h[b, j]),
+                      name="dpre")
+    return {"forward": te.create_prim_func([pre, h_new]), "backward": te.create_prim_func([h, dh, dpre])}
+
+
+def lstm(hidden, dtype):
+    """forward(pre, c, h_new, c_new, acts); backward(acts, c, c_new, dh, dc_new, dpre, dc).
+
+    ``acts`` (B, 4H) keeps the activated chunks i, f, o, g for the backward.
+    """
+    H = hidden
+    batch, (pre, c) = _batch_and(dtype, ("pre", (te.var("p"),)), ("c", (H,)))
+
+    def act(b, k):
+        return tirx.Select(k < 3 * H, _sig(pre[b, k]), tirx.tanh(pre[b, k]))
+
+    acts = te.compute((batch, 4 * H), act, name="acts")
+
+    def cell(b, j):
+        return _sig(pre[b, H + j]) * c[b, j] + _sig(pre[b, j]) * tirx.tanh(pre[b, 3 * H + j])
+
+    c_new = te.compute((batch, H), cell, name="c_new")
+    h_new = te.compute((batch, H), lambda b, j: _sig(pre[b, 2 * H + j]) * tirx.tanh(cell(b, j)),
+                       name="h_new")
+
+    _, (a, c0, c1, dh, dc1) = _batch_and(dtype, ("acts", (4 * H,)), ("c", (H,)), ("c_new", (H,)),
+                                         ("dh", (H,)), ("dc_new", (H,)))
+    nb = a.shape[0]
+
+    def dcell(b, j):  # total gradient reaching C': from the output H' and from later steps
+        t = tirx.tanh(c1[b, j])
+        return dc1[b, j] + dh[b, j] * a[b, 2 * H + j] * (_one(t) - t * t)
+
+    def dpre_at(b, k):
+        j = k % H
+        i, f, o, g = a[b, j], a[b, H + j], a[b, 2 * H + j], a[b, 3 * H + j]
+        one = _one(i)
+        d = dcell(b, j)
+        return tirx.Select(
+            k < H, d * g * i * (one - i),
+            tirx.Select(k < 2 * H, d * c0[b, j] * f * (one - f),
+                        tirx.Select(k < 3 * H, dh[b, j] * tirx.tanh(c1[b, j]) * o * (one - o),
+                                    d * i * (one - g * g))))
+
+    dpre = te.compute((nb, 4 * H), dpre_at, name="dpre")
+    dc = te.compute((nb, H), lambda b, j: dcell(b, j) * a[b, H + j], name="dc")
+    return {
+        "forward": te.create_prim_func([pre, c, h_new, c_new, acts]),
+        "backward": te.create_prim_func([a, c0, c1, dh, dc1, dpre, dc]),
+    }
+
+
+def gru(hidden, input_size, dtype):
+    """Four kernels around the two GEMMs of a GRU step.
+
+    - forward_gates(pre1, h, x, ru, rhx): ``ru`` = (r, u) activated; ``rhx`` = cat[H * r, x], the
+      candidate GEMM's input.
+    - forward_out(pre2, h, ru, h_new, cand)
+    - backward_out(h, ru, cand, dh, dpre2, du, dh_direct): through H' and the candidate's tanh.
+    - backward_gates(h, ru, drhx, du, dh_direct, dpre1, dh_acc): ``drhx`` is the candidate GEMM's
+      input gradient; ``dh_acc`` is dH without the gates GEMM's part.
+    """
+    H, I = hidden, input_size
+    batch, (pre1, h, x) = _batch_and(dtype, ("pre1", (te.var("p"),)), ("h", (H,)), ("x", (I,)))
+    ru = te.compute((batch, 2 * H), lambda b, k: _sig(pre1[b, k]), name="ru")
+    rhx = te.compute((batch, H + I), lambda b, k: tirx.Select(
+        k < H, h[b, tirx.min(k, H - 1)] * _sig(pre1[b, tirx.min(k, H - 1)]), x[b, tirx.max(k - H, 0)]),
+        name="rhx")
+    forward_gates = te.create_prim_func([pre1, h, x, ru, rhx])
+
+    batch, (pre2, h, ru_in) = _batch_and(dtype, ("pre2", (te.var("p"),)), ("h", (H,)), ("ru", (2 * H,)))
+
+    def h_out(b, j):
+        u = ru_in[b, H + j]
+        return h[b, j] * (_one(u) - u) + u * tirx.tanh(pre2[b, j])
+
+    h_new = te.compute((batch, H), h_out, name="h_new")
+    cand = te.compute((batch, H), lambda b, j: tirx.tanh(pre2[b, j]), name="cand")
+    forward_out = te.create_prim_func([pre2, h, ru_in, h_new, cand])
+
+    batch, (h, ru_in, cd, dh) = _batch_and(dtype, ("h", (H,)), ("ru", (2 * H,)), ("cand", (H,)),
+                                           ("dh", (H,)))
+    dpre2 = te.compute((batch, H), lambda b, j: dh[b, j] * ru_in[b, H + j] * (_one(cd[b, j]) - cd[b, j] * cd[b, j]),
+                       name="dpre2")
+    du = te.compute((batch, H), lambda b, j: dh[b, j] * (cd[b, j] - h[b, j]), name="du")
+    dh_direct = te.compute((batch, H), lambda b, j: dh[b, j] * (_one(dh[b, j]) - ru_in[b, H + j]),
+                           name="dh_direct")
+    backward_out = te.create_prim_func([h, ru_in, cd, dh, dpre2, du, dh_direct])
+
+    batch, (h, ru_in, drhx, du_in, dhd) = _batch_and(
+        dtype, ("h", (H,)), ("ru", (2 * H,)), ("drhx", (te.var("q"),)), ("du", (H,)), ("dh_direct", (H,)))
+
+    def dpre1_at(b, k):
+        j = k % H
+        r, u = ru_in[b, j], ru_in[b, H + j]
+        one = _one(r)
+        return tirx.Select(k < H, drhx[b, j] * h[b, j] * r * (one - r), du_in[b, j] * u * (one - u))
+
+    dpre1 = te.compute((batch, 2 * H), dpre1_at, name="dpre1")
+    dh_acc = te.compute((batch, H), lambda b, j: dhd[b, j] + drhx[b, j] * ru_in[b, j], name="dh_acc")
+    backward_gates = te.create_prim_func([h, ru_in, drhx, du_in, dhd, dpre1, dh_acc])
+    return {"forward_gates": forward_gates, "forward_out": forward_out,
+            "backward_out": backward_out, "backward_gates": backward_gates}
+
+
+def kernels(kind, hidden, input_size, dtype):
+    """name -> PrimFunc of the elementwise kernels of one tracetorch layer."""
+    if kind == "SimpleRNN":
+        return simple_rnn(hidden, dtype)
+    if kind == "LSTM":
+        return lstm(hidden, dtype)
+    if kind == "GRU":
+        return gru(hidden, input_size, dtype)
+    raise ValueError(f"unknown tracetorch layer {kind!r}; expected one of {KINDS}")
