@@ -10,7 +10,7 @@ import functools
 import numpy as np
 import tvm
 
-from .build import LayerSpec, compile_layer
+from .build import LayerSpec, compile_functions, compile_gemm, compile_layer
 from .kernels.layout import num_blocks, pack_bias, pack_weight
 
 ALIGNMENT = 64
@@ -81,3 +81,47 @@ class LayerKernel:
 @functools.lru_cache(maxsize=None)
 def layer_kernel(mode, input_size, hidden_size, dtype):
     return LayerKernel(LayerSpec(mode, input_size, hidden_size, np.dtype(dtype).name))
+
+
+class Gemm:
+    """``x @ W^T + b`` on the compiled GEMM, for weights W of ``output_size`` rows and any K.
+
+    The result is ``(M, width)`` with ``width`` the output size rounded up to whole SIMD vectors;
+    the columns past ``output_size`` are zero when the weights' padding is.
+    """
+
+    def __init__(self, output_size, dtype):
+        self.output_size, self.dtype = output_size, np.dtype(dtype).name
+        self.module, self.schedule = compile_gemm(output_size, self.dtype)
+        self._project = self.module["project"]
+        self.blocks = num_blocks(output_size, self.schedule.lanes)
+        self.width = self.blocks * self.schedule.lanes
+
+    def pack(self, w, b=None):
+        """Weights (output_size, K) and bias in the GEMM's layout."""
+        lanes = self.schedule.lanes
+        return (_dl(aligned(pack_weight(w, 1, self.output_size, lanes, self.dtype), self.dtype)),
+                _dl(aligned(pack_bias(b, 1, self.output_size, lanes, self.dtype), self.dtype)))
+
+    def __call__(self, x, packed):
+        out = aligned_empty((x.shape[0], self.width), self.dtype)
+        lanes = self.schedule.lanes
+        self._project(_dl(aligned(x, self.dtype)), *packed,
+                      _dl(out.reshape(x.shape[0], self.blocks, 1, lanes)))
+        return out
+
+
+@functools.lru_cache(maxsize=None)
+def gemm(output_size, dtype):
+    return Gemm(output_size, np.dtype(dtype).name)
+
+
+class Functions:
+    """Named compiled functions called on numpy arrays: ``fns.name(*arrays)`` (outputs last)."""
+
+    def __init__(self, description, functions):
+        self.module = compile_functions(description, functions)
+
+    def __getattr__(self, name):
+        function = self.module[name]
+        return lambda *arrays: function(*(_dl(a) for a in arrays))

@@ -24,10 +24,6 @@ def _sig(x):
     return tirx.sigmoid(x)
 
 
-def _one(like):
-    return tirx.const(1, str(like.ty.dtype))
-
-
 def _batch_and(dtype, *shapes):
     batch = te.var("batch")
     return batch, [te.placeholder((batch,) + tuple(s), dtype, name=n) for n, s in shapes]
@@ -35,11 +31,12 @@ def _batch_and(dtype, *shapes):
 
 def simple_rnn(hidden, dtype):
     """forward(pre, h_new); backward(h_new, dh, dpre)."""
+    one = tirx.const(1, dtype)
     batch, (pre,) = _batch_and(dtype, ("pre", (te.var("p"),)))
     h_new = te.compute((batch, hidden), lambda b, j: tirx.tanh(pre[b, j]), name="h_new")
     _, (h, dh) = _batch_and(dtype, ("h", (hidden,)), ("dh", (hidden,)))
     batch2 = h.shape[0]
-    dpre = te.compute((batch2, hidden), lambda b, j: dh[b, j] * (_one(h[b, j]) - h[b, j] * h[b, j]),
+    dpre = te.compute((batch2, hidden), lambda b, j: dh[b, j] * (one - h[b, j] * h[b, j]),
                       name="dpre")
     return {"forward": te.create_prim_func([pre, h_new]), "backward": te.create_prim_func([h, dh, dpre])}
 
@@ -49,6 +46,7 @@ def lstm(hidden, dtype):
 
     ``acts`` (B, 4H) keeps the activated chunks i, f, o, g for the backward.
     """
+    one = tirx.const(1, dtype)
     H = hidden
     batch, (pre, c) = _batch_and(dtype, ("pre", (te.var("p"),)), ("c", (H,)))
 
@@ -70,12 +68,11 @@ def lstm(hidden, dtype):
 
     def dcell(b, j):  # total gradient reaching C': from the output H' and from later steps
         t = tirx.tanh(c1[b, j])
-        return dc1[b, j] + dh[b, j] * a[b, 2 * H + j] * (_one(t) - t * t)
+        return dc1[b, j] + dh[b, j] * a[b, 2 * H + j] * (one - t * t)
 
     def dpre_at(b, k):
         j = k % H
         i, f, o, g = a[b, j], a[b, H + j], a[b, 2 * H + j], a[b, 3 * H + j]
-        one = _one(i)
         d = dcell(b, j)
         return tirx.Select(
             k < H, d * g * i * (one - i),
@@ -101,6 +98,7 @@ def gru(hidden, input_size, dtype):
     - backward_gates(h, ru, drhx, du, dh_direct, dpre1, dh_acc): ``drhx`` is the candidate GEMM's
       input gradient; ``dh_acc`` is dH without the gates GEMM's part.
     """
+    one = tirx.const(1, dtype)
     H, I = hidden, input_size
     batch, (pre1, h, x) = _batch_and(dtype, ("pre1", (te.var("p"),)), ("h", (H,)), ("x", (I,)))
     ru = te.compute((batch, 2 * H), lambda b, k: _sig(pre1[b, k]), name="ru")
@@ -113,7 +111,7 @@ def gru(hidden, input_size, dtype):
 
     def h_out(b, j):
         u = ru_in[b, H + j]
-        return h[b, j] * (_one(u) - u) + u * tirx.tanh(pre2[b, j])
+        return h[b, j] * (one - u) + u * tirx.tanh(pre2[b, j])
 
     h_new = te.compute((batch, H), h_out, name="h_new")
     cand = te.compute((batch, H), lambda b, j: tirx.tanh(pre2[b, j]), name="cand")
@@ -121,10 +119,10 @@ def gru(hidden, input_size, dtype):
 
     batch, (h, ru_in, cd, dh) = _batch_and(dtype, ("h", (H,)), ("ru", (2 * H,)), ("cand", (H,)),
                                            ("dh", (H,)))
-    dpre2 = te.compute((batch, H), lambda b, j: dh[b, j] * ru_in[b, H + j] * (_one(cd[b, j]) - cd[b, j] * cd[b, j]),
+    dpre2 = te.compute((batch, H), lambda b, j: dh[b, j] * ru_in[b, H + j] * (one - cd[b, j] * cd[b, j]),
                        name="dpre2")
     du = te.compute((batch, H), lambda b, j: dh[b, j] * (cd[b, j] - h[b, j]), name="du")
-    dh_direct = te.compute((batch, H), lambda b, j: dh[b, j] * (_one(dh[b, j]) - ru_in[b, H + j]),
+    dh_direct = te.compute((batch, H), lambda b, j: dh[b, j] * (one - ru_in[b, H + j]),
                            name="dh_direct")
     backward_out = te.create_prim_func([h, ru_in, cd, dh, dpre2, du, dh_direct])
 
@@ -134,7 +132,6 @@ def gru(hidden, input_size, dtype):
     def dpre1_at(b, k):
         j = k % H
         r, u = ru_in[b, j], ru_in[b, H + j]
-        one = _one(r)
         return tirx.Select(k < H, drhx[b, j] * h[b, j] * r * (one - r), du_in[b, j] * u * (one - u))
 
     dpre1 = te.compute((batch, 2 * H), dpre1_at, name="dpre1")

@@ -1,0 +1,111 @@
+"""One step of a tracetorch layer on compiled kernels: forward, and backward for autograd.
+
+Each step is a few calls: the Linear over cat([H, x]) on the compiled GEMM, the cell's
+elementwise kernels (``kernels/tracetorch.py``), and for the backward two more GEMMs per Linear:
+``d[H, x] = dpre @ W`` and ``[dW | db] = dpre^T @ [H, x, 1]``. Arrays are numpy (zero-copy views
+of torch tensors). Weights are packed once per parameter version (torch bumps ``_version`` on
+every in-place change, so an optimizer step is noticed).
+"""
+
+import numpy as np
+
+from ..kernels import tracetorch as equations
+from ..runtime import Functions, aligned, gemm
+
+
+class _PackedLinear:
+    """A torch Linear's weights for the forward GEMM (W) and the input-gradient GEMM (W^T)."""
+
+    def __init__(self, linear, dtype):
+        self.linear, self.dtype, self._key = linear, dtype, None
+        out_features, in_features = linear.weight.shape
+        self.forward_gemm = gemm(out_features, dtype)
+        self.input_grad_gemm = gemm(in_features, dtype)
+
+    def packed(self):
+        w, b = self.linear.weight, self.linear.bias
+        key = (w.data_ptr(), w._version, b.data_ptr(), b._version)
+        if key != self._key:
+            weight = w.detach().numpy()
+            self.forward = self.forward_gemm.pack(weight, b.detach().numpy())
+            self.transposed = self.input_grad_gemm.pack(weight.T)
+            self._key = key
+        return self
+
+    def __call__(self, x):
+        return self.forward_gemm(x, self.forward)
+
+    def input_grad(self, dpre):
+        return self.input_grad_gemm(dpre, self.transposed)[:, :self.input_grad_gemm.output_size]
+
+    def weight_grad(self, dpre, inputs):
+        """(dW, db) from dpre (B, out) and the Linear's inputs (B, in)."""
+        batch, width = inputs.shape
+        ones = np.ones((batch, 1), self.dtype)
+        extended = np.concatenate([inputs, ones], axis=1)  # the last column yields db
+        wgemm = gemm(width + 1, self.dtype)
+        full = wgemm(aligned(dpre.T, self.dtype), wgemm.pack(extended.T))
+        return full[:, :width], full[:, width]
+
+
+class StepEngine:
+    """Forward and backward of one tracetorch layer kind for fixed sizes and dtype."""
+
+    def __init__(self, kind, linears, in_features, out_features, dtype):
+        self.kind, self.dtype = kind, dtype
+        self.hidden = out_features
+        self.linears = [_PackedLinear(linear, dtype) for linear in linears]
+        description = {"tracetorch": kind, "hidden": out_features, "input": in_features, "dtype": dtype}
+        self.fns = Functions(description, lambda: equations.kernels(kind, out_features, in_features, dtype))
+
+    def _empty(self, batch, width=None):
+        return aligned(np.empty((batch, width or self.hidden), self.dtype), self.dtype)
+
+    def forward(self, x, h, c=None):
+        """(h_new, c_new or None, saved-for-backward)."""
+        batch = x.shape[0]
+        hx = aligned(np.concatenate([h, x], axis=1), self.dtype)
+        first = self.linears[0].packed()
+        pre = first(hx)
+        h_new = self._empty(batch)
+        if self.kind == "SimpleRNN":
+            self.fns.forward(pre, h_new)
+            return h_new, None, (hx, h_new)
+        if self.kind == "LSTM":
+            c_new, acts = self._empty(batch), self._empty(batch, 4 * self.hidden)
+            self.fns.forward(pre, aligned(c, self.dtype), h_new, c_new, acts)
+            return h_new, c_new, (hx, aligned(c, self.dtype), c_new, acts)
+        h = aligned(h, self.dtype)
+        ru, rhx = self._empty(batch, 2 * self.hidden), self._empty(batch, hx.shape[1])
+        self.fns.forward_gates(pre, h, aligned(x, self.dtype), ru, rhx)
+        cand = self._empty(batch)
+        self.fns.forward_out(self.linears[1].packed()(rhx), h, ru, h_new, cand)
+        return h_new, None, (hx, h, ru, rhx, cand)
+
+    def backward(self, saved, dh, dc=None):
+        """(dx, dh_prev, dc_prev or None, [(dW, db) per Linear])."""
+        dh = aligned(dh, self.dtype)
+        batch, hidden = dh.shape
+        if self.kind in ("SimpleRNN", "LSTM"):
+            linear = self.linears[0].packed()
+            if self.kind == "SimpleRNN":
+                hx, h_new = saved
+                dpre, dc_prev = self._empty(batch), None
+                self.fns.backward(h_new, dh, dpre)
+            else:
+                hx, c, c_new, acts = saved
+                dpre, dc_prev = self._empty(batch, 4 * hidden), self._empty(batch)
+                self.fns.backward(acts, c, c_new, dh, aligned(dc, self.dtype), dpre, dc_prev)
+            dhx = linear.input_grad(dpre)
+            return dhx[:, hidden:], dhx[:, :hidden], dc_prev, [linear.weight_grad(dpre, hx)]
+        hx, h, ru, rhx, cand = saved
+        gates, candidate = self.linears[0].packed(), self.linears[1].packed()
+        dpre2, du, dh_direct = self._empty(batch), self._empty(batch), self._empty(batch)
+        self.fns.backward_out(h, ru, cand, dh, dpre2, du, dh_direct)
+        drhx = aligned(candidate.input_grad(dpre2), self.dtype)
+        dpre1, dh_acc = self._empty(batch, 2 * hidden), self._empty(batch)
+        self.fns.backward_gates(h, ru, drhx, du, dh_direct, dpre1, dh_acc)
+        dhx = gates.input_grad(dpre1)
+        dx = drhx[:, hidden:] + dhx[:, hidden:]
+        dh_prev = dh_acc + dhx[:, :hidden]
+        return dx, dh_prev, None, [gates.weight_grad(dpre1, hx), candidate.weight_grad(dpre2, rhx)]

@@ -1,0 +1,108 @@
+"""tracetorch's hidden-state contract: ``tt.core.Layer`` and ``tt.Model`` (as in tracetorch 0.19.2's code).
+
+States are plain attributes registered by name, None until the first forward, then zeros with the
+input's dtype and device and the input's shape with axis ``dim`` set to ``num_neurons``.
+"""
+
+import torch
+from torch import nn
+
+
+class Layer(nn.Module):
+    def __init__(self, num_neurons, dim=-1):
+        super().__init__()
+        self._state_names = set()
+        self.num_neurons = num_neurons
+        self.dim = dim
+
+    def _initialize_state(self, state_name):
+        self._state_names.add(state_name)
+        setattr(self, state_name, None)
+
+    def _ensure_states(self, reference):
+        for name in self._state_names:
+            if getattr(self, name) is None:
+                shape = list(reference.shape)
+                shape[self.dim] = self.num_neurons
+                setattr(self, name, torch.zeros(shape, dtype=reference.dtype, device=reference.device))
+
+    def zero_states(self):
+        """Forget the states; the next forward creates them anew (a new batch size works then)."""
+        for name in self._state_names:
+            setattr(self, name, None)
+
+    def detach_states(self):
+        """Cut the states from the autograd graph: truncated backpropagation through time."""
+        for name in self._state_names:
+            state = getattr(self, name)
+            if state is not None:
+                setattr(self, name, state.detach())
+
+    def _to_working_dim(self, tensor):
+        return tensor.movedim(self.dim, -1)
+
+    def _from_working_dim(self, tensor):
+        return tensor.movedim(-1, self.dim)
+
+
+def _walk_layers(obj, path, seen):
+    """(path, layer) for every Layer under obj: submodules and list/tuple/set/dict attributes,
+    named as tracetorch names them (``net.0.H``, ``.blocks[1].H``, ``.heads[key].C``)."""
+    if id(obj) in seen:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, Layer):
+        yield path, obj
+    if isinstance(obj, nn.Module):
+        for name, child in obj._modules.items():
+            if child is not None:
+                yield from _walk_layers(child, f"{path}.{name}" if path else name, seen)
+    for attr, value in getattr(obj, "__dict__", {}).items():
+        if isinstance(value, (list, tuple, set)):
+            for i, item in enumerate(value):
+                yield from _walk_layers(item, f"{path}.{attr}[{i}]", seen)
+        elif isinstance(value, dict) and not attr.startswith("_"):
+            for key, item in value.items():
+                yield from _walk_layers(item, f"{path}.{attr}[{key}]", seen)
+
+
+class Model(nn.Module):
+    """A torch Module whose state methods reach every tracetorch layer inside it."""
+
+    def _layers(self):
+        return list(_walk_layers(self, "", set()))
+
+    def zero_states(self):
+        for _, layer in self._layers():
+            layer.zero_states()
+
+    def detach_states(self):
+        for _, layer in self._layers():
+            layer.detach_states()
+
+    def save_states(self):
+        """``{"path.H": tensor}`` for every created state, detached copies."""
+        states = {}
+        for path, layer in self._layers():
+            for name in layer._state_names:
+                value = getattr(layer, name)
+                if value is not None:
+                    states[f"{path}.{name}" if path else name] = value.detach().clone()
+        return states
+
+    def load_states(self, states, strict=True, device=None):
+        missing = []
+        for path, layer in self._layers():
+            for name in layer._state_names:
+                key = f"{path}.{name}" if path else name
+                if key not in states:
+                    missing.append(key)
+                    continue
+                value, current = states[key], getattr(layer, name)
+                if current is not None and current.shape != value.shape:
+                    raise ValueError(f"Shape mismatch for {key}: expected {current.shape}, got {value.shape}")
+                if device is None:
+                    device = next((p.device for p in layer.parameters()), value.device)
+                setattr(layer, name, value.to(device))
+        if strict and missing:
+            raise ValueError(f"Missing states for: {missing}")

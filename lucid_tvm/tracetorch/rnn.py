@@ -1,0 +1,155 @@
+"""``tt.rnn``: SimpleRNN, LSTM and GRU with tracetorch 0.19.2's parameters, states and equations,
+computed by compiled kernels, trainable through ``torch.autograd``."""
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import core
+from ._step import StepEngine
+
+
+class Layer(core.Layer):
+    """The superclass of the recurrent layers (tracetorch's ``tt.rnn.Layer``)."""
+
+
+class _Step(torch.autograd.Function):
+    """One compiled step; its backward runs the compiled backward kernels."""
+
+    @staticmethod
+    def forward(ctx, engine, x, h, c, *params):
+        h_new, c_new, saved = engine.forward(x.numpy(), h.numpy(), None if c is None else c.numpy())
+        ctx.engine, ctx.saved, ctx.has_cell = engine, saved, c is not None
+        if c is None:
+            return torch.from_numpy(h_new)
+        return torch.from_numpy(h_new), torch.from_numpy(c_new)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dh, dc=None):
+        dc = None if dc is None else dc.contiguous().numpy()
+        dx, dh_prev, dc_prev, weight_grads = ctx.engine.backward(ctx.saved, dh.contiguous().numpy(), dc)
+        grads = [None, torch.from_numpy(np.ascontiguousarray(dx)), torch.from_numpy(np.ascontiguousarray(dh_prev)),
+                 None if dc_prev is None else torch.from_numpy(dc_prev)]
+        for dw, db in weight_grads:
+            grads += [torch.from_numpy(np.ascontiguousarray(dw)), torch.from_numpy(np.ascontiguousarray(db))]
+        return tuple(grads)
+
+
+class _CompiledLayer(Layer):
+    kind = None  # "SimpleRNN", "LSTM" or "GRU"
+    state_names = ("H",)
+
+    def __init__(self, in_features, out_features, dim=-1):
+        super().__init__(out_features, dim)
+        self.in_features, self.out_features = in_features, out_features
+        for name in self.state_names:
+            self._initialize_state(name)
+        self._engines = {}
+
+    def _linears(self):
+        raise NotImplementedError
+
+    def _engine(self, dtype):
+        name = np.dtype(str(dtype).replace("torch.", "")).name
+        if name not in self._engines:
+            self._engines[name] = StepEngine(self.kind, self._linears(), self.in_features,
+                                             self.out_features, name)
+        return self._engines[name]
+
+    def _check_input(self, x):
+        owner = type(self).__name__
+        if isinstance(x, np.ndarray):
+            if x.dtype.kind != "f":
+                raise TypeError(f"{owner}: expected a floating-point input, got dtype {x.dtype}")
+            return torch.from_numpy(x), True
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{owner}: expected a torch tensor or numpy array, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"{owner}: expected a floating-point input, got dtype {x.dtype}")
+        if x.device.type != "cpu":
+            raise TypeError(f"{owner}: expected a CPU tensor, got one on {x.device} (no CUDA kernels yet)")
+        return x, False
+
+    def forward(self, x):
+        owner = type(self).__name__
+        x, from_numpy = self._check_input(x)
+        if not -x.ndim <= self.dim < x.ndim:
+            raise ValueError(f"{owner}: dim={self.dim} is out of range for an input of {x.ndim} dimensions")
+        if x.shape[self.dim] != self.in_features:
+            raise ValueError(f"{owner}: expected {self.in_features} features on axis dim={self.dim}, "
+                             f"got input of shape {tuple(x.shape)}")
+        self._ensure_states(x)
+        expected = list(x.shape)
+        expected[self.dim] = self.num_neurons
+        states = [self._as_tensor(getattr(self, name)) for name in self.state_names]
+        for name, state in zip(self.state_names, states):
+            if list(state.shape) != expected:
+                raise ValueError(f"{owner}: state {name} has shape {tuple(state.shape)} but this input "
+                                 f"needs {tuple(expected)}; call zero_states() before changing the batch")
+        weight = self._linears()[0].weight
+        lead = self._to_working_dim(x).shape[:-1]
+        x2 = self._to_working_dim(x).reshape(-1, self.in_features).to(weight.dtype)
+        s2 = [self._to_working_dim(s).reshape(-1, self.num_neurons).to(weight.dtype) for s in states]
+        engine = self._engine(weight.dtype)
+        params = [p for linear in self._linears() for p in (linear.weight, linear.bias)]
+        c = s2[1] if len(s2) > 1 else None
+        if torch.is_grad_enabled() and any(t.requires_grad for t in [x2, *s2, *params]):
+            outputs = _Step.apply(engine, x2.contiguous(), s2[0].contiguous(),
+                                  None if c is None else c.contiguous(), *params)
+        else:
+            with torch.no_grad():
+                h_new, c_new, _ = engine.forward(x2.detach().numpy(), s2[0].detach().numpy(),
+                                                 None if c is None else c.detach().numpy())
+            outputs = torch.from_numpy(h_new) if c is None else (torch.from_numpy(h_new), torch.from_numpy(c_new))
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        for name, value in zip(self.state_names, outputs):
+            value = self._from_working_dim(value.reshape(*lead, self.num_neurons))
+            setattr(self, name, value.numpy() if from_numpy else value)
+        return self.H
+
+    @staticmethod
+    def _as_tensor(state):
+        return torch.from_numpy(state) if isinstance(state, np.ndarray) else state
+
+
+class SimpleRNN(_CompiledLayer):
+    """``H = tanh(lin(cat[H, x]))``."""
+
+    kind = "SimpleRNN"
+
+    def __init__(self, in_features, out_features, dim=-1):
+        super().__init__(in_features, out_features, dim)
+        self.lin = nn.Linear(in_features + out_features, out_features)
+
+    def _linears(self):
+        return [self.lin]
+
+
+class LSTM(_CompiledLayer):
+    """Chunks i, f, o, g of ``gate_layers(cat[H, x])``; sigmoid on i, f, o and tanh on g."""
+
+    kind = "LSTM"
+    state_names = ("H", "C")
+
+    def __init__(self, in_features, out_features, dim=-1):
+        super().__init__(in_features, out_features, dim)
+        self.gate_layers = nn.Linear(in_features + out_features, 4 * out_features)
+
+    def _linears(self):
+        return [self.gate_layers]
+
+
+class GRU(_CompiledLayer):
+    """``r, u = sigmoid(gate_layers(cat[H, x]))``; ``cand = tanh(candidate_layer(cat[H * r, x]))``;
+    ``H = H * (1 - u) + u * cand``."""
+
+    kind = "GRU"
+
+    def __init__(self, in_features, out_features, dim=-1):
+        super().__init__(in_features, out_features, dim)
+        self.gate_layers = nn.Linear(in_features + out_features, 2 * out_features)
+        self.candidate_layer = nn.Linear(in_features + out_features, out_features)
+
+    def _linears(self):
+        return [self.gate_layers, self.candidate_layer]
