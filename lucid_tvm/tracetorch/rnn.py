@@ -94,7 +94,10 @@ class _CompiledLayer(Layer):
         engine = self._engine(weight.dtype)
         params = [p for linear in self._linears() for p in (linear.weight, linear.bias)]
         c = s2[1] if len(s2) > 1 else None
-        if torch.is_grad_enabled() and any(t.requires_grad for t in [x2, *s2, *params]):
+        # numpy in, numpy out: no graph to record.
+        needs_grad = not from_numpy and torch.is_grad_enabled() and any(
+            t.requires_grad for t in [x2, *s2, *params])
+        if needs_grad:
             outputs = _Step.apply(engine, x2.contiguous(), s2[0].contiguous(),
                                   None if c is None else c.contiguous(), *params)
         else:

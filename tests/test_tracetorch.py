@@ -1,0 +1,223 @@
+"""lucid_tvm.tracetorch against tracetorch 0.19.2 itself: outputs, states, gradients, containers."""
+
+import numpy as np
+import pytest
+import torch
+import tracetorch as ref_tt
+
+import lucid_tvm.tracetorch as tt
+
+KINDS = ["SimpleRNN", "LSTM", "GRU"]
+IN, OUT = 5, 7
+
+
+def twins(kind, dim=-1, dtype=torch.float32):
+    torch.manual_seed(0)
+    ref = getattr(ref_tt.rnn, kind)(IN, OUT, dim).to(dtype)
+    ours = getattr(tt.rnn, kind)(IN, OUT, dim).to(dtype)
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+def states_of(layer):
+    return {name: getattr(layer, name) for name in sorted(layer._state_names)}
+
+
+def assert_states_equal(ours, ref, atol=1e-5):
+    for (name, a), (_, b) in zip(states_of(ours).items(), states_of(ref).items()):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(a, b, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dim,shape", [(-1, (3, IN)), (-1, (2, 3, IN)), (1, (2, IN, 4)),
+                                       (-3, (2, IN, 3, 4)), (0, (IN, 3))])
+def test_steps_match_tracetorch(kind, dim, shape):
+    ref, ours = twins(kind, dim)
+    with torch.no_grad():
+        for _ in range(5):
+            x = torch.randn(shape)
+            torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=0)
+            assert_states_equal(ours, ref)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_state_contract(kind):
+    ref, ours = twins(kind)
+    assert all(v is None for v in states_of(ours).values())
+    x = torch.randn(4, IN, dtype=torch.float64)
+    ours.double()
+    ref.double()
+    out = ours(x)
+    assert out is ours.H and out.dtype == torch.float64 and out.shape == (4, OUT)
+    assert set(ours._state_names) == ({"H", "C"} if kind == "LSTM" else {"H"})
+    ref(x)
+    # A batch change without zero_states is an error; after zero_states it works.
+    with pytest.raises(ValueError, match="zero_states"):
+        ours(torch.randn(6, IN, dtype=torch.float64))
+    ours.zero_states()
+    ref.zero_states()
+    assert all(v is None for v in states_of(ours).values())
+    x = torch.randn(6, IN, dtype=torch.float64)
+    torch.testing.assert_close(ours(x), ref(x), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_numpy_in_numpy_out(kind):
+    ref, ours = twins(kind)
+    x = np.random.default_rng(0).standard_normal((3, IN)).astype(np.float32)
+    out = ours(x)
+    assert isinstance(out, np.ndarray)
+    out2 = ours(x)  # states kept as numpy
+    with torch.no_grad():
+        ref(torch.from_numpy(x))
+        expected = ref(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(out2, expected, atol=1e-5, rtol=0)
+    assert isinstance(out, np.ndarray)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradients_through_time_match(kind):
+    """BPTT over several calls, a detach_states truncation, and optimizer steps in between."""
+    ref, ours = twins(kind)
+    opt_ref = torch.optim.SGD(ref.parameters(), lr=0.1)
+    opt_ours = torch.optim.SGD(ours.parameters(), lr=0.1)
+    torch.manual_seed(1)
+    for chunk in range(3):
+        xs = [torch.randn(4, IN, requires_grad=True) for _ in range(4)]
+        xs_ref = [x.detach().clone().requires_grad_() for x in xs]
+        loss_ours = sum((ours(x) ** 2).mean() for x in xs)
+        loss_ref = sum((ref(x) ** 2).mean() for x in xs_ref)
+        torch.testing.assert_close(loss_ours, loss_ref, atol=1e-5, rtol=0)
+        opt_ours.zero_grad()
+        opt_ref.zero_grad()
+        loss_ours.backward()
+        loss_ref.backward()
+        for x, xr in zip(xs, xs_ref):
+            torch.testing.assert_close(x.grad, xr.grad, atol=1e-5, rtol=0)
+        for (name, p), (_, q) in zip(ours.named_parameters(), ref.named_parameters()):
+            torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=0, msg=name)
+        opt_ours.step()  # in-place parameter change: the packed weights must follow
+        opt_ref.step()
+        ours.detach_states()
+        ref.detach_states()
+        assert all(not s.requires_grad for s in states_of(ours).values())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradcheck_float64(kind):
+    torch.manual_seed(0)
+    layer = getattr(tt.rnn, kind)(3, 4).double()
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+
+    def step(x, h, c):
+        layer.zero_states()
+        layer.H = h
+        if kind == "LSTM":
+            layer.C = c
+            out = layer(x)
+            return out, layer.C
+        return layer(x)
+
+    assert torch.autograd.gradcheck(step, (x, h, c), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_parameter_gradients_match_finite_differences(kind):
+    """Two steps in float64; each perturbation is an in-place change the layer must notice."""
+    torch.manual_seed(0)
+    layer = getattr(tt.rnn, kind)(3, 4).double()
+    x = torch.randn(2, 3, dtype=torch.float64)
+
+    def two_steps():
+        layer.zero_states()
+        layer(x)
+        return layer(x).sum()
+
+    two_steps().backward()
+    eps = 1e-6
+    for name, p in layer.named_parameters():
+        flat = p.detach().view(-1)
+        for index in range(0, flat.numel(), max(1, flat.numel() // 6)):
+            old = flat[index].item()
+            with torch.no_grad():
+                flat[index] = old + eps
+                plus = two_steps().item()
+                flat[index] = old - eps
+                minus = two_steps().item()
+                flat[index] = old
+            assert abs((plus - minus) / (2 * eps) - p.grad.view(-1)[index].item()) < 1e-6, name
+
+
+def _net(lib):
+    class Net(lib.Model):
+        def __init__(self):
+            super().__init__()
+            self.seq = torch.nn.Sequential(lib.rnn.LSTM(IN, 6), torch.nn.Tanh())
+            self.blocks = [lib.rnn.GRU(6, 6)]
+            self.heads = {"a": lib.rnn.SimpleRNN(6, 3)}
+            self.pair = (lib.rnn.SimpleRNN(6, 3),)
+
+        def forward(self, x):
+            x = self.blocks[0](self.seq(x))
+            return self.heads["a"](x) + self.pair[0](x)
+
+    return Net()
+
+
+def test_model_reaches_nested_layers():
+    torch.manual_seed(0)
+    ours = _net(tt)
+    ref = _net(ref_tt)
+    ref.seq[0].load_state_dict(ours.seq[0].state_dict())
+    ref.blocks[0].load_state_dict(ours.blocks[0].state_dict())
+    ref.heads["a"].load_state_dict(ours.heads["a"].state_dict())
+    ref.pair[0].load_state_dict(ours.pair[0].state_dict())
+    x = torch.randn(2, IN)
+    with torch.no_grad():
+        for _ in range(3):
+            torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=0)
+    saved = ours.save_states()
+    assert set(saved) == {"seq.0.H", "seq.0.C", ".blocks[0].H", ".heads[a].H", ".pair[0].H"}
+    assert set(saved) <= set(ref.save_states())  # same names as tracetorch's
+    ours.zero_states()
+    assert ours.seq[0].H is None and ours.blocks[0].H is None and ours.pair[0].H is None
+    ours.load_states(saved)
+    torch.testing.assert_close(ours.heads["a"].H, saved[".heads[a].H"])
+    with pytest.raises(ValueError, match="Missing states"):
+        ours.load_states({})
+    y = ours(x.requires_grad_())
+    assert y.requires_grad
+    ours.detach_states()
+    assert not ours.blocks[0].H.requires_grad and not ours.heads["a"].H.requires_grad
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_state_dict_round_trips(kind):
+    ref, ours = twins(kind)
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    for name, tensor in ref.state_dict().items():
+        assert ours.state_dict()[name].shape == tensor.shape
+    back = getattr(ref_tt.rnn, kind)(IN, OUT)
+    back.load_state_dict(ours.state_dict())
+    x = torch.randn(2, IN)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), ours(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bad_inputs(kind):
+    _, ours = twins(kind, dim=1)
+    with pytest.raises(ValueError, match=rf"expected {IN} features on axis dim=1, got input of shape \(2, 4\)"):
+        ours(torch.randn(2, 4))
+    with pytest.raises(ValueError, match="dim=1 is out of range"):
+        ours(torch.randn(IN))
+    with pytest.raises(TypeError, match="floating-point"):
+        ours(torch.ones(2, IN, dtype=torch.int64))
+    with pytest.raises(TypeError, match="floating-point"):
+        ours(np.ones((2, IN), dtype=bool))
+    with pytest.raises(TypeError, match="torch tensor or numpy array"):
+        ours([[1.0] * IN])
