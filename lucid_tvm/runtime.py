@@ -69,13 +69,15 @@ class LayerKernel:
         s = self.spec
         n_t, n_b = x.shape[0], x.shape[1]
         w_ih, b_ih, w_hh, b_hh = packed
-        xp = aligned_empty((n_t, n_b, self.blocks, s.num_gates, self.schedule.lanes), s.dtype)
-        self._project(_dl(x.reshape(n_t * n_b, s.input_size)), w_ih, b_ih,
-                      _dl(xp.reshape(n_t * n_b, self.blocks, s.num_gates, self.schedule.lanes)))
+        packed_shape = (self.blocks, s.num_gates, self.schedule.lanes)
+        xp = aligned_empty((n_t, n_b) + packed_shape, s.dtype)
+        self._project(_dl(x.reshape(n_t * n_b, -1)), w_ih, b_ih, _dl(xp.reshape((n_t * n_b,) + packed_shape)))
+        workspace = (_dl(aligned_empty((2, n_b, s.hidden_size), s.dtype)),
+                     _dl(aligned_empty((n_b,) + packed_shape, s.dtype)))
         if s.mode == "LSTM":
-            self._recur(_dl(xp), w_hh, b_hh, _dl(h0), _dl(c0), _dl(y), _dl(cn), yoff, int(reverse))
+            self._recur(_dl(xp), w_hh, b_hh, _dl(h0), _dl(c0), _dl(y), _dl(cn), *workspace, yoff, int(reverse))
         else:
-            self._recur(_dl(xp), w_hh, b_hh, _dl(h0), _dl(y), yoff, int(reverse))
+            self._recur(_dl(xp), w_hh, b_hh, _dl(h0), _dl(y), *workspace, yoff, int(reverse))
 
 
 @functools.lru_cache(maxsize=None)

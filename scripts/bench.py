@@ -94,20 +94,98 @@ def bench_case(mode, hidden, batch, steps, reps, threads):
     return {name: statistics.median(t) * 1e3 for name, t in times.items()}, errors
 
 
+STEPS_PER_BLOCK = 20
+# (layer, in_features, out_features, batch): tracetorch one-step calls.
+TRACETORCH_CASES = [
+    ("LSTM", 64, 128, 32),
+    ("LSTM", 512, 512, 64),
+    ("GRU", 512, 512, 64),
+    ("SimpleRNN", 256, 256, 16),
+]
+
+
+def bench_tracetorch_case(kind, in_features, out_features, batch, reps):
+    """Median us per call of (forward, forward+backward) for tracetorch and lucid_tvm.tracetorch."""
+    import tracetorch
+
+    import lucid_tvm.tracetorch as ours_tt
+
+    torch.manual_seed(0)
+    ref = getattr(tracetorch.rnn, kind)(in_features, out_features)
+    ours = getattr(ours_tt.rnn, kind)(in_features, out_features)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(batch, in_features)
+    x_grad = x.clone().requires_grad_()
+
+    def forward(layer):
+        def run():
+            with torch.no_grad():
+                layer(x)
+        return run
+
+    def forward_backward(layer):
+        def run():
+            layer.detach_states()
+            layer(x_grad).sum().backward()
+        return run
+
+    with torch.no_grad():
+        error = float((ours(x) - ref(x)).abs().max())
+    impls = {("tracetorch", "fwd"): forward(ref), ("lucid_tvm", "fwd"): forward(ours),
+             ("tracetorch", "fwd+bwd"): forward_backward(ref), ("lucid_tvm", "fwd+bwd"): forward_backward(ours)}
+    for fn in impls.values():
+        fn()  # warm up: compile, allocate
+    # A recurrent layer is called step after step: time blocks of consecutive calls (steady state),
+    # interleaving the blocks of the implementations.
+    times = {key: [] for key in impls}
+    for _ in range(reps):
+        for key, fn in impls.items():
+            time.sleep(PAUSE)
+            start = time.perf_counter()
+            for _ in range(STEPS_PER_BLOCK):
+                fn()
+            times[key].append((time.perf_counter() - start) / STEPS_PER_BLOCK)
+    return {key: statistics.median(t) * 1e6 for key, t in times.items()}, error
+
+
+def print_tracetorch_table(reps):
+    print(f"\ntracetorch layers, median us per one-step call, blocks of {STEPS_PER_BLOCK} calls in {reps} interleaved rounds")
+    header = f"{'layer':9s} {'in':>4s} {'out':>4s} {'B':>3s} | {'tracetorch':>10s} {'lucid_tvm':>9s} {'speedup':>7s} " \
+             f"| {'tracetorch':>10s} {'lucid_tvm':>9s} {'speedup':>7s} | {'max err':>8s}"
+    print(f"{'':24s} | {'forward':^29s} | {'forward + backward':^29s} |")
+    print(header)
+    print("-" * len(header))
+    for kind, in_features, out_features, batch in TRACETORCH_CASES:
+        us, error = bench_tracetorch_case(kind, in_features, out_features, batch, reps)
+        row = f"{kind:9s} {in_features:4d} {out_features:4d} {batch:3d}"
+        for mode in ("fwd", "fwd+bwd"):
+            ref, ours = us[("tracetorch", mode)], us[("lucid_tvm", mode)]
+            row += f" | {ref:10.1f} {ours:9.1f} {ref / ours:6.2f}x"
+        print(row + f" | {error:8.1e}", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime intra-op threads")
+    parser.add_argument("--only", choices=["sequence", "tracetorch"], help="run one of the two tables")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"float32, input size = hidden size, median ms of {args.reps} interleaved rounds; "
+    if args.only != "tracetorch":
+        print_sequence_table(args.reps, args.threads)
+    if args.only != "sequence":
+        print_tracetorch_table(args.reps)
+
+
+def print_sequence_table(reps, threads):
+    print(f"float32, input size = hidden size, median ms of {reps} interleaved rounds; "
           f"max |error| against torch in the last column")
     header = f"{'cell':9s} {'H':>5s} {'B':>3s} {'T':>4s} | {'lucid_tvm':>9s} {'numpy':>8s} {'torch':>8s} " \
              f"{'ORT':>8s} | {'vs numpy':>8s} {'vs best peer':>12s} | {'max err':>8s}"
     print(header)
     print("-" * len(header))
     for mode, hidden, batch, steps in CASES:
-        ms, errors = bench_case(mode, hidden, batch, steps, args.reps, args.threads)
+        ms, errors = bench_case(mode, hidden, batch, steps, reps, threads)
         best_peer = min(ms["torch"], ms["onnxruntime"])
         print(f"{mode:9s} {hidden:5d} {batch:3d} {steps:4d} | {ms['lucid_tvm']:9.3f} {ms['numpy']:8.3f} "
               f"{ms['torch']:8.3f} {ms['onnxruntime']:8.3f} | {ms['numpy'] / ms['lucid_tvm']:7.2f}x "

@@ -4,8 +4,8 @@ A layer-direction runs as two compiled calls:
 
 1. ``project``: ``xp = x @ W_ih^T + b_ih`` for every step at once, one GEMM over (T*B) rows.
 2. ``recur``: the time loop. Each step computes ``h @ W_hh^T + b_hh`` for every hidden block and
-   applies the gate equations of :mod:`.gates`, writing ``h_t`` into the output row of step t;
-   step t+1 reads it back from there, so the output doubles as the hidden-state buffer.
+   applies the gate equations of :mod:`.gates`, writing ``h_t`` into the output row of step t and
+   into a two-row state buffer that the next step reads.
 
 Sequence length and batch are symbolic: one compiled module serves every T and B. Hidden and
 input sizes, dtype and the knobs below are fixed per module:
@@ -19,7 +19,7 @@ The loop nest here is the CPU schedule itself; the knobs are chosen in :mod:`luc
 
 from tvm.script import tirx as T
 
-from .gates import NUM_GATES, cell_update
+from .gates import NUM_GATES, gate, new_cell, new_hidden
 from .layout import num_blocks
 
 
@@ -89,8 +89,10 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, parallel):
     Arguments: ``xp (T, B, NB, G, L)`` from :func:`projection`, packed ``w (NB, H, G, L)`` and
     ``rb (NB, G, L)`` (``W_hh``, ``b_hh``), ``h0 (B, H)``, [LSTM: ``c0 (B, H)``], the output
     ``y (T, B, YW)`` written at columns ``yoff .. yoff+H`` (so both directions of a bidirectional
-    layer share one output), [LSTM: ``cn (B, H)``, the final cell state], and ``reverse`` (0 or 1).
-    The final hidden state is the output row of the last step processed.
+    layer share one output), [LSTM: ``cn (B, H)``, the final cell state], the workspaces
+    ``hs (2, B, H)`` (previous and next hidden state) and ``hp (B, NB, G, L)`` (one step's
+    ``h @ W_hh^T + b_hh``), and ``reverse`` (0 or 1). The final hidden state is the output row of
+    the last step processed.
     """
     G, H, L, R = NUM_GATES[mode], hidden_size, lanes, rows
     _check_rows(rows)
@@ -99,27 +101,11 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, parallel):
     is_lstm = mode == "LSTM"
     loop = T.parallel if parallel else T.serial
 
-    def unit_update(xp, acc, hprev, hcol, cst, tt, b, r, blk, l):
-        j = blk * L + l
-        return cell_update(
-            mode,
-            lambda g: xp[tt, b, blk, g, l],
-            lambda g: acc[r, g, l],
-            hprev[b, hcol + j],
-            cst[b, j] if is_lstm else None,
-        )
+    def activation(g, xp, hp, act, tt, b, blk, l):
+        return gate(mode, g, xp[tt, b, blk, g, l], hp[b, blk, g, l], lambda k: act[k, l])
 
     @T.macro
-    def gate_math(width, nrows, row0, blk, xp, acc, hprev, hcol, y, yoff, cst, tt):
-        for r in range(nrows):
-            for l in T.vectorized(width):
-                new = T.meta_var(unit_update(xp, acc, hprev, hcol, cst, tt, row0 + r, r, blk, l))
-                y[tt, row0 + r, yoff + blk * L + l] = new[0]
-                if is_lstm:
-                    cst[row0 + r, blk * L + l] = new[1]
-
-    @T.macro
-    def tile(nrows, row0, blk, xp, w, rb, hprev, hcol, y, yoff, cst, tt):
+    def tile(nrows, row0, blk, w, rb, hprev, hp):
         acc = T.alloc_buffer((R, G, L), dtype, scope="local")
         for r, g in T.grid(nrows, G):
             for l in T.vectorized(L):
@@ -128,44 +114,75 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, parallel):
             for r in T.unroll(nrows):
                 for g in T.unroll(G):
                     for l in T.vectorized(L):
-                        acc[r, g, l] = acc[r, g, l] + hprev[row0 + r, hcol + k] * w[blk, k, g, l]
-        # The tail block's padded lanes are never stored: they would spill into the next columns.
-        if blk < full_blocks:
-            gate_math(L, nrows, row0, blk, xp, acc, hprev, hcol, y, yoff, cst, tt)
-        else:
-            gate_math(tail, nrows, row0, blk, xp, acc, hprev, hcol, y, yoff, cst, tt)
+                        acc[r, g, l] = acc[r, g, l] + hprev[row0 + r, k] * w[blk, k, g, l]
+        for r, g in T.grid(nrows, G):
+            for l in T.vectorized(L):
+                hp[row0 + r, blk, g, l] = acc[r, g, l]
 
     @T.macro
-    def step(n_b, xp, w, rb, hprev, hcol, y, yoff, cst, tt):
+    def gate_math(width, n_b, blk, xp, hp, hprev, hnext, y, yoff, cst, tt):
+        # Only ``width`` lanes are stored: a tail block's padding would spill into the next columns.
+        act = T.alloc_buffer((G, L), dtype, scope="local")
+        for b in range(n_b):
+            # One statement per gate (a constant `if` picks the gates this mode has).
+            for l in T.vectorized(width):
+                act[0, l] = activation(0, xp, hp, act, tt, b, blk, l)
+            if G > 1:
+                for l in T.vectorized(width):
+                    act[1, l] = activation(1, xp, hp, act, tt, b, blk, l)
+            if G > 2:
+                for l in T.vectorized(width):
+                    act[2, l] = activation(2, xp, hp, act, tt, b, blk, l)
+            if G > 3:
+                for l in T.vectorized(width):
+                    act[3, l] = activation(3, xp, hp, act, tt, b, blk, l)
+            # Stores rather than let-bound values: a let of an expression with lets inside is
+            # vectorized wrongly by TVM 0.27 (every lane gets the last lane's value).
+            for l in T.vectorized(width):
+                if is_lstm:
+                    cst[b, blk * L + l] = new_cell(lambda k: act[k, l], cst[b, blk * L + l])
+                y[tt, b, yoff + blk * L + l] = new_hidden(
+                    mode, lambda k: act[k, l], hprev[b, blk * L + l], cst[b, blk * L + l] if is_lstm else None)
+                hnext[b, blk * L + l] = y[tt, b, yoff + blk * L + l]
+
+    @T.macro
+    def step(n_b, xp, w, rb, hprev, hnext, hp, y, yoff, cst, tt):
         for blk in loop(NB):
             for bo in range(n_b // R):
-                tile(R, bo * R, blk, xp, w, rb, hprev, hcol, y, yoff, cst, tt)
+                tile(R, bo * R, blk, w, rb, hprev, hp)
             # The last n_b % R < 8 rows, as tiles of 4, 2 and 1 (see projection).
             rest = T.bind(n_b % R)
             row0 = T.bind(n_b - rest)
             if rest >= 4:
-                tile(4, row0, blk, xp, w, rb, hprev, hcol, y, yoff, cst, tt)
+                tile(4, row0, blk, w, rb, hprev, hp)
             if rest % 4 >= 2:
-                tile(2, row0 + rest // 4 * 4, blk, xp, w, rb, hprev, hcol, y, yoff, cst, tt)
+                tile(2, row0 + rest // 4 * 4, blk, w, rb, hprev, hp)
             if rest % 2 == 1:
-                tile(1, row0 + rest // 2 * 2, blk, xp, w, rb, hprev, hcol, y, yoff, cst, tt)
+                tile(1, row0 + rest // 2 * 2, blk, w, rb, hprev, hp)
+            # The gate math exists once (twice with a tail block), not once per tile shape.
+            if tail == 0:
+                gate_math(L, n_b, blk, xp, hp, hprev, hnext, y, yoff, cst, tt)
+            elif blk < full_blocks:
+                gate_math(L, n_b, blk, xp, hp, hprev, hnext, y, yoff, cst, tt)
+            else:
+                gate_math(tail, n_b, blk, xp, hp, hprev, hnext, y, yoff, cst, tt)
 
     @T.macro
-    def time_loop(n_t, n_b, yw, xp, w, rb, h0, y, yoff, cst, reverse):
+    def time_loop(n_t, n_b, xp, w, rb, h0, y, yoff, cst, hs, hp, reverse):
+        for b, j in T.grid(n_b, H):
+            hs[0, b, j] = h0[b, j]
         for s in range(n_t):
             tt = T.bind(T.if_then_else(reverse != 0, n_t - 1 - s, s))
-            if s == 0:
-                step(n_b, xp, w, rb, h0, 0, y, yoff, cst, tt)
-            else:
-                tp = T.bind(T.if_then_else(reverse != 0, tt + 1, tt - 1))
-                yprev = T.decl_buffer((n_b, yw), dtype, data=y.data, elem_offset=tp * n_b * yw)
-                step(n_b, xp, w, rb, yprev, yoff, y, yoff, cst, tt)
+            hprev = T.decl_buffer((n_b, H), dtype, data=hs.data, elem_offset=s % 2 * n_b * H)
+            hnext = T.decl_buffer((n_b, H), dtype, data=hs.data, elem_offset=(s + 1) % 2 * n_b * H)
+            step(n_b, xp, w, rb, hprev, hnext, hp, y, yoff, cst, tt)
 
     if is_lstm:
 
         @T.prim_func
         def recur(xp_h: T.handle, w_h: T.handle, rb_h: T.handle, h0_h: T.handle, c0_h: T.handle,
-                  y_h: T.handle, cn_h: T.handle, yoff: T.int32, reverse: T.int32):
+                  y_h: T.handle, cn_h: T.handle, hs_h: T.handle, hp_h: T.handle,
+                  yoff: T.int32, reverse: T.int32):
             T.func_attr({"global_symbol": "recur", "tirx.noalias": True})
             n_t, n_b, yw = T.int32(), T.int32(), T.int32()
             xp = T.match_buffer(xp_h, (n_t, n_b, NB, G, L), dtype)
@@ -175,16 +192,18 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, parallel):
             c0 = T.match_buffer(c0_h, (n_b, H), dtype)
             y = T.match_buffer(y_h, (n_t, n_b, yw), dtype)
             cn = T.match_buffer(cn_h, (n_b, H), dtype)
+            hs = T.match_buffer(hs_h, (2, n_b, H), dtype)
+            hp = T.match_buffer(hp_h, (n_b, NB, G, L), dtype)
             # The cell state is updated in place: each unit is read and written by one task only.
             for b, j in T.grid(n_b, H):
                 cn[b, j] = c0[b, j]
-            time_loop(n_t, n_b, yw, xp, w, rb, h0, y, yoff, cn, reverse)
+            time_loop(n_t, n_b, xp, w, rb, h0, y, yoff, cn, hs, hp, reverse)
 
     else:
 
         @T.prim_func
         def recur(xp_h: T.handle, w_h: T.handle, rb_h: T.handle, h0_h: T.handle,
-                  y_h: T.handle, yoff: T.int32, reverse: T.int32):
+                  y_h: T.handle, hs_h: T.handle, hp_h: T.handle, yoff: T.int32, reverse: T.int32):
             T.func_attr({"global_symbol": "recur", "tirx.noalias": True})
             n_t, n_b, yw = T.int32(), T.int32(), T.int32()
             xp = T.match_buffer(xp_h, (n_t, n_b, NB, G, L), dtype)
@@ -192,6 +211,8 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, parallel):
             rb = T.match_buffer(rb_h, (NB, G, L), dtype)
             h0 = T.match_buffer(h0_h, (n_b, H), dtype)
             y = T.match_buffer(y_h, (n_t, n_b, yw), dtype)
-            time_loop(n_t, n_b, yw, xp, w, rb, h0, y, yoff, None, reverse)
+            hs = T.match_buffer(hs_h, (2, n_b, H), dtype)
+            hp = T.match_buffer(hp_h, (n_b, NB, G, L), dtype)
+            time_loop(n_t, n_b, xp, w, rb, h0, y, yoff, None, hs, hp, reverse)
 
     return recur

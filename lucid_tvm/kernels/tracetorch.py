@@ -16,12 +16,10 @@ pre-activations (for the weight and input GEMMs) and of the previous states. Bat
 
 from tvm import te, tirx
 
+from .fastmath import sigmoid, tanh
+
 KINDS = ("SimpleRNN", "LSTM", "GRU")
 NUM_CHUNKS = {"SimpleRNN": 1, "LSTM": 4, "GRU": 2}  # of the first Linear
-
-
-def _sig(x):
-    return tirx.sigmoid(x)
 
 
 def _batch_and(dtype, *shapes):
@@ -33,7 +31,7 @@ def simple_rnn(hidden, dtype):
     """forward(pre, h_new); backward(h_new, dh, dpre)."""
     one = tirx.const(1, dtype)
     batch, (pre,) = _batch_and(dtype, ("pre", (te.var("p"),)))
-    h_new = te.compute((batch, hidden), lambda b, j: tirx.tanh(pre[b, j]), name="h_new")
+    h_new = te.compute((batch, hidden), lambda b, j: tanh(pre[b, j]), name="h_new")
     _, (h, dh) = _batch_and(dtype, ("h", (hidden,)), ("dh", (hidden,)))
     batch2 = h.shape[0]
     dpre = te.compute((batch2, hidden), lambda b, j: dh[b, j] * (one - h[b, j] * h[b, j]),
@@ -51,23 +49,19 @@ def lstm(hidden, dtype):
     batch, (pre, c) = _batch_and(dtype, ("pre", (te.var("p"),)), ("c", (H,)))
 
     def act(b, k):
-        return tirx.Select(k < 3 * H, _sig(pre[b, k]), tirx.tanh(pre[b, k]))
+        return tirx.Select(k < 3 * H, sigmoid(pre[b, k]), tanh(pre[b, k]))
 
     acts = te.compute((batch, 4 * H), act, name="acts")
-
-    def cell(b, j):
-        return _sig(pre[b, H + j]) * c[b, j] + _sig(pre[b, j]) * tirx.tanh(pre[b, 3 * H + j])
-
-    c_new = te.compute((batch, H), cell, name="c_new")
-    h_new = te.compute((batch, H), lambda b, j: _sig(pre[b, 2 * H + j]) * tirx.tanh(cell(b, j)),
-                       name="h_new")
+    c_new = te.compute((batch, H), lambda b, j: acts[b, H + j] * c[b, j] + acts[b, j] * acts[b, 3 * H + j],
+                       name="c_new")
+    h_new = te.compute((batch, H), lambda b, j: acts[b, 2 * H + j] * tanh(c_new[b, j]), name="h_new")
 
     _, (a, c0, c1, dh, dc1) = _batch_and(dtype, ("acts", (4 * H,)), ("c", (H,)), ("c_new", (H,)),
                                          ("dh", (H,)), ("dc_new", (H,)))
     nb = a.shape[0]
 
     def dcell(b, j):  # total gradient reaching C': from the output H' and from later steps
-        t = tirx.tanh(c1[b, j])
+        t = tanh(c1[b, j])
         return dc1[b, j] + dh[b, j] * a[b, 2 * H + j] * (one - t * t)
 
     def dpre_at(b, k):
@@ -77,7 +71,7 @@ def lstm(hidden, dtype):
         return tirx.Select(
             k < H, d * g * i * (one - i),
             tirx.Select(k < 2 * H, d * c0[b, j] * f * (one - f),
-                        tirx.Select(k < 3 * H, dh[b, j] * tirx.tanh(c1[b, j]) * o * (one - o),
+                        tirx.Select(k < 3 * H, dh[b, j] * tanh(c1[b, j]) * o * (one - o),
                                     d * i * (one - g * g))))
 
     dpre = te.compute((nb, 4 * H), dpre_at, name="dpre")
@@ -101,20 +95,17 @@ def gru(hidden, input_size, dtype):
     one = tirx.const(1, dtype)
     H, I = hidden, input_size
     batch, (pre1, h, x) = _batch_and(dtype, ("pre1", (te.var("p"),)), ("h", (H,)), ("x", (I,)))
-    ru = te.compute((batch, 2 * H), lambda b, k: _sig(pre1[b, k]), name="ru")
+    ru = te.compute((batch, 2 * H), lambda b, k: sigmoid(pre1[b, k]), name="ru")
     rhx = te.compute((batch, H + I), lambda b, k: tirx.Select(
-        k < H, h[b, tirx.min(k, H - 1)] * _sig(pre1[b, tirx.min(k, H - 1)]), x[b, tirx.max(k - H, 0)]),
+        k < H, h[b, tirx.min(k, H - 1)] * sigmoid(pre1[b, tirx.min(k, H - 1)]), x[b, tirx.max(k - H, 0)]),
         name="rhx")
     forward_gates = te.create_prim_func([pre1, h, x, ru, rhx])
 
     batch, (pre2, h, ru_in) = _batch_and(dtype, ("pre2", (te.var("p"),)), ("h", (H,)), ("ru", (2 * H,)))
 
-    def h_out(b, j):
-        u = ru_in[b, H + j]
-        return h[b, j] * (one - u) + u * tirx.tanh(pre2[b, j])
-
-    h_new = te.compute((batch, H), h_out, name="h_new")
-    cand = te.compute((batch, H), lambda b, j: tirx.tanh(pre2[b, j]), name="cand")
+    cand = te.compute((batch, H), lambda b, j: tanh(pre2[b, j]), name="cand")
+    h_new = te.compute((batch, H), lambda b, j: h[b, j] * (one - ru_in[b, H + j]) + ru_in[b, H + j] * cand[b, j],
+                       name="h_new")
     forward_out = te.create_prim_func([pre2, h, ru_in, h_new, cand])
 
     batch, (h, ru_in, cd, dh) = _batch_and(dtype, ("h", (H,)), ("ru", (2 * H,)), ("cand", (H,)),
