@@ -23,10 +23,39 @@ from .gates import NUM_GATES, gate, new_cell, new_hidden
 from .layout import num_blocks
 
 
-def _check_rows(rows):
-    # Remainders are split into tiles of 4, 2 and 1 rows, which covers any rest below 8.
-    if not 4 <= rows <= 8:
-        raise ValueError(f"rows must be in [4, 8], got {rows}")
+def _row_tiles(G, L, R, dtype):
+    """Macros for ``out[m, blk] = a[m, :] @ w[blk] + bias[blk]`` over packed weights, the inner
+    kernel of both the projection and each recurrent step: ``tile`` does ``nrows`` rows with one
+    weight load shared by all of them, ``remainder`` the last ``rest < R <= 8`` rows as tiles of
+    4, 2 and 1 (which covers any rest below 8, hence R in [4, 8])."""
+    if not 4 <= R <= 8:
+        raise ValueError(f"rows must be in [4, 8], got {R}")
+
+    @T.macro
+    def tile(nrows, row0, blk, a, w, bias, out):
+        acc = T.alloc_buffer((R, G, L), dtype, scope="local")
+        for r, g in T.grid(nrows, G):
+            for l in T.vectorized(L):
+                acc[r, g, l] = bias[blk, g, l]
+        for k in range(a.shape[1]):
+            for r in T.unroll(nrows):
+                for g in T.unroll(G):
+                    for l in T.vectorized(L):
+                        acc[r, g, l] = acc[r, g, l] + a[row0 + r, k] * w[blk, k, g, l]
+        for r, g in T.grid(nrows, G):
+            for l in T.vectorized(L):
+                out[row0 + r, blk, g, l] = acc[r, g, l]
+
+    @T.macro
+    def remainder(rest, row0, blk, a, w, bias, out):
+        if rest >= 4:
+            tile(4, row0, blk, a, w, bias, out)
+        if rest % 4 >= 2:
+            tile(2, row0 + rest // 4 * 4, blk, a, w, bias, out)
+        if rest % 2 == 1:
+            tile(1, row0 + rest // 2 * 2, blk, a, w, bias, out)
+
+    return tile, remainder
 
 
 def projection(num_gates, output_size, dtype, lanes, rows, parallel):
@@ -36,34 +65,10 @@ def projection(num_gates, output_size, dtype, lanes, rows, parallel):
     M and K are symbolic: the same GEMM serves every input size.
     """
     G, L, R = num_gates, lanes, rows
-    _check_rows(rows)
     NB = num_blocks(output_size, lanes)
     loop = T.parallel if parallel else T.serial
 
-    @T.macro
-    def tile(nrows, row0, blk, x, w, b, xp):
-        acc = T.alloc_buffer((R, G, L), dtype, scope="local")
-        for r, g in T.grid(nrows, G):
-            for l in T.vectorized(L):
-                acc[r, g, l] = b[blk, g, l]
-        for k in range(x.shape[1]):
-            for r in T.unroll(nrows):
-                for g in T.unroll(G):
-                    for l in T.vectorized(L):
-                        acc[r, g, l] = acc[r, g, l] + x[row0 + r, k] * w[blk, k, g, l]
-        for r, g in T.grid(nrows, G):
-            for l in T.vectorized(L):
-                xp[row0 + r, blk, g, l] = acc[r, g, l]
-
-    @T.macro
-    def remainder(rest, row0, blk, x, w, b, xp):
-        # rest < R <= 8 rows, as tiles of 4, 2 and 1 so each tile still shares its weight loads.
-        if rest >= 4:
-            tile(4, row0, blk, x, w, b, xp)
-        if rest % 4 >= 2:
-            tile(2, row0 + rest // 4 * 4, blk, x, w, b, xp)
-        if rest % 2 == 1:
-            tile(1, row0 + rest // 2 * 2, blk, x, w, b, xp)
+    tile, remainder = _row_tiles(G, L, R, dtype)
 
     @T.prim_func
     def project(x_h: T.handle, w_h: T.handle, b_h: T.handle, xp_h: T.handle):
@@ -95,7 +100,6 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, parallel):
     the last step processed.
     """
     G, H, L, R = NUM_GATES[mode], hidden_size, lanes, rows
-    _check_rows(rows)
     NB = num_blocks(hidden_size, lanes)
     full_blocks, tail = H // L, H % L
     is_lstm = mode == "LSTM"
@@ -104,20 +108,7 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, parallel):
     def activation(g, xp, hp, act, tt, b, blk, l):
         return gate(mode, g, xp[tt, b, blk, g, l], hp[b, blk, g, l], lambda k: act[k, l])
 
-    @T.macro
-    def tile(nrows, row0, blk, w, rb, hprev, hp):
-        acc = T.alloc_buffer((R, G, L), dtype, scope="local")
-        for r, g in T.grid(nrows, G):
-            for l in T.vectorized(L):
-                acc[r, g, l] = rb[blk, g, l]
-        for k in range(H):
-            for r in T.unroll(nrows):
-                for g in T.unroll(G):
-                    for l in T.vectorized(L):
-                        acc[r, g, l] = acc[r, g, l] + hprev[row0 + r, k] * w[blk, k, g, l]
-        for r, g in T.grid(nrows, G):
-            for l in T.vectorized(L):
-                hp[row0 + r, blk, g, l] = acc[r, g, l]
+    tile, remainder = _row_tiles(G, L, R, dtype)
 
     @T.macro
     def gate_math(width, n_b, blk, xp, hp, hprev, hnext, y, yoff, cst, tt):
@@ -149,16 +140,9 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, parallel):
     def step(n_b, xp, w, rb, hprev, hnext, hp, y, yoff, cst, tt):
         for blk in loop(NB):
             for bo in range(n_b // R):
-                tile(R, bo * R, blk, w, rb, hprev, hp)
-            # The last n_b % R < 8 rows, as tiles of 4, 2 and 1 (see projection).
+                tile(R, bo * R, blk, hprev, w, rb, hp)
             rest = T.bind(n_b % R)
-            row0 = T.bind(n_b - rest)
-            if rest >= 4:
-                tile(4, row0, blk, w, rb, hprev, hp)
-            if rest % 4 >= 2:
-                tile(2, row0 + rest // 4 * 4, blk, w, rb, hprev, hp)
-            if rest % 2 == 1:
-                tile(1, row0 + rest // 2 * 2, blk, w, rb, hprev, hp)
+            remainder(rest, n_b - rest, blk, hprev, w, rb, hp)
             # The gate math exists once (twice with a tail block), not once per tile shape.
             if tail == 0:
                 gate_math(L, n_b, blk, xp, hp, hprev, hnext, y, yoff, cst, tt)
