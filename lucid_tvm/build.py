@@ -7,6 +7,8 @@ without compiling. Files are written to a temporary name and renamed, so readers
 half-written module.
 """
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -140,26 +142,68 @@ def compile_cached(description, lower, target):
 
 
 def _load_or_build(key, lower, target):
-    path = cache_dir() / f"{key}.so"
-    if path.exists():
+    directory = cache_dir()
+    path, digest_path = directory / f"{key}.so", directory / f"{key}.sha256"
+    # A second process asking for the same kernel waits here, then loads the first one's file.
+    with _file_lock(directory / f"{key}.lock"):
+        cached = _load_verified(path, digest_path)
+        if cached is not None:
+            return cached
+        module = tvm.tirx.build(lower(), target=target)
         try:
+            _write_atomic(path, module.export_library)
+            _write_atomic(digest_path, lambda tmp: Path(tmp).write_text(_sha256(path)))
+            # Run from the shared library, as a later process would.
             return tvm.runtime.load_module(str(path))
-        except Exception as err:  # a truncated or foreign file: rebuild it
-            warnings.warn(f"lucid_tvm: discarding unreadable cached module {path}: {err}", stacklevel=3)
-    module = tvm.tirx.build(lower(), target=target)
+        except OSError as err:
+            warnings.warn(f"lucid_tvm: cannot write the kernel cache at {directory} ({err}); "
+                          "kernels will be compiled in every process", stacklevel=4)
+            return module
+
+
+def _sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _load_verified(path, digest_path):
+    """The cached module if its file matches the checksum written with it, else None (with a
+    warning when a file was there): a damaged shared library must never be loaded and run."""
+    if not path.exists():
+        return None
+    try:
+        if digest_path.read_text().strip() != _sha256(path):
+            raise ValueError("checksum mismatch (truncated or modified file)")
+        return tvm.runtime.load_module(str(path))
+    except Exception as err:  # noqa: BLE001 - any failure means: rebuild
+        warnings.warn(f"lucid_tvm: discarding cached module {path}: {err}; rebuilding it", stacklevel=5)
+        return None
+
+
+def _write_atomic(path, write):
+    """``write(tmp)`` then rename onto ``path``: readers see the old file or the new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def _file_lock(path):
+    """An exclusive lock across processes; none when the cache directory cannot be written."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
-        os.close(fd)
+        handle = open(path, "a")
+    except OSError:
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            module.export_library(tmp)
-            os.replace(tmp, path)
+            yield
         finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        # Run from the shared library, as a later process would.
-        return tvm.runtime.load_module(str(path))
-    except OSError as err:
-        warnings.warn(f"lucid_tvm: cannot write the kernel cache at {path.parent} ({err}); "
-                      "kernels will be compiled in every process", stacklevel=3)
-        return module
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,186 @@
+"""Faults: a damaged or unwritable kernel cache, two processes compiling at once, bad input in a
+subprocess (no crash may take the interpreter down), threads."""
+
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import torch_twin
+
+# Runs one GRU in a fresh process; reports compiles, warnings and the output.
+PROBE = textwrap.dedent("""
+    import json, warnings
+    import numpy as np
+    import tvm
+    import lucid_tvm, lucid_tvm.nn as nn
+
+    builds = []
+    real_build = tvm.tirx.build
+    tvm.tirx.build = lambda *a, **k: builds.append(1) or real_build(*a, **k)
+    lucid_tvm.seed(0)
+    gru = nn.GRU(3, 6)
+    x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = gru(x)[0].numpy()
+    print(json.dumps({"builds": len(builds), "warnings": [str(w.message) for w in caught],
+                      "out": out.tolist()}))
+""")
+
+
+def _probe(cache, wait=True):
+    env = {**os.environ, "LUCID_TVM_CACHE_DIR": str(cache)}
+    process = subprocess.Popen([sys.executable, "-c", PROBE], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    return _result(process) if wait else process
+
+
+def _result(process):
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _damage(cache, how):
+    (library,) = cache.glob("*.so")
+    data = bytearray(library.read_bytes())
+    if how == "truncate":
+        library.write_bytes(data[: len(data) // 3])
+    else:  # flip bytes in the middle: still a loadable-looking file of the same size
+        for i in range(len(data) // 2, len(data) // 2 + 64):
+            data[i] ^= 0xFF
+        library.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["truncate", "corrupt"])
+def test_damaged_cache_is_rebuilt_with_a_warning(tmp_path, how):
+    first = _probe(tmp_path)
+    assert first["builds"] == 1 and first["warnings"] == []
+    _damage(tmp_path, how)
+    second = _probe(tmp_path)
+    assert second["builds"] == 1
+    assert any("discarding cached module" in w for w in second["warnings"])
+    np.testing.assert_array_equal(second["out"], first["out"])
+    third = _probe(tmp_path)  # the rebuilt file is good again
+    assert third["builds"] == 0 and third["warnings"] == []
+
+
+def test_unwritable_cache_still_computes(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = _probe(blocker / "cache")
+    reference = _probe(tmp_path / "good")
+    assert any("cannot write the kernel cache" in w for w in result["warnings"])
+    np.testing.assert_array_equal(result["out"], reference["out"])
+
+
+def test_two_processes_compiling_at_once(tmp_path):
+    processes = [_probe(tmp_path, wait=False) for _ in range(2)]
+    first, second = (_result(p) for p in processes)
+    assert first["builds"] + second["builds"] == 1  # the other one waited and loaded the file
+    assert first["warnings"] == [] and second["warnings"] == []
+    np.testing.assert_array_equal(first["out"], second["out"])
+
+
+BAD_CASES = textwrap.dedent("""
+    import numpy as np
+    import lucid_tvm.nn as nn
+    import lucid_tvm.tracetorch as tt
+    import torch
+
+    gru, lstm, cell = nn.GRU(3, 4, num_layers=2), nn.LSTM(3, 4), nn.LSTMCell(3, 4)
+    cases = {
+        "rank 1": lambda: gru(np.zeros(3, np.float32)),
+        "rank 4": lambda: gru(np.zeros((2, 2, 2, 3), np.float32)),
+        "feature size": lambda: gru(np.zeros((5, 2, 7), np.float32)),
+        "int dtype": lambda: gru(np.zeros((5, 2, 3), np.int32)),
+        "string": lambda: gru("hello"),
+        "None input": lambda: gru(None),
+        "list input": lambda: gru([[[1.0, 2.0, 3.0]]]),
+        "zero-length sequence": lambda: gru(np.zeros((0, 2, 3), np.float32)),
+        "hx wrong rank": lambda: gru(np.zeros((5, 2, 3), np.float32), np.zeros(4, np.float32)),
+        "hx wrong shape": lambda: gru(np.zeros((5, 2, 3), np.float32), np.zeros((2, 3, 4), np.float32)),
+        "hx 2-D for 2 layers": lambda: gru(np.zeros((5, 2, 3), np.float32), np.zeros((2, 4), np.float32)),
+        "lstm hx not a tuple": lambda: lstm(np.zeros((5, 2, 3), np.float32), np.zeros((1, 2, 4), np.float32)),
+        "lstm hx None inside": lambda: lstm(np.zeros((5, 2, 3), np.float32), (None, "c")),
+        "cell rank 3": lambda: cell(np.zeros((1, 2, 3), np.float32)),
+        "cell hx string": lambda: cell(np.zeros((2, 3), np.float32), ("h", "c")),
+        "huge layer": lambda: nn.LSTM(10 ** 6, 10 ** 6),
+        "huge input": lambda: gru(np.broadcast_to(np.zeros(3, np.float32), (10 ** 6, 10 ** 5, 3))),
+        "negative size": lambda: nn.GRU(-1, 4),
+        "float size": lambda: nn.GRU(3.5, 4),
+        "bad mode": lambda: nn.RNNBase("TRANSFORMER", 3, 4),
+        "bad dropout": lambda: nn.GRU(3, 4, num_layers=2, dropout=2),
+        "tt wrong features": lambda: tt.rnn.GRU(3, 4)(torch.zeros(2, 5)),
+        "tt int input": lambda: tt.rnn.LSTM(3, 4)(torch.zeros(2, 3, dtype=torch.int64)),
+        "tt None": lambda: tt.rnn.SimpleRNN(3, 4)(None),
+    }
+    for name, case in cases.items():
+        try:
+            case()
+        except Exception as err:
+            print(f"{name}|{type(err).__name__}|{err}")
+        else:
+            print(f"{name}|no error|")
+""")
+
+
+def test_bad_input_raises_and_never_crashes():
+    done = subprocess.run([sys.executable, "-c", BAD_CASES], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr  # a segfault would show here
+    results = dict(line.split("|", 1) for line in done.stdout.strip().splitlines())
+    assert len(results) == 24
+    for name, outcome in results.items():
+        kind, message = outcome.split("|", 1)
+        expected = {"huge layer": "MemoryError", "huge input": "MemoryError"}.get(name, ("ValueError", "TypeError"))
+        assert kind in expected, (name, outcome)
+        assert len(message) > 20, (name, outcome)  # says something
+
+
+def test_threads_match_serial_calls(rng):
+    layers = [torch_twin(mode, 5, 24)[1] for mode in ("LSTM", "GRU", "RNN_TANH")]
+    inputs = [rng.standard_normal((6, 3, 5)).astype(np.float32) for _ in range(12)]
+    jobs = [(layers[i % 3], x) for i, x in enumerate(inputs)]
+    serial = [layer(x)[0].numpy() for layer, x in jobs]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        for _ in range(3):
+            parallel = list(pool.map(lambda job: job[0](job[1])[0].numpy(), jobs))
+            for a, b in zip(parallel, serial):
+                np.testing.assert_array_equal(a, b)
+
+
+def test_threads_on_tracetorch_layers():
+    import lucid_tvm.tracetorch as tt
+
+    torch.manual_seed(0)
+    layers = [tt.rnn.LSTM(5, 16) for _ in range(5)]
+    for layer in layers[1:]:
+        layer.load_state_dict(layers[0].state_dict())
+    xs = [torch.randn(3, 5) for _ in range(6)]
+
+    def run(layer):
+        with torch.no_grad():
+            return [layer(x).clone() for x in xs]
+
+    serial = run(layers[0])
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        for outs in pool.map(run, layers[1:]):
+            for a, b in zip(outs, serial):
+                torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_memory_stays_flat():
+    """A short version of scripts/leak_check.py."""
+    done = subprocess.run([sys.executable, "scripts/leak_check.py", "--calls", "3000", "--json"],
+                          capture_output=True, text=True, timeout=600,
+                          cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["growth_mib"] < 8, report
