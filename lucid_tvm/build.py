@@ -13,37 +13,18 @@ import hashlib
 import json
 import os
 import tempfile
-import threading
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import tvm
 from tvm.target import codegen
 
 from .kernels import recurrent
-from .kernels.gates import MODES, NUM_GATES
+from .kernels.spec import LayerSpec  # noqa: F401 - part of this floor's interface
 from .schedule import default_schedule
 
 _KERNEL_SOURCES = sorted((Path(__file__).parent / "kernels").glob("*.py"))
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    """What one compiled layer-direction module computes."""
-
-    mode: str
-    input_size: int
-    hidden_size: int
-    dtype: str
-
-    def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"unknown recurrent mode {self.mode!r}; expected one of {MODES}")
-
-    @property
-    def num_gates(self):
-        return NUM_GATES[self.mode]
 
 
 def host_target():
@@ -98,15 +79,17 @@ def lower_layer(spec, schedule):
 
 
 def compile_layer(spec, target=None):
-    """(runtime module, schedule) of one lucid layer-direction on ``target`` (default: this CPU)."""
+    """(module, schedule as a dict, cached file or None) of one lucid layer-direction on ``target``
+    (default: this CPU)."""
     target = target or host_target()
     schedule = default_schedule(target, spec.num_gates, spec.hidden_size, spec.dtype)
     description = {"layer": asdict(spec), "schedule": asdict(schedule)}
-    return compile_cached(description, lambda: lower_layer(spec, schedule), target), schedule
+    module, path = compile_cached(description, lambda: lower_layer(spec, schedule), target)
+    return module, asdict(schedule), path
 
 
 def compile_gemm(output_size, dtype, target=None):
-    """(runtime module with ``project``, schedule) for ``x @ W^T`` with W of ``output_size`` rows."""
+    """(module with ``project``, schedule, file) for ``x @ W^T`` with W of ``output_size`` rows."""
     target = target or host_target()
     schedule = default_schedule(target, 1, output_size, dtype)
     description = {"gemm": {"output_size": output_size, "dtype": dtype}, "schedule": asdict(schedule)}
@@ -115,30 +98,24 @@ def compile_gemm(output_size, dtype, target=None):
         return tvm.IRModule({"project": recurrent.projection(
             1, output_size, dtype, schedule.lanes, schedule.rows, schedule.project_parallel)})
 
-    return compile_cached(description, lower, target), schedule
+    module, path = compile_cached(description, lower, target)
+    return module, asdict(schedule), path
 
 
 def compile_functions(description, functions, target=None):
-    """A module of named PrimFuncs (e.g. from ``kernels.tracetorch``) with their default loops."""
+    """(module, {}, file) of named PrimFuncs (e.g. from ``kernels.tracetorch``) with their default loops."""
     target = target or host_target()
 
     def lower():
         return tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in functions().items()})
 
-    return compile_cached(description, lower, target)
-
-
-_memory = {}
-_lock = threading.Lock()
+    module, path = compile_cached(description, lower, target)
+    return module, {}, path
 
 
 def compile_cached(description, lower, target):
-    """The runtime module for ``description``: from memory, from the disk cache, or built by ``lower()``."""
-    key = cache_key(description, target)
-    with _lock:
-        if key not in _memory:
-            _memory[key] = _load_or_build(key, lower, target)
-        return _memory[key]
+    """(module, file or None) for ``description``: from the disk cache, or built by ``lower()``."""
+    return _load_or_build(cache_key(description, target), lower, target)
 
 
 def _load_or_build(key, lower, target):
@@ -148,17 +125,17 @@ def _load_or_build(key, lower, target):
     with _file_lock(directory / f"{key}.lock"):
         cached = _load_verified(path, digest_path)
         if cached is not None:
-            return cached
+            return cached, path
         module = tvm.tirx.build(lower(), target=target)
         try:
             _write_atomic(path, module.export_library)
             _write_atomic(digest_path, lambda tmp: Path(tmp).write_text(_sha256(path)))
             # Run from the shared library, as a later process would.
-            return tvm.runtime.load_module(str(path))
+            return tvm.runtime.load_module(str(path)), path
         except OSError as err:
             warnings.warn(f"lucid_tvm: cannot write the kernel cache at {directory} ({err}); "
                           "kernels will be compiled in every process", stacklevel=4)
-            return module
+            return module, None
 
 
 def _sha256(path):

@@ -5,13 +5,16 @@ buffers (an AVX kernel may fault on a misaligned one), so anything else (views, 
 unaligned buffers) is copied once into an aligned buffer first; outputs are allocated aligned.
 """
 
+import contextlib
 import functools
+import threading
+from dataclasses import dataclass
 
 import numpy as np
 import tvm
 
-from .build import LayerSpec, compile_functions, compile_gemm, compile_layer
 from .kernels.layout import num_blocks, pack_bias, pack_weight
+from .kernels.spec import LayerSpec
 
 ALIGNMENT = 64
 
@@ -38,19 +41,71 @@ def _dl(a):
     return tvm.runtime.from_dlpack(a)
 
 
+@dataclass
+class Compiled:
+    """A compiled module with the schedule knobs it was built with and its shared library."""
+
+    module: object
+    schedule: dict
+    path: object = None  # the .so it was loaded from, if any
+
+
+# Compiled modules by what they compute (not how): ("layer", mode, I, H, dtype),
+# ("gemm", N, dtype), ("tracetorch", kind, H, I, dtype). Filled by compiling on first use, or by
+# lucid_tvm.load from an artifact, in which case no compiler is needed.
+_registry = {}
+_registry_lock = threading.Lock()
+_recorders = []
+
+
+def compiled(identity, compile):
+    """The registered module for ``identity``, compiled by ``compile()`` if there is none yet."""
+    with _registry_lock:
+        if identity not in _registry:
+            _registry[identity] = Compiled(*compile())
+        for used in _recorders:
+            used.add(identity)
+        return _registry[identity]
+
+
+def register(identity, entry):
+    with _registry_lock:
+        _registry[identity] = entry
+
+
+@contextlib.contextmanager
+def recording():
+    """Collect the identities of every module used inside the block (for export)."""
+    used = set()
+    _recorders.append(used)
+    try:
+        yield used
+    finally:
+        _recorders.remove(used)
+
+
+def _build():
+    # The compiler is imported on first compile only: loading an artifact needs TVM's runtime alone.
+    from . import build
+
+    return build
+
+
 class LayerKernel:
     """The compiled kernels of one layer-direction kind (mode, sizes, dtype) on this CPU."""
 
     def __init__(self, spec):
         self.spec = spec
-        self.module, self.schedule = compile_layer(spec)
+        entry = compiled(("layer", spec.mode, spec.input_size, spec.hidden_size, spec.dtype),
+                         lambda: _build().compile_layer(spec))
+        self.module, self.lanes = entry.module, entry.schedule["lanes"]
         self._project = self.module["project"]
         self._recur = self.module["recur"]
-        self.blocks = num_blocks(spec.hidden_size, self.schedule.lanes)
+        self.blocks = num_blocks(spec.hidden_size, self.lanes)
 
     def pack(self, w_ih, w_hh, b_ih, b_hh):
         """Weights in the kernels' layout, packed once and reused for every call."""
-        s, lanes = self.spec, self.schedule.lanes
+        s, lanes = self.spec, self.lanes
         arrays = (
             pack_weight(w_ih, s.num_gates, s.hidden_size, lanes, s.dtype),
             pack_bias(b_ih, s.num_gates, s.hidden_size, lanes, s.dtype),
@@ -69,7 +124,7 @@ class LayerKernel:
         s = self.spec
         n_t, n_b = x.shape[0], x.shape[1]
         w_ih, b_ih, w_hh, b_hh = packed
-        packed_shape = (self.blocks, s.num_gates, self.schedule.lanes)
+        packed_shape = (self.blocks, s.num_gates, self.lanes)
         xp = aligned_empty((n_t, n_b) + packed_shape, s.dtype)
         self._project(_dl(x.reshape(n_t * n_b, -1)), w_ih, b_ih, _dl(xp.reshape((n_t * n_b,) + packed_shape)))
         workspace = (_dl(aligned_empty((2, n_b, s.hidden_size), s.dtype)),
@@ -94,22 +149,22 @@ class Gemm:
 
     def __init__(self, output_size, dtype):
         self.output_size, self.dtype = output_size, np.dtype(dtype).name
-        self.module, self.schedule = compile_gemm(output_size, self.dtype)
-        self._project = self.module["project"]
-        self.blocks = num_blocks(output_size, self.schedule.lanes)
-        self.width = self.blocks * self.schedule.lanes
+        entry = compiled(("gemm", output_size, self.dtype),
+                         lambda: _build().compile_gemm(output_size, self.dtype))
+        self.lanes = entry.schedule["lanes"]
+        self._project = entry.module["project"]
+        self.blocks = num_blocks(output_size, self.lanes)
+        self.width = self.blocks * self.lanes
 
     def pack(self, w, b=None):
         """Weights (output_size, K) and bias in the GEMM's layout."""
-        lanes = self.schedule.lanes
-        return (_dl(aligned(pack_weight(w, 1, self.output_size, lanes, self.dtype), self.dtype)),
-                _dl(aligned(pack_bias(b, 1, self.output_size, lanes, self.dtype), self.dtype)))
+        return (_dl(aligned(pack_weight(w, 1, self.output_size, self.lanes, self.dtype), self.dtype)),
+                _dl(aligned(pack_bias(b, 1, self.output_size, self.lanes, self.dtype), self.dtype)))
 
     def __call__(self, x, packed):
         out = aligned_empty((x.shape[0], self.width), self.dtype)
-        lanes = self.schedule.lanes
         self._project(_dl(aligned(x, self.dtype)), *packed,
-                      _dl(out.reshape(x.shape[0], self.blocks, 1, lanes)))
+                      _dl(out.reshape(x.shape[0], self.blocks, 1, self.lanes)))
         return out
 
 
@@ -119,10 +174,14 @@ def gemm(output_size, dtype):
 
 
 class Functions:
-    """Named compiled functions called on numpy arrays: ``fns.name(*arrays)`` (outputs last)."""
+    """Named compiled functions called on numpy arrays: ``fns.name(*arrays)`` (outputs last).
 
-    def __init__(self, description, functions):
-        self.module = compile_functions(description, functions)
+    ``identity`` is the registry key (a tuple); ``functions()`` returns the PrimFuncs to compile.
+    """
+
+    def __init__(self, identity, functions):
+        description = {"functions": list(identity)}
+        self.module = compiled(identity, lambda: _build().compile_functions(description, functions)).module
 
     def __getattr__(self, name):
         function = self.module[name]

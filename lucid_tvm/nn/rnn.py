@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 
-from ..kernels.gates import MODES, NUM_GATES
+from ..kernels.spec import MODES, NUM_GATES
 from ..runtime import aligned, aligned_empty, layer_kernel
 from ..tensor import Tensor, generator, to_numpy
 from .activation import ReLU, Tanh

@@ -9,8 +9,14 @@ every in-place change, so an optimizer step is noticed).
 
 import numpy as np
 
-from ..kernels import tracetorch as equations
 from ..runtime import Functions, aligned, gemm
+
+
+def _equations(kind, hidden, input_size, dtype):
+    # Imported when compiling only: a loaded artifact runs on TVM's runtime alone.
+    from ..kernels import tracetorch
+
+    return tracetorch.kernels(kind, hidden, input_size, dtype)
 
 
 class _PackedLinear:
@@ -55,8 +61,8 @@ class StepEngine:
         self.kind, self.dtype = kind, dtype
         self.hidden = out_features
         self.linears = [_PackedLinear(linear, dtype) for linear in linears]
-        description = {"tracetorch": kind, "hidden": out_features, "input": in_features, "dtype": dtype}
-        self.fns = Functions(description, lambda: equations.kernels(kind, out_features, in_features, dtype))
+        self.fns = Functions(("tracetorch", kind, out_features, in_features, dtype),
+                             lambda: _equations(kind, out_features, in_features, dtype))
 
     def _empty(self, batch, width=None):
         return aligned(np.empty((batch, width or self.hidden), self.dtype), self.dtype)
