@@ -9,8 +9,10 @@ import os
 # user chose. Must be set before TVM's thread pool starts.
 os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
+__version__ = "0.1.0"
+
 from . import nn  # noqa: E402
+from .artifact import ArtifactError, export, load  # noqa: E402
 from .tensor import Tensor, ones, randn, seed, zeros  # noqa: E402
 
-__version__ = "0.1.0"
-__all__ = ["Tensor", "randn", "zeros", "ones", "seed", "nn"]
+__all__ = ["Tensor", "randn", "zeros", "ones", "seed", "nn", "export", "load", "ArtifactError"]

@@ -63,8 +63,17 @@ def compiled(identity, compile):
     with _registry_lock:
         if identity not in _registry:
             _registry[identity] = Compiled(*compile())
-        for used in _recorders:
-            used.add(identity)
+        return _registry[identity]
+
+
+def _note_use(identity):
+    for used in _recorders:
+        used.add(identity)
+
+
+def registered(identity):
+    """The module registered for ``identity`` (KeyError if none)."""
+    with _registry_lock:
         return _registry[identity]
 
 
@@ -75,7 +84,7 @@ def register(identity, entry):
 
 @contextlib.contextmanager
 def recording():
-    """Collect the identities of every module used inside the block (for export)."""
+    """Collect the identities of every module run inside the block (for export)."""
     used = set()
     _recorders.append(used)
     try:
@@ -96,8 +105,8 @@ class LayerKernel:
 
     def __init__(self, spec):
         self.spec = spec
-        entry = compiled(("layer", spec.mode, spec.input_size, spec.hidden_size, spec.dtype),
-                         lambda: _build().compile_layer(spec))
+        self.identity = ("layer", spec.mode, spec.input_size, spec.hidden_size, spec.dtype)
+        entry = compiled(self.identity, lambda: _build().compile_layer(spec))
         self.module, self.lanes = entry.module, entry.schedule["lanes"]
         self._project = self.module["project"]
         self._recur = self.module["recur"]
@@ -121,6 +130,7 @@ class LayerKernel:
         ``yoff .. yoff+H`` are written) and ``cn`` (B, H, LSTM only) must come from :func:`aligned`
         or :func:`aligned_empty` with the layer's dtype.
         """
+        _note_use(self.identity)
         s = self.spec
         n_t, n_b = x.shape[0], x.shape[1]
         w_ih, b_ih, w_hh, b_hh = packed
@@ -149,8 +159,8 @@ class Gemm:
 
     def __init__(self, output_size, dtype):
         self.output_size, self.dtype = output_size, np.dtype(dtype).name
-        entry = compiled(("gemm", output_size, self.dtype),
-                         lambda: _build().compile_gemm(output_size, self.dtype))
+        self.identity = ("gemm", output_size, self.dtype)
+        entry = compiled(self.identity, lambda: _build().compile_gemm(output_size, self.dtype))
         self.lanes = entry.schedule["lanes"]
         self._project = entry.module["project"]
         self.blocks = num_blocks(output_size, self.lanes)
@@ -162,6 +172,7 @@ class Gemm:
                 _dl(aligned(pack_bias(b, 1, self.output_size, self.lanes, self.dtype), self.dtype)))
 
     def __call__(self, x, packed):
+        _note_use(self.identity)
         out = aligned_empty((x.shape[0], self.width), self.dtype)
         self._project(_dl(aligned(x, self.dtype)), *packed,
                       _dl(out.reshape(x.shape[0], self.blocks, 1, self.lanes)))
@@ -181,8 +192,14 @@ class Functions:
 
     def __init__(self, identity, functions):
         description = {"functions": list(identity)}
+        self.identity = identity
         self.module = compiled(identity, lambda: _build().compile_functions(description, functions)).module
 
     def __getattr__(self, name):
         function = self.module[name]
-        return lambda *arrays: function(*(_dl(a) for a in arrays))
+
+        def call(*arrays):
+            _note_use(self.identity)
+            function(*(_dl(a) for a in arrays))
+
+        return call

@@ -20,21 +20,19 @@ def _equations(kind, hidden, input_size, dtype):
 
 
 class _PackedLinear:
-    """A torch Linear's weights for the forward GEMM (W) and the input-gradient GEMM (W^T)."""
+    """A torch Linear's weights packed for the forward GEMM (W) and, on the first backward, for
+    the input-gradient GEMM (W^T): inference never compiles or packs the backward's kernels."""
 
     def __init__(self, linear, dtype):
         self.linear, self.dtype, self._key = linear, dtype, None
-        out_features, in_features = linear.weight.shape
-        self.forward_gemm = gemm(out_features, dtype)
-        self.input_grad_gemm = gemm(in_features, dtype)
+        self.forward_gemm = gemm(linear.weight.shape[0], dtype)
 
     def packed(self):
         w, b = self.linear.weight, self.linear.bias
         key = (w.data_ptr(), w._version, b.data_ptr(), b._version)
         if key != self._key:
-            weight = w.detach().numpy()
-            self.forward = self.forward_gemm.pack(weight, b.detach().numpy())
-            self.transposed = self.input_grad_gemm.pack(weight.T)
+            self.forward = self.forward_gemm.pack(w.detach().numpy(), b.detach().numpy())
+            self.transposed = None
             self._key = key
         return self
 
@@ -42,7 +40,10 @@ class _PackedLinear:
         return self.forward_gemm(x, self.forward)
 
     def input_grad(self, dpre):
-        return self.input_grad_gemm(dpre, self.transposed)[:, :self.input_grad_gemm.output_size]
+        input_grad_gemm = gemm(self.linear.weight.shape[1], self.dtype)
+        if self.transposed is None:
+            self.transposed = input_grad_gemm.pack(self.linear.weight.detach().numpy().T)
+        return input_grad_gemm(dpre, self.transposed)[:, :input_grad_gemm.output_size]
 
     def weight_grad(self, dpre, inputs):
         """(dW, db) from dpre (B, out) and the Linear's inputs (B, in)."""

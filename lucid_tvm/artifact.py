@@ -1,0 +1,216 @@
+"""Ahead-of-time artifacts: a layer's compiled kernels, weights and a manifest, in one directory.
+
+``export`` writes what a layer needs to run; ``load`` rebuilds the layer from it with TVM's
+runtime alone (``TVM_USE_RUNTIME_LIB=1`` works: nothing here imports the compiler). The manifest
+says what is inside and holds a SHA-256 of every file, so a changed, truncated or missing file is
+refused with an ``ArtifactError`` instead of being loaded and run.
+
+Layout::
+
+    manifest.json        format, versions, target and CPU, layer class and configuration, shapes,
+                         kernels (with their schedules), checksums
+    weights.npz          the state dict
+    kernels/<n>.so       one shared library per compiled module
+"""
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+from pathlib import Path
+
+import numpy as np
+import tvm
+
+from . import __version__, runtime
+
+FORMAT = 1
+
+
+class ArtifactError(ValueError):
+    """An artifact that cannot be loaded here: damaged, newer, or built for another machine."""
+
+
+def _sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _cpu_flags():
+    """The CPU feature flags of this machine (x86 ``flags`` or Arm ``Features``), if readable."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return sorted(value.split())
+    return None
+
+
+def _host_target_string(target):
+    """Only this CPU is a target for now; say so for anything else."""
+    if target in (None, "llvm") or target == {"kind": "llvm"}:
+        return "llvm"
+    raise ValueError(f"export: only the host CPU target ('llvm') is supported so far, got {target!r}")
+
+
+def _describe(module):
+    """(face, class name, constructor arguments, dtype name) of a supported layer."""
+    from . import nn
+
+    name = type(module).__name__
+    if isinstance(module, nn.RNNBase):
+        config = {key: getattr(module, key) for key in
+                  ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional")}
+        if name == "RNNBase":
+            config["mode"] = module.mode
+        elif name == "RNN":
+            config["nonlinearity"] = module.nonlinearity
+        return "lucid.nn", name, config, module.dtype.name
+    if isinstance(module, (nn.RNNCell, nn.LSTMCell, nn.GRUCell)):
+        config = {"input_size": module.input_size, "hidden_size": module.hidden_size, "bias": module.bias}
+        if name == "RNNCell":
+            config["nonlinearity"] = "relu" if module.mode == "RNN_RELU" else "tanh"
+        return "lucid.nn", name, config, module.dtype.name
+    from . import tracetorch as tt
+
+    if isinstance(module, tt.rnn.Layer):
+        config = {"in_features": module.in_features, "out_features": module.out_features, "dim": module.dim}
+        dtype = next(module.parameters()).dtype
+        return "tracetorch", name, config, str(dtype).replace("torch.", "")
+    raise TypeError(f"export: expected a lucid_tvm.nn or lucid_tvm.tracetorch recurrent layer, got {name}")
+
+
+def _run_once(module, face, example_input):
+    """Run the layer on the example without changing it (tracetorch states are put back)."""
+    if face == "tracetorch":
+        import torch
+
+        saved = {name: getattr(module, name) for name in module._state_names}
+        try:
+            with torch.no_grad():
+                module(example_input)
+        finally:
+            for name, value in saved.items():
+                setattr(module, name, value)
+    else:
+        module(example_input)
+
+
+def export(module, path, target="llvm", example_input=None):
+    """Write ``module`` (a lucid_tvm.nn or lucid_tvm.tracetorch layer) as an artifact directory.
+
+    ``example_input`` is run once to find the kernels the layer uses; its feature size is fixed in
+    the artifact, while sequence length and batch (every other axis for tracetorch) may vary.
+    """
+    _host_target_string(target)
+    if example_input is None:
+        raise ValueError("export: example_input is required (it decides which kernels are compiled)")
+    face, name, config, dtype = _describe(module)
+    with runtime.recording() as used:
+        _run_once(module, face, example_input)
+    path = Path(path)
+    (path / "kernels").mkdir(parents=True, exist_ok=True)
+    kernels = []
+    for index, identity in enumerate(sorted(used, key=repr)):
+        entry = runtime.registered(identity)
+        file = f"kernels/{index}.so"
+        if entry.path is not None:
+            shutil.copyfile(entry.path, path / file)
+        else:  # built in this process (the kernel cache was not writable)
+            entry.module.export_library(str(path / file))
+        kernels.append({"identity": list(identity), "file": file, "schedule": entry.schedule,
+                        "schedule_source": "default"})
+    weights = {key: np.asarray(value.detach().cpu() if hasattr(value, "detach") else value)
+               for key, value in module.state_dict().items()}
+    np.savez(path / "weights.npz", **weights)
+    files = ["weights.npz"] + [k["file"] for k in kernels]
+    manifest = {
+        "format": FORMAT,
+        "lucid_tvm": __version__,
+        "tvm": tvm.__version__,
+        "target": {"kind": "llvm", "machine": platform.machine(), "cpu_flags": _cpu_flags()},
+        "layer": {"face": face, "class": name, "config": config, "training": bool(module.training)},
+        "dtype": dtype,
+        "shapes": {
+            "example_input": list(np.shape(example_input)),
+            "fixed": {"features": int(np.shape(example_input)[_feature_axis(face, module)])},
+            "varying": ["every axis but the features"] if face == "tracetorch" else ["sequence length", "batch"],
+        },
+        "kernels": kernels,
+        "files": {file: _sha256(path / file) for file in files},
+    }
+    tmp = path / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, path / "manifest.json")
+    return path
+
+
+def _feature_axis(face, module):
+    return module.dim if face == "tracetorch" else -1
+
+
+def _read_manifest(path):
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} is not a lucid_tvm artifact: manifest.json is missing") from None
+    except (OSError, ValueError) as err:
+        raise ArtifactError(f"{path}/manifest.json cannot be read: {err}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("format"), int):
+        raise ArtifactError(f"{path}/manifest.json has no format number; not a lucid_tvm artifact")
+    if manifest["format"] > FORMAT:
+        raise ArtifactError(f"{path} has manifest format {manifest['format']}, newer than this "
+                            f"lucid_tvm {__version__} reads (up to {FORMAT}); upgrade lucid-tvm")
+    return manifest
+
+
+def _check_machine(path, target):
+    if target.get("machine") != platform.machine():
+        raise ArtifactError(f"{path} was compiled for {target.get('machine')}, this machine is "
+                            f"{platform.machine()}")
+    needed, here = target.get("cpu_flags"), _cpu_flags()
+    if needed and here is not None:
+        missing = sorted(set(needed) - set(here))
+        # Only instruction-set flags matter; virtualization and bug flags may differ between hosts.
+        missing = [flag for flag in missing if flag.startswith(("avx", "sse", "fma", "f16c", "bmi", "amx", "asimd", "sve"))]
+        if missing:
+            raise ArtifactError(f"{path} was compiled for a CPU with {', '.join(missing)}, "
+                                "which this CPU lacks; export it again on (or for) this machine")
+
+
+def _check_files(path, manifest):
+    for file, digest in manifest["files"].items():
+        full = path / file
+        if not full.exists():
+            raise ArtifactError(f"{path}: {file} is missing")
+        if _sha256(full) != digest:
+            raise ArtifactError(f"{path}: {file} was changed after export (checksum mismatch)")
+
+
+def load(path):
+    """The layer exported at ``path``, running its own compiled kernels (no compiler needed)."""
+    path = Path(path)
+    manifest = _read_manifest(path)
+    _check_machine(path, manifest["target"])
+    _check_files(path, manifest)
+    for kernel in manifest["kernels"]:
+        module = tvm.runtime.load_module(str(path / kernel["file"]))
+        runtime.register(tuple(kernel["identity"]),
+                         runtime.Compiled(module, kernel["schedule"], path / kernel["file"]))
+    layer, weights = manifest["layer"], dict(np.load(path / "weights.npz"))
+    if layer["face"] == "tracetorch":
+        import torch
+
+        from . import tracetorch as tt
+
+        module = getattr(tt.rnn, layer["class"])(**layer["config"]).to(getattr(torch, manifest["dtype"]))
+        module.load_state_dict({key: torch.from_numpy(value) for key, value in weights.items()})
+    else:
+        from . import nn
+
+        module = getattr(nn, layer["class"])(**layer["config"]).to(manifest["dtype"])
+        module.load_state_dict(weights)
+    return module.train(layer["training"])

@@ -1,0 +1,170 @@
+"""export / load: every layer kind round-trips into a fresh runtime-only process; damaged,
+newer or foreign artifacts are refused with a clear error."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+import lucid_tvm
+import lucid_tvm.nn as nn
+import lucid_tvm.tracetorch as tt
+
+LUCID_LAYERS = {
+    "RNN-relu": lambda: nn.RNN(4, 6, num_layers=2, nonlinearity="relu", batch_first=True),
+    "LSTM-bi": lambda: nn.LSTM(4, 6, bidirectional=True),
+    "GRU": lambda: nn.GRU(4, 6),
+    "RNNBase": lambda: nn.RNNBase("GRU", 4, 6, num_layers=2),
+    "RNNCell": lambda: nn.RNNCell(4, 6, nonlinearity="relu"),
+    "LSTMCell": lambda: nn.LSTMCell(4, 6),
+    "GRUCell-f64": lambda: nn.GRUCell(4, 6, bias=False).double(),
+}
+TT_LAYERS = {"SimpleRNN": lambda: tt.rnn.SimpleRNN(4, 6), "LSTM": lambda: tt.rnn.LSTM(4, 6, dim=1),
+             "GRU": lambda: tt.rnn.GRU(4, 6).double()}
+
+# A process that imports TVM's runtime only, loads the artifact and runs the saved input.
+RUNTIME_ONLY = textwrap.dedent("""
+    import sys, numpy as np
+    import lucid_tvm
+    layer = lucid_tvm.load(sys.argv[1])
+    x = np.load(sys.argv[2])
+    if sys.argv[3] == "tracetorch":
+        import torch
+        with torch.no_grad():
+            outs = [layer(torch.from_numpy(x)).numpy() for _ in range(3)]
+    else:
+        out = layer(x)
+        flat = [out[0]] + (list(out[1]) if isinstance(out[1], tuple) else [out[1]]) if isinstance(out, tuple) else [out]
+        outs = [o.numpy() for o in flat]
+    assert "lucid_tvm.build" not in sys.modules, "the compiler floor was imported"
+    np.savez(sys.argv[4], *outs)
+""")
+
+
+def _run_runtime_only(path, x, face, tmp_path):
+    np.save(tmp_path / "x.npy", x)
+    env = {**os.environ, "TVM_USE_RUNTIME_LIB": "1", "LUCID_TVM_CACHE_DIR": str(tmp_path / "empty-cache")}
+    done = subprocess.run([sys.executable, "-c", RUNTIME_ONLY, str(path), str(tmp_path / "x.npy"), face,
+                           str(tmp_path / "out.npz")], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = np.load(tmp_path / "out.npz")
+    return [result[f"arr_{i}"] for i in range(len(result.files))]
+
+
+def _outputs(out):
+    if isinstance(out, tuple):
+        flat = [out[0]] + (list(out[1]) if isinstance(out[1], tuple) else [out[1]])
+        return [o.numpy() for o in flat]
+    return [out.numpy()]
+
+
+@pytest.mark.parametrize("name", list(LUCID_LAYERS))
+def test_lucid_layers_round_trip_runtime_only(name, tmp_path):
+    layer = LUCID_LAYERS[name]().eval()
+    cell = "Cell" in name
+    x = np.random.default_rng(0).standard_normal((3, 4) if cell else (5, 3, 4)).astype(layer.dtype)
+    path = lucid_tvm.export(layer, tmp_path / "artifact", example_input=x)
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["layer"]["class"] == type(layer).__name__
+    assert all(k["schedule_source"] == "default" for k in manifest["kernels"]) and manifest["kernels"]
+    # Another sequence length and batch than the example: both may vary.
+    x2 = np.random.default_rng(1).standard_normal((2, 4) if cell else (7, 2, 4)).astype(layer.dtype)
+    expected = _outputs(layer(x2))
+    got = _run_runtime_only(path, x2, "lucid", tmp_path)
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", list(TT_LAYERS))
+def test_tracetorch_layers_round_trip_runtime_only(name, tmp_path):
+    layer = TT_LAYERS[name]()
+    dtype = next(layer.parameters()).dtype
+    shape = (3, 4, 2) if name == "LSTM" else (3, 4)
+    x = torch.randn(shape, dtype=dtype)
+    path = lucid_tvm.export(layer, tmp_path / "artifact", example_input=x)
+    assert layer.H is None  # exporting ran the layer but left its states alone
+    with torch.no_grad():
+        expected = [layer(x).numpy() for _ in range(3)]
+    got = _run_runtime_only(path, x.numpy(), "tracetorch", tmp_path)
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.fixture
+def artifact(tmp_path):
+    layer = nn.GRU(4, 6)
+    return lucid_tvm.export(layer, tmp_path / "artifact", example_input=np.zeros((2, 1, 4), np.float32))
+
+
+def test_changed_files_are_refused(artifact):
+    kernel = next((artifact / "kernels").glob("*.so"))
+    data = bytearray(kernel.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    kernel.write_bytes(bytes(data))
+    with pytest.raises(lucid_tvm.ArtifactError, match=r"kernels/0.so was changed after export"):
+        lucid_tvm.load(artifact)
+
+
+def test_changed_weights_are_refused(artifact):
+    np.savez(artifact / "weights.npz", nothing=np.zeros(1))
+    with pytest.raises(lucid_tvm.ArtifactError, match="weights.npz was changed after export"):
+        lucid_tvm.load(artifact)
+
+
+def test_missing_files_are_refused(artifact, tmp_path):
+    (artifact / "weights.npz").unlink()
+    with pytest.raises(lucid_tvm.ArtifactError, match="weights.npz is missing"):
+        lucid_tvm.load(artifact)
+    with pytest.raises(lucid_tvm.ArtifactError, match="manifest.json is missing"):
+        lucid_tvm.load(tmp_path / "nowhere")
+
+
+def _edit_manifest(artifact, **changes):
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    for key, value in changes.items():
+        if key == "machine":
+            manifest["target"]["machine"] = value
+        elif key == "flags":
+            manifest["target"]["cpu_flags"] = value
+        else:
+            manifest[key] = value
+    (artifact / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_newer_format_is_refused(artifact):
+    _edit_manifest(artifact, format=99)
+    with pytest.raises(lucid_tvm.ArtifactError, match="format 99, newer than"):
+        lucid_tvm.load(artifact)
+
+
+def test_other_machine_is_refused(artifact):
+    _edit_manifest(artifact, machine="aarch64")
+    with pytest.raises(lucid_tvm.ArtifactError, match="compiled for aarch64"):
+        lucid_tvm.load(artifact)
+
+
+def test_missing_cpu_features_are_refused(artifact):
+    _edit_manifest(artifact, flags=["avx512_made_up", "sse2"])
+    with pytest.raises(lucid_tvm.ArtifactError, match="avx512_made_up"):
+        lucid_tvm.load(artifact)
+
+
+def test_corrupt_manifest_is_refused(artifact):
+    (artifact / "manifest.json").write_text("{not json")
+    with pytest.raises(lucid_tvm.ArtifactError, match="cannot be read"):
+        lucid_tvm.load(artifact)
+
+
+def test_export_arguments():
+    with pytest.raises(ValueError, match="example_input is required"):
+        lucid_tvm.export(nn.GRU(2, 3), "/tmp/unused")
+    with pytest.raises(ValueError, match="only the host CPU target"):
+        lucid_tvm.export(nn.GRU(2, 3), "/tmp/unused", target="cuda", example_input=np.zeros((1, 1, 2)))
+    with pytest.raises(TypeError, match="expected a lucid_tvm.nn or lucid_tvm.tracetorch"):
+        lucid_tvm.export(torch.nn.GRU(2, 3), "/tmp/unused", example_input=np.zeros((1, 1, 2)))
