@@ -13,9 +13,7 @@ Layout::
     kernels/<n>.so       one shared library per compiled module
 """
 
-import hashlib
 import json
-import os
 import platform
 import shutil
 from pathlib import Path
@@ -24,16 +22,13 @@ import numpy as np
 import tvm
 
 from . import __version__, runtime
+from .files import sha256, write_atomic
 
 FORMAT = 1
 
 
 class ArtifactError(ValueError):
     """An artifact that cannot be loaded here: damaged, newer, or built for another machine."""
-
-
-def _sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _cpu_flags():
@@ -140,11 +135,9 @@ def export(module, path, target="llvm", example_input=None):
             "varying": ["every axis but the features"] if face == "tracetorch" else ["sequence length", "batch"],
         },
         "kernels": kernels,
-        "files": {file: _sha256(path / file) for file in files},
+        "files": {file: sha256(path / file) for file in files},
     }
-    tmp = path / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, path / "manifest.json")
+    write_atomic(path / "manifest.json", lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))
     return path
 
 
@@ -186,7 +179,7 @@ def _check_files(path, manifest):
         full = path / file
         if not full.exists():
             raise ArtifactError(f"{path}: {file} is missing")
-        if _sha256(full) != digest:
+        if sha256(full) != digest:
             raise ArtifactError(f"{path}: {file} was changed after export (checksum mismatch)")
 
 

@@ -12,7 +12,6 @@ import fcntl
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -20,8 +19,8 @@ from pathlib import Path
 import tvm
 from tvm.target import codegen
 
+from .files import sha256, write_atomic
 from .kernels import recurrent
-from .kernels.spec import LayerSpec  # noqa: F401 - part of this floor's interface
 from .schedule import default_schedule
 
 _KERNEL_SOURCES = sorted((Path(__file__).parent / "kernels").glob("*.py"))
@@ -128,8 +127,8 @@ def _load_or_build(key, lower, target):
             return cached, path
         module = tvm.tirx.build(lower(), target=target)
         try:
-            _write_atomic(path, module.export_library)
-            _write_atomic(digest_path, lambda tmp: Path(tmp).write_text(_sha256(path)))
+            write_atomic(path, module.export_library)
+            write_atomic(digest_path, lambda tmp: Path(tmp).write_text(sha256(path)))
             # Run from the shared library, as a later process would.
             return tvm.runtime.load_module(str(path)), path
         except OSError as err:
@@ -138,35 +137,18 @@ def _load_or_build(key, lower, target):
             return module, None
 
 
-def _sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def _load_verified(path, digest_path):
     """The cached module if its file matches the checksum written with it, else None (with a
     warning when a file was there): a damaged shared library must never be loaded and run."""
     if not path.exists():
         return None
     try:
-        if digest_path.read_text().strip() != _sha256(path):
+        if digest_path.read_text().strip() != sha256(path):
             raise ValueError("checksum mismatch (truncated or modified file)")
         return tvm.runtime.load_module(str(path))
     except Exception as err:  # noqa: BLE001 - any failure means: rebuild
         warnings.warn(f"lucid_tvm: discarding cached module {path}: {err}; rebuilding it", stacklevel=5)
         return None
-
-
-def _write_atomic(path, write):
-    """``write(tmp)`` then rename onto ``path``: readers see the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @contextlib.contextmanager

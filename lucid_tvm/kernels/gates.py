@@ -14,7 +14,7 @@ from tvm import tirx
 
 from .fastmath import let, sigmoid, tanh
 
-from .spec import MODES, NUM_GATES  # noqa: F401 - the modes these equations cover
+from .spec import MODES
 
 
 def _const(value, like):

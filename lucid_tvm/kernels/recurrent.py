@@ -19,8 +19,9 @@ The loop nest here is the CPU schedule itself; the knobs are chosen in :mod:`luc
 
 from tvm.script import tirx as T
 
-from .gates import NUM_GATES, gate, new_cell, new_hidden
+from .gates import gate, new_cell, new_hidden
 from .layout import num_blocks
+from .spec import NUM_GATES
 
 
 def _row_tiles(G, L, R, dtype):
