@@ -35,7 +35,7 @@ def _strided(rng, shape, dtype, kind):
 @given(mode=st.sampled_from(["RNN_TANH", "RNN_RELU", "LSTM", "GRU"]), layers=st.integers(1, 3),
        input_size=SIZES, hidden=SIZES, batch=st.integers(1, 9), steps=st.integers(1, 50),
        bias=st.booleans(), batch_first=st.booleans(), bidirectional=st.booleans(),
-       hx=st.sampled_from(["none", "full"]), dtype=st.sampled_from([np.float32, np.float64]),
+       hx=st.sampled_from(["none", "full", "2d"]), dtype=st.sampled_from([np.float32, np.float64]),
        layout=st.sampled_from(["contiguous", "strided", "fortran"]), seed=st.integers(0, 2**16))
 def test_sequence_layers_match_torch(mode, layers, input_size, hidden, batch, steps, bias, batch_first,
                                      bidirectional, hx, dtype, layout, seed):
@@ -46,12 +46,13 @@ def test_sequence_layers_match_torch(mode, layers, input_size, hidden, batch, st
     x = _strided(rng, shape, dtype, layout)
     stack = layers * (2 if bidirectional else 1)
     states = None
-    if hx == "full":
-        states = [_strided(rng, (stack, batch, hidden), dtype, layout) for _ in range(2 if mode == "LSTM" else 1)]
+    if hx == "full" or (hx == "2d" and stack == 1):  # a 2-D hx is (batch, hidden) for one layer-direction
+        shape = (stack, batch, hidden) if hx == "full" else (batch, hidden)
+        states = [_strided(rng, shape, dtype, layout) for _ in range(2 if mode == "LSTM" else 1)]
     ours_hx = None if states is None else (tuple(states) if mode == "LSTM" else states[0])
-    ref_hx = None if states is None else (
-        tuple(torch.from_numpy(np.ascontiguousarray(s)) for s in states) if mode == "LSTM"
-        else torch.from_numpy(np.ascontiguousarray(states[0])))
+    torch_states = None if states is None else [
+        torch.from_numpy(np.ascontiguousarray(s)).reshape(stack, batch, hidden) for s in states]
+    ref_hx = None if states is None else (tuple(torch_states) if mode == "LSTM" else torch_states[0])
     with torch.no_grad():
         expected, _ = ref(torch.from_numpy(np.ascontiguousarray(x)), ref_hx)
     got, _ = ours(x, ours_hx)
