@@ -44,13 +44,6 @@ def _cpu_flags():
     return None
 
 
-def _host_target_string(target):
-    """Only this CPU is a target for now; say so for anything else."""
-    if target in (None, "llvm") or target == {"kind": "llvm"}:
-        return "llvm"
-    raise ValueError(f"export: only the host CPU target ('llvm') is supported so far, got {target!r}")
-
-
 def _describe(module):
     """(face, class name, constructor arguments, dtype name) of a supported layer."""
     from . import nn
@@ -94,13 +87,45 @@ def _run_once(module, face, example_input):
         module(example_input)
 
 
+def _machine(target):
+    """The machine a CPU target's code runs on: from -mtriple, else this one."""
+    triple = target.attrs.get("mtriple") if hasattr(target, "attrs") else None
+    return str(triple).split("-")[0] if triple else platform.machine()
+
+
+def _write_kernel(built, path, file, machine):
+    """Write a module built for another target: a shared library when it can be linked here
+    (same machine, or a ``<triple>-g++`` cross compiler on PATH), else an archive of objects."""
+    from tvm.support import cc
+
+    if machine == platform.machine():
+        built.export_library(str(path / file))
+        return file, None
+    cross = shutil.which(f"{machine}-linux-gnu-g++")
+    if cross:
+        built.export_library(str(path / file), fcompile=cc.cross_compiler(cross))
+        return file, None
+    archive = file.replace(".so", ".tar")
+    built.export_library(str(path / archive))
+    return archive, (f"no {machine}-linux-gnu-g++ here: this archive holds the object files; on a "
+                     f"{machine} machine link them with `g++ -shared -o {Path(file).name} *.o` "
+                     f"(or install g++-{machine}-linux-gnu and export again)")
+
+
 def export(module, path, target="llvm", example_input=None):
     """Write ``module`` (a lucid_tvm.nn or lucid_tvm.tracetorch layer) as an artifact directory.
 
-    ``example_input`` is run once to find the kernels the layer uses; its feature size is fixed in
-    the artifact, while sequence length and batch (every other axis for tracetorch) may vary.
+    ``target``: ``"llvm"`` (this CPU), a classic string such as
+    ``"llvm -mtriple=aarch64-linux-gnu -mattr=+neon"``, a dict or a ``tvm.target.Target``.
+    ``example_input`` is run once (here, on this CPU) to find the kernels the layer uses; its
+    feature size is fixed in the artifact, while sequence length and batch (every other axis for
+    tracetorch) may vary.
     """
-    _host_target_string(target)
+    from . import build
+
+    target = build.parse_target(target)
+    if target.kind.name != "llvm":
+        raise ValueError(f"export: only CPU (llvm) targets are supported so far, got {target.kind.name}")
     if example_input is None:
         raise ValueError("export: example_input is required (it decides which kernels are compiled)")
     face, name, config, dtype = _describe(module)
@@ -108,16 +133,25 @@ def export(module, path, target="llvm", example_input=None):
         _run_once(module, face, example_input)
     path = Path(path)
     (path / "kernels").mkdir(parents=True, exist_ok=True)
+    on_host = str(target) == str(build.host_target())
+    machine = _machine(target)
     kernels = []
     for index, identity in enumerate(sorted(used, key=repr)):
-        entry = runtime.registered(identity)
-        file = f"kernels/{index}.so"
-        if entry.path is not None:
-            shutil.copyfile(entry.path, path / file)
-        else:  # built in this process (the kernel cache was not writable)
-            entry.module.export_library(str(path / file))
-        kernels.append({"identity": list(identity), "file": file, "schedule": entry.schedule,
-                        "schedule_source": "default"})
+        file, note = f"kernels/{index}.so", None
+        if on_host:  # the modules this process runs, from the kernel cache
+            entry = runtime.registered(identity)
+            schedule = entry.schedule
+            if entry.path is not None:
+                shutil.copyfile(entry.path, path / file)
+            else:  # built in this process (the kernel cache was not writable)
+                entry.module.export_library(str(path / file))
+        else:
+            built, schedule = build.build_for(identity, target)
+            file, note = _write_kernel(built, path, file, machine)
+        kernel = {"identity": list(identity), "file": file, "schedule": schedule, "schedule_source": "default"}
+        if note:
+            kernel["note"] = note
+        kernels.append(kernel)
     weights = {key: np.asarray(value.detach().cpu() if hasattr(value, "detach") else value)
                for key, value in module.state_dict().items()}
     np.savez(path / "weights.npz", **weights)
@@ -126,7 +160,7 @@ def export(module, path, target="llvm", example_input=None):
         "format": FORMAT,
         "lucid_tvm": __version__,
         "tvm": tvm.__version__,
-        "target": {"kind": "llvm", "machine": platform.machine(), "cpu_flags": _cpu_flags()},
+        "target": {"string": str(target), "machine": machine, "cpu_flags": _cpu_flags() if on_host else None},
         "layer": {"face": face, "class": name, "config": config, "training": bool(module.training)},
         "dtype": dtype,
         "shapes": {
@@ -190,6 +224,8 @@ def load(path):
     _check_machine(path, manifest["target"])
     _check_files(path, manifest)
     for kernel in manifest["kernels"]:
+        if not kernel["file"].endswith(".so"):
+            raise ArtifactError(f"{path}: {kernel['file']} is not linked: {kernel.get('note', '')}")
         module = tvm.runtime.load_module(str(path / kernel["file"]))
         runtime.register(tuple(kernel["identity"]),
                          runtime.Compiled(module, kernel["schedule"], path / kernel["file"]))

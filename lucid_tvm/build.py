@@ -21,6 +21,7 @@ from tvm.target import codegen
 
 from .files import sha256, write_atomic
 from .kernels import recurrent
+from .kernels.spec import LayerSpec
 from .schedule import default_schedule
 
 _KERNEL_SOURCES = sorted((Path(__file__).parent / "kernels").glob("*.py"))
@@ -77,39 +78,84 @@ def lower_layer(spec, schedule):
     )
 
 
-def compile_layer(spec, target=None):
-    """(module, schedule as a dict, cached file or None) of one lucid layer-direction on ``target``
-    (default: this CPU)."""
+def lower_identity(identity, target):
+    """(description, lower, schedule) of a module from the runtime's registry (see
+    ``runtime.compiled``) on ``target``: the cache description, a function returning its IRModule,
+    and the schedule knobs as a dict."""
+    kind = identity[0]
+    if kind == "layer":
+        spec = LayerSpec(*identity[1:])
+        schedule = default_schedule(target, spec.num_gates, spec.hidden_size, spec.dtype)
+        return ({"layer": asdict(spec), "schedule": asdict(schedule)},
+                lambda: lower_layer(spec, schedule), asdict(schedule))
+    if kind == "gemm":
+        output_size, dtype = identity[1:]
+        schedule = default_schedule(target, 1, output_size, dtype)
+
+        def lower_gemm():
+            return tvm.IRModule({"project": recurrent.projection(
+                1, output_size, dtype, schedule.lanes, schedule.rows, schedule.project_parallel)})
+
+        return ({"gemm": {"output_size": output_size, "dtype": dtype}, "schedule": asdict(schedule)},
+                lower_gemm, asdict(schedule))
+    if kind == "tracetorch":
+        from .kernels import tracetorch
+
+        def lower_functions():
+            functions = tracetorch.kernels(*identity[1:])
+            return tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in functions.items()})
+
+        return {"functions": list(identity)}, lower_functions, {}
+    raise ValueError(f"unknown kernel identity {identity!r}")
+
+
+def compile_identity(identity, target=None):
+    """(module, schedule, cached file or None) for ``identity`` on ``target`` (default: this CPU),
+    loaded from the disk cache or compiled into it."""
     target = target or host_target()
-    schedule = default_schedule(target, spec.num_gates, spec.hidden_size, spec.dtype)
-    description = {"layer": asdict(spec), "schedule": asdict(schedule)}
-    module, path = compile_cached(description, lambda: lower_layer(spec, schedule), target)
-    return module, asdict(schedule), path
-
-
-def compile_gemm(output_size, dtype, target=None):
-    """(module with ``project``, schedule, file) for ``x @ W^T`` with W of ``output_size`` rows."""
-    target = target or host_target()
-    schedule = default_schedule(target, 1, output_size, dtype)
-    description = {"gemm": {"output_size": output_size, "dtype": dtype}, "schedule": asdict(schedule)}
-
-    def lower():
-        return tvm.IRModule({"project": recurrent.projection(
-            1, output_size, dtype, schedule.lanes, schedule.rows, schedule.project_parallel)})
-
+    description, lower, schedule = lower_identity(identity, target)
     module, path = compile_cached(description, lower, target)
-    return module, asdict(schedule), path
+    return module, schedule, path
 
 
-def compile_functions(description, functions, target=None):
-    """(module, {}, file) of named PrimFuncs (e.g. from ``kernels.tracetorch``) with their default loops."""
-    target = target or host_target()
+def build_for(identity, target):
+    """(built module, schedule) of ``identity`` for any target, e.g. another machine's, for
+    export; not cached and not loaded here."""
+    _, lower, schedule = lower_identity(identity, target)
+    return tvm.tirx.build(lower(), target=target), schedule
 
-    def lower():
-        return tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in functions().items()})
 
-    module, path = compile_cached(description, lower, target)
-    return module, {}, path
+def parse_target(value):
+    """A ``tvm.target.Target`` from a Target, a dict, a tag (``"nvidia/nvidia-h100"``) or the
+    classic strings users know (``"llvm -mcpu=znver3"``,
+    ``"llvm -mtriple=aarch64-linux-gnu -mattr=+neon"``, ``"cuda -arch=sm_90"``), which TVM 0.27 no
+    longer parses itself. Plain ``"llvm"`` means this CPU, with its own -mcpu and core count."""
+    if isinstance(value, tvm.target.Target):
+        return value
+    if isinstance(value, dict):
+        return tvm.target.Target(value)
+    if not isinstance(value, str) or not value.strip():
+        raise TypeError(f"target: expected a string, dict or tvm.target.Target, got {value!r}")
+    kind, *options = value.split()
+    if kind == "llvm" and not options:
+        return host_target()
+    if "/" in kind and not options:  # a tag
+        return tvm.target.Target(kind)
+    config = {"kind": kind}
+    for option in options:
+        if not option.startswith("-") or "=" not in option:
+            raise ValueError(f"target {value!r}: expected options like -key=value, got {option!r}")
+        key, item = option.lstrip("-").split("=", 1)
+        if key in ("mattr", "libs", "keys"):
+            config[key] = item.split(",")
+        elif key in ("num-cores", "max_num_threads", "thread_warp_size", "opt-level"):
+            config[key] = int(item)
+        else:
+            config[key] = item
+    try:
+        return tvm.target.Target(config)
+    except Exception as err:  # noqa: BLE001 - TVM's own message says what is wrong
+        raise ValueError(f"target {value!r} is not valid: {err}") from None
 
 
 def compile_cached(description, lower, target):

@@ -78,8 +78,11 @@ def registered(identity):
 
 
 def register(identity, entry):
+    """Use ``entry`` for ``identity`` from now on (kernel objects made earlier are dropped)."""
     with _registry_lock:
         _registry[identity] = entry
+    layer_kernel.cache_clear()
+    gemm.cache_clear()
 
 
 @contextlib.contextmanager
@@ -106,7 +109,7 @@ class LayerKernel:
     def __init__(self, spec):
         self.spec = spec
         self.identity = ("layer", spec.mode, spec.input_size, spec.hidden_size, spec.dtype)
-        entry = compiled(self.identity, lambda: _build().compile_layer(spec))
+        entry = compiled(self.identity, lambda: _build().compile_identity(self.identity))
         self.module, self.lanes = entry.module, entry.schedule["lanes"]
         self._project = self.module["project"]
         self._recur = self.module["recur"]
@@ -160,7 +163,7 @@ class Gemm:
     def __init__(self, output_size, dtype):
         self.output_size, self.dtype = output_size, np.dtype(dtype).name
         self.identity = ("gemm", output_size, self.dtype)
-        entry = compiled(self.identity, lambda: _build().compile_gemm(output_size, self.dtype))
+        entry = compiled(self.identity, lambda: _build().compile_identity(self.identity))
         self.lanes = entry.schedule["lanes"]
         self._project = entry.module["project"]
         self.blocks = num_blocks(output_size, self.lanes)
@@ -187,13 +190,12 @@ def gemm(output_size, dtype):
 class Functions:
     """Named compiled functions called on numpy arrays: ``fns.name(*arrays)`` (outputs last).
 
-    ``identity`` is the registry key (a tuple); ``functions()`` returns the PrimFuncs to compile.
+    ``identity`` is the registry key, e.g. ``("tracetorch", kind, hidden, input_size, dtype)``.
     """
 
-    def __init__(self, identity, functions):
-        description = {"functions": list(identity)}
+    def __init__(self, identity):
         self.identity = identity
-        self.module = compiled(identity, lambda: _build().compile_functions(description, functions)).module
+        self.module = compiled(identity, lambda: _build().compile_identity(identity)).module
 
     def __getattr__(self, name):
         function = self.module[name]

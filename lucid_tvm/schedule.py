@@ -4,7 +4,7 @@ The recurrent kernels (``kernels/recurrent.py``) take three knobs; this module p
 
 - ``lanes``: elements per SIMD vector of the target (16 float32 on AVX-512, 8 on AVX2).
 - ``rows``: rows that share each weight vector load; accumulators take ``rows * gates`` vector
-  registers, so 24 of AVX-512's 32 stay busy and the rest hold the broadcast and the weights.
+  registers (see :func:`accumulator_registers`), between 4 and 8 rows.
 - ``parallel``: whether a step's hidden blocks are spread over the thread pool. A parallel launch
   costs about 1 us here, more than a whole step of a small layer, so small layers run on one thread.
 """
@@ -26,9 +26,25 @@ class CpuSchedule:
     recur_parallel: bool
 
 
+def vector_bits(target):
+    """SIMD register width of a CPU target. x86 is read from its features: TVM 0.27's
+    ``llvm_get_vector_width`` answers 512 for AVX2-only CPUs such as haswell."""
+    for feature, bits in (("avx512f", 512), ("avx", 256), ("sse2", 128)):
+        if codegen.llvm_cpu_has_features(feature, target):
+            return bits
+    return codegen.llvm_get_vector_width(target)  # e.g. 128 for AArch64 NEON
+
+
+def accumulator_registers(target):
+    """Vector registers a tile may keep accumulators in: 24 of the 32 of AVX-512 and AArch64,
+    12 of AVX2's 16; the rest hold the broadcast input and the weights."""
+    x86_without_avx512 = (codegen.llvm_cpu_has_features("sse2", target)
+                          and not codegen.llvm_cpu_has_features("avx512f", target))
+    return 12 if x86_without_avx512 else 24
+
+
 def vector_lanes(target, dtype):
-    bits = codegen.llvm_get_vector_width(target)
-    return max(1, bits // (8 * np.dtype(dtype).itemsize))
+    return max(1, vector_bits(target) // (8 * np.dtype(dtype).itemsize))
 
 
 def default_schedule(target, num_gates, hidden_size, dtype):
@@ -36,7 +52,7 @@ def default_schedule(target, num_gates, hidden_size, dtype):
     gates = num_gates
     return CpuSchedule(
         lanes=vector_lanes(target, dtype),
-        rows=min(8, 24 // gates),
+        rows=min(8, max(4, accumulator_registers(target) // gates)),
         project_parallel=True,
         recur_parallel=gates * hidden_size * hidden_size >= PARALLEL_STEP_MACS,
     )

@@ -164,7 +164,58 @@ def test_corrupt_manifest_is_refused(artifact):
 def test_export_arguments():
     with pytest.raises(ValueError, match="example_input is required"):
         lucid_tvm.export(nn.GRU(2, 3), "/tmp/unused")
-    with pytest.raises(ValueError, match="only the host CPU target"):
-        lucid_tvm.export(nn.GRU(2, 3), "/tmp/unused", target="cuda", example_input=np.zeros((1, 1, 2)))
+    with pytest.raises(ValueError, match="only CPU .llvm. targets"):
+        lucid_tvm.export(nn.GRU(2, 3), "/tmp/unused", target="cuda -arch=sm_90", example_input=np.zeros((1, 1, 2)))
+    with pytest.raises(ValueError, match="expected options like -key=value"):
+        lucid_tvm.export(nn.GRU(2, 3), "/tmp/unused", target="llvm mcpu", example_input=np.zeros((1, 1, 2)))
     with pytest.raises(TypeError, match="expected a lucid_tvm.nn or lucid_tvm.tracetorch"):
         lucid_tvm.export(torch.nn.GRU(2, 3), "/tmp/unused", example_input=np.zeros((1, 1, 2)))
+
+
+def _elf_machines(path):
+    """ELF e_machine of the file, or of every member of a tar of objects."""
+    import tarfile
+
+    def machine(data):
+        assert data[:4] == b"\x7fELF"
+        return int.from_bytes(data[18:20], "little")
+
+    if str(path).endswith(".tar"):
+        with tarfile.open(path) as archive:
+            return {machine(archive.extractfile(m).read()) for m in archive.getmembers() if m.isfile()}
+    return {machine(path.read_bytes())}
+
+
+def test_cross_compile_for_aarch64(tmp_path):
+    layer = nn.LSTM(4, 6)
+    path = lucid_tvm.export(layer, tmp_path / "arm", target="llvm -mtriple=aarch64-linux-gnu -mattr=+neon",
+                            example_input=np.zeros((2, 1, 4), np.float32))
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["target"]["machine"] == "aarch64"
+    (kernel,) = manifest["kernels"]
+    assert kernel["schedule"]["lanes"] == 4  # 128-bit NEON vectors of float32
+    assert _elf_machines(path / kernel["file"]) == {183}  # EM_AARCH64
+    if kernel["file"].endswith(".tar"):
+        assert "link them" in kernel["note"]
+    with pytest.raises(lucid_tvm.ArtifactError, match="compiled for aarch64"):
+        lucid_tvm.load(path)
+
+
+def test_host_target_strings(tmp_path):
+    from lucid_tvm.build import host_target, parse_target
+
+    assert str(parse_target("llvm")) == str(host_target())
+    target = parse_target("llvm -mcpu=znver3 -num-cores=2")
+    assert target.attrs["mcpu"] == "znver3" and int(target.attrs["num-cores"]) == 2
+    assert parse_target("llvm -mtriple=aarch64-linux-gnu -mattr=+neon").attrs["mattr"][0] == "+neon"
+    assert parse_target("cuda -arch=sm_90").attrs["arch"] == "sm_90"
+    assert parse_target({"kind": "llvm", "mcpu": "znver3"}).attrs["mcpu"] == "znver3"
+    # An x86 artifact for a named CPU: compiled for that -mcpu, loadable here (same machine).
+    layer = nn.GRU(4, 6).eval()
+    x = np.random.default_rng(0).standard_normal((3, 2, 4)).astype(np.float32)
+    path = lucid_tvm.export(layer, tmp_path / "x86", target="llvm -mcpu=x86-64-v3", example_input=x)
+    expected = layer(x)[0].numpy()
+    loaded = lucid_tvm.load(path)
+    assert lucid_tvm.runtime.layer_kernel("GRU", 4, 6, "float32").lanes == 8  # AVX2's, not this CPU's
+    np.testing.assert_allclose(loaded(x)[0].numpy(), expected, atol=2e-6, rtol=0)
+    np.testing.assert_allclose(layer(x)[0].numpy(), expected, atol=2e-6, rtol=0)  # repacked for it

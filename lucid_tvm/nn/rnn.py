@@ -72,17 +72,18 @@ class _Cell(Module):
     def _kernel(self):
         return layer_kernel(self.mode, self.input_size, self.hidden_size, self.dtype)
 
-    def _packed_weights(self):
+    def _packed_weights(self, kernel):
         params = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
-        key = tuple(None if p is None else (id(p), p.version, p.dtype) for p in params)
-        if key != self._packed_key:  # a new parameter or new data: repack, never reuse stale weights
-            self._packed = self._kernel().pack(*(None if p is None else p.data for p in params))
+        key = (id(kernel),) + tuple(None if p is None else (id(p), p.version, p.dtype) for p in params)
+        if key != self._packed_key:  # new parameters, new data or a new kernel: repack
+            self._packed = kernel.pack(*(None if p is None else p.data for p in params))
             self._packed_key = key
         return self._packed
 
     def run_sequence(self, x, h0, c0, y, yoff=0, reverse=False, cn=None):
         """Run over ``x`` (T, B, I); see :meth:`lucid_tvm.runtime.LayerKernel.run`."""
-        self._kernel().run(self._packed_weights(), x, h0, c0, y, yoff, reverse, cn)
+        kernel = self._kernel()
+        kernel.run(self._packed_weights(kernel), x, h0, c0, y, yoff, reverse, cn)
 
     def _state(self, value, name, batch, batched):
         owner = type(self).__name__

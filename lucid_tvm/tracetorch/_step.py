@@ -12,13 +12,6 @@ import numpy as np
 from ..runtime import Functions, aligned, gemm
 
 
-def _equations(kind, hidden, input_size, dtype):
-    # Imported when compiling only: a loaded artifact runs on TVM's runtime alone.
-    from ..kernels import tracetorch
-
-    return tracetorch.kernels(kind, hidden, input_size, dtype)
-
-
 class _PackedLinear:
     """A torch Linear's weights packed for the forward GEMM (W) and, on the first backward, for
     the input-gradient GEMM (W^T): inference never compiles or packs the backward's kernels."""
@@ -62,8 +55,7 @@ class StepEngine:
         self.kind, self.dtype = kind, dtype
         self.hidden = out_features
         self.linears = [_PackedLinear(linear, dtype) for linear in linears]
-        self.fns = Functions(("tracetorch", kind, out_features, in_features, dtype),
-                             lambda: _equations(kind, out_features, in_features, dtype))
+        self.fns = Functions(("tracetorch", kind, out_features, in_features, dtype))
 
     def _empty(self, batch, width=None):
         return aligned(np.empty((batch, width or self.hidden), self.dtype), self.dtype)
