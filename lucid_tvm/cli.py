@@ -1,0 +1,192 @@
+"""The ``lucid-tvm`` command: compile a layer into an artifact, inspect it, time it.
+
+    lucid-tvm compile LSTM --input-size 10 --hidden-size 8 --num-layers 2 \\
+        --weights lstm.pt --example-shape 25,1,10 --target "llvm" -o lstm-artifact
+    lucid-tvm info lstm-artifact
+    lucid-tvm bench lstm-artifact --calls 100
+
+Weights come from a numpy ``.npz``, a ``.safetensors`` file or a torch ``state_dict`` (``.pt``),
+with our keys or PyTorch's / tracetorch's.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+LUCID_CLASSES = ("RNN", "LSTM", "GRU", "RNNBase", "RNNCell", "LSTMCell", "GRUCell")
+TRACETORCH_CLASSES = ("SimpleRNN", "LSTM", "GRU")
+
+
+def _say(message):
+    print(message, flush=True)
+
+
+def read_weights(path):
+    """A state dict of numpy arrays from .npz, .safetensors or a torch .pt / .pth file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    if path.suffix == ".npz":
+        with np.load(path) as data:
+            return {key: data[key] for key in data.files}
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.numpy import load_file
+        except ImportError:
+            raise SystemExit("reading .safetensors needs the safetensors package: pip install safetensors") from None
+        return load_file(str(path))
+    if path.suffix in (".pt", ".pth"):
+        import torch
+
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return {key: value.numpy() for key, value in state.items()}
+    raise ValueError(f"weights file {path}: expected .npz, .safetensors, .pt or .pth")
+
+
+def _make_layer(args):
+    if args.face == "tracetorch":
+        import lucid_tvm.tracetorch as tt
+
+        if args.layer not in TRACETORCH_CLASSES:
+            raise SystemExit(f"tracetorch layers are {TRACETORCH_CLASSES}, got {args.layer}")
+        return getattr(tt.rnn, args.layer)(args.input_size, args.hidden_size, args.dim)
+    import lucid_tvm.nn as nn
+
+    if args.layer not in LUCID_CLASSES:
+        raise SystemExit(f"lucid.nn layers are {LUCID_CLASSES}, got {args.layer}")
+    config = {"input_size": args.input_size, "hidden_size": args.hidden_size, "bias": not args.no_bias}
+    if "Cell" not in args.layer:
+        config.update(num_layers=args.num_layers, batch_first=args.batch_first, bidirectional=args.bidirectional)
+    if args.layer in ("RNN", "RNNCell"):
+        config["nonlinearity"] = args.nonlinearity
+    if args.layer == "RNNBase":
+        config["mode"] = args.mode
+    layer = getattr(nn, args.layer)(**config).eval()
+    return layer.double() if args.dtype == "float64" else layer
+
+
+def compile_command(args):
+    import lucid_tvm
+
+    layer = _make_layer(args)
+    if args.weights:
+        _say(f"[1/3] loading weights from {args.weights}")
+        weights = read_weights(args.weights)
+        if args.face == "tracetorch":
+            import torch
+
+            layer.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.items()})
+            if args.dtype == "float64":
+                layer.double()
+        else:
+            layer.load_state_dict(weights)
+    else:
+        _say("[1/3] no --weights: exporting the layer's random initial weights")
+    shape = tuple(int(n) for n in args.example_shape.split(","))
+    example = np.zeros(shape, dtype=args.dtype)
+    if args.face == "tracetorch":
+        import torch
+
+        example = torch.from_numpy(example)
+    _say(f"[2/3] compiling kernels for target {args.target!r} (cached kernels load at once)")
+    started = time.perf_counter()
+    path = lucid_tvm.export(layer, args.output, target=args.target, example_input=example)
+    manifest = json.loads((Path(path) / "manifest.json").read_text())
+    _say(f"[3/3] wrote {path}: {len(manifest['kernels'])} kernel module(s) in "
+         f"{time.perf_counter() - started:.1f} s")
+    for kernel in manifest["kernels"]:
+        if "note" in kernel:
+            _say(f"      note: {kernel['file']}: {kernel['note']}")
+
+
+def info_command(args):
+    from lucid_tvm.artifact import _check_files, _read_manifest
+
+    path = Path(args.artifact)
+    manifest = _read_manifest(path)
+    layer = manifest["layer"]
+    _say(f"{path}: {layer['face']} {layer['class']}({', '.join(f'{k}={v!r}' for k, v in layer['config'].items())})")
+    _say(f"  dtype {manifest['dtype']}, target {manifest['target']['string']} ({manifest['target']['machine']})")
+    _say(f"  built by lucid_tvm {manifest['lucid_tvm']} with TVM {manifest['tvm']}, manifest format {manifest['format']}")
+    shapes = manifest["shapes"]
+    _say(f"  example input {tuple(shapes['example_input'])}; fixed {shapes['fixed']}; varying: {', '.join(shapes['varying'])}")
+    for kernel in manifest["kernels"]:
+        _say(f"  kernel {kernel['file']}: {tuple(kernel['identity'])}, schedule {kernel['schedule']} "
+             f"({kernel['schedule_source']})")
+    _check_files(path, manifest)
+    _say(f"  {len(manifest['files'])} files, checksums verified")
+
+
+def bench_command(args):
+    import lucid_tvm
+
+    layer = lucid_tvm.load(args.artifact)
+    manifest = json.loads((Path(args.artifact) / "manifest.json").read_text())
+    shape = tuple(manifest["shapes"]["example_input"])
+    x = np.random.default_rng(0).standard_normal(shape).astype(manifest["dtype"])
+    if manifest["layer"]["face"] == "tracetorch":
+        import torch
+
+        x = torch.from_numpy(x)
+    times = []
+    for i in range(args.calls + 3):
+        started = time.perf_counter()
+        layer(x)
+        if i >= 3:  # warm-up calls are not counted
+            times.append(time.perf_counter() - started)
+    _say(f"{args.artifact}: input {shape}, median {statistics.median(times) * 1e3:.3f} ms per call "
+         f"over {args.calls} calls (min {min(times) * 1e3:.3f}, max {max(times) * 1e3:.3f})")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="lucid-tvm", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    compile_parser = commands.add_parser("compile", help="a layer configuration and weights -> an artifact")
+    compile_parser.add_argument("layer", help=f"lucid.nn: {', '.join(LUCID_CLASSES)}; tracetorch: {', '.join(TRACETORCH_CLASSES)}")
+    compile_parser.add_argument("--face", choices=["lucid", "tracetorch"], default="lucid")
+    compile_parser.add_argument("--input-size", type=int, required=True, help="input_size / in_features")
+    compile_parser.add_argument("--hidden-size", type=int, required=True, help="hidden_size / out_features")
+    compile_parser.add_argument("--num-layers", type=int, default=1)
+    compile_parser.add_argument("--nonlinearity", choices=["tanh", "relu"], default="tanh")
+    compile_parser.add_argument("--mode", choices=["RNN_TANH", "RNN_RELU", "LSTM", "GRU"], default="LSTM",
+                                help="for RNNBase")
+    compile_parser.add_argument("--no-bias", action="store_true")
+    compile_parser.add_argument("--batch-first", action="store_true")
+    compile_parser.add_argument("--bidirectional", action="store_true")
+    compile_parser.add_argument("--dim", type=int, default=-1, help="tracetorch: the feature axis")
+    compile_parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    compile_parser.add_argument("--weights", help=".npz, .safetensors or torch .pt state dict")
+    compile_parser.add_argument("--example-shape", required=True,
+                                help="comma-separated shape of an example input, e.g. 25,1,10")
+    compile_parser.add_argument("--target", default="llvm",
+                                help='"llvm" (this CPU), "llvm -mcpu=znver3", "llvm -mtriple=aarch64-linux-gnu -mattr=+neon"')
+    compile_parser.add_argument("-o", "--output", required=True, help="artifact directory to write")
+    compile_parser.set_defaults(run=compile_command)
+
+    info_parser = commands.add_parser("info", help="what an artifact holds; verifies its checksums")
+    info_parser.add_argument("artifact")
+    info_parser.set_defaults(run=info_command)
+
+    bench_parser = commands.add_parser("bench", help="load an artifact and time calls on its example shape")
+    bench_parser.add_argument("artifact")
+    bench_parser.add_argument("--calls", type=int, default=100)
+    bench_parser.set_defaults(run=bench_command)
+
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        print(f"lucid-tvm {args.command}: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

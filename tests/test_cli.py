@@ -1,0 +1,66 @@
+"""The lucid-tvm command: compile from a weights file, info, bench."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import tracetorch as ref_tt
+
+import lucid_tvm
+from lucid_tvm.cli import main
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".pt"])
+def test_compile_from_torch_weights_round_trip(tmp_path, suffix, capsys):
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(5, 7, num_layers=2, batch_first=True).eval()
+    weights = tmp_path / f"lstm{suffix}"
+    if suffix == ".npz":
+        np.savez(weights, **{k: v.numpy() for k, v in ref.state_dict().items()})
+    else:
+        torch.save(ref.state_dict(), weights)
+    out = tmp_path / "artifact"
+    assert main(["compile", "LSTM", "--input-size", "5", "--hidden-size", "7", "--num-layers", "2",
+                 "--batch-first", "--weights", str(weights), "--example-shape", "2,9,5", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "[1/3]" in printed and "[3/3] wrote" in printed
+    layer = lucid_tvm.load(out)
+    x = torch.randn(3, 4, 5)
+    with torch.no_grad():
+        expected = ref(x)[0].numpy()
+    np.testing.assert_allclose(layer(x)[0].numpy(), expected, atol=2e-5, rtol=0)
+
+    assert main(["info", str(out)]) == 0
+    info = capsys.readouterr().out
+    assert "lucid.nn LSTM(input_size=5, hidden_size=7" in info and "checksums verified" in info
+    assert main(["bench", str(out), "--calls", "5"]) == 0
+    assert "ms per call" in capsys.readouterr().out
+
+
+def test_compile_tracetorch_layer(tmp_path):
+    torch.manual_seed(0)
+    ref = ref_tt.rnn.GRU(4, 6)
+    weights = tmp_path / "gru.pt"
+    torch.save(ref.state_dict(), weights)
+    out = tmp_path / "artifact"
+    assert main(["compile", "GRU", "--face", "tracetorch", "--input-size", "4", "--hidden-size", "6",
+                 "--weights", str(weights), "--example-shape", "3,4", "-o", str(out)]) == 0
+    layer = lucid_tvm.load(out)
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), ref(x), atol=1e-5, rtol=0)
+
+
+def test_errors_are_reported_not_raised(tmp_path, capsys):
+    assert main(["info", str(tmp_path / "missing")]) == 2
+    assert "manifest.json is missing" in capsys.readouterr().err
+    assert main(["compile", "GRU", "--input-size", "4", "--hidden-size", "6", "--weights",
+                 str(tmp_path / "nope.npz"), "--example-shape", "3,1,4", "-o", str(tmp_path / "a")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_console_script_is_installed():
+    done = subprocess.run([sys.executable, "-m", "lucid_tvm.cli", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "compile" in done.stdout and "info" in done.stdout
