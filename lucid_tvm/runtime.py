@@ -204,4 +204,5 @@ class Functions:
             _note_use(self.identity)
             function(*(_dl(a) for a in arrays))
 
+        setattr(self, name, call)  # looked up once: later calls skip the module's name lookup
         return call
