@@ -3,17 +3,21 @@
 Same weights and inputs for all; answers checked against torch; repetitions interleaved (one call
 of each implementation per round, in turn) and medians reported, so machine noise hits all alike.
 
-    python scripts/bench.py                # the design notes' table
+    python scripts/bench.py                # the design notes' table, and the tracetorch layers
+    python scripts/bench.py --full         # every mode, 1-2 layers, all shapes: docs/perf/cpu.{csv,png}
     python scripts/bench.py --reps 50 --threads 2
 """
 
 import argparse
+import csv
 import io
 import os
 import statistics
 import sys
 import time
+import tracemalloc
 import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 # Thread pools that spin after a call steal the 2 cores from whichever library runs next in the
@@ -28,24 +32,38 @@ sys.path.insert(0, str(Path(__file__).parent))
 import lucid_tvm.nn as nn  # noqa: E402
 from numpy_reference import run_stack  # noqa: E402
 
-# (mode, hidden = input size, batch, steps): the table of the design notes.
-CASES = [
-    ("LSTM", 256, 1, 150),
-    ("LSTM", 512, 4, 25),
-    ("LSTM", 512, 64, 25),
-    ("GRU", 256, 1, 150),
-    ("GRU", 1024, 16, 25),
-    ("RNN_TANH", 512, 4, 25),
-]
+
+@dataclass(frozen=True)
+class Case:
+    mode: str
+    layers: int
+    input_size: int
+    hidden: int
+    batch: int
+    steps: int
+    batch_first: bool = False
+
+
+# The design notes' table (input size = hidden size, one layer).
+DESIGN_CASES = [Case("LSTM", 1, 256, 256, 1, 150), Case("LSTM", 1, 512, 512, 4, 25),
+                Case("LSTM", 1, 512, 512, 64, 25), Case("GRU", 1, 256, 256, 1, 150),
+                Case("GRU", 1, 1024, 1024, 16, 25), Case("RNN_TANH", 1, 512, 512, 4, 25)]
+# The full sweep: every mode, 1 and 2 layers, the (H, B, T) shapes, and one batch-first case.
+SHAPES = [(256, 1, 150), (256, 16, 150), (512, 1, 25), (512, 4, 25), (512, 64, 25), (1024, 1, 25), (1024, 16, 25)]
+FULL_CASES = [Case(mode, layers, h, h, b, t) for mode in ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")
+              for layers in (1, 2) for h, b, t in SHAPES] + \
+             [Case(mode, layers, 40, 128, 32, 100, True) for mode in ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")
+              for layers in (1, 2)]
 # Idle thread pools (OpenBLAS under numpy, TVM's, ORT's) keep spinning for a while after a call;
 # on 2 cores that would slow whichever library runs next, so each call starts after a pause.
 PAUSE = 0.02
 TORCH = {"RNN_TANH": torch.nn.RNN, "RNN_RELU": torch.nn.RNN, "LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU}
 
 
-def make_torch(mode, hidden):
-    kwargs = {"nonlinearity": "relu" if mode == "RNN_RELU" else "tanh"} if mode.startswith("RNN") else {}
-    return TORCH[mode](hidden, hidden, **kwargs).eval()
+def make_torch(case):
+    kwargs = {"nonlinearity": "relu" if case.mode == "RNN_RELU" else "tanh"} if case.mode.startswith("RNN") else {}
+    return TORCH[case.mode](case.input_size, case.hidden, num_layers=case.layers, batch_first=case.batch_first,
+                            **kwargs).eval()
 
 
 def make_ort(module, x, threads):
@@ -63,12 +81,46 @@ def make_ort(module, x, threads):
     return lambda: session.run(None, {"x": x})[0]
 
 
-def bench_case(mode, hidden, batch, steps, reps, threads):
+def lower_bound_ms(case, limits):
+    """The least time this machine allows: per layer, the input projection at the FMA peak, plus
+    per step the recurrent weights read from the cache level that holds each core's slice (its own
+    L2 when the slice fits, else the shared L3, else DRAM) or the step's FMAs, whichever is longer."""
+    gates = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}[case.mode]
+    peak, bandwidth = limits["fma_peak_flops"], limits["bandwidth_bytes_per_s"]
+    total = 0.0
+    for layer in range(case.layers):
+        inputs = case.input_size if layer == 0 else case.hidden
+        projection = 2 * case.steps * case.batch * inputs * gates * case.hidden / peak
+        weights = 4 * gates * case.hidden * case.hidden
+        if weights / limits["cores"] <= 0.75 * limits["l2_bytes_per_core"]:
+            level = "L2"
+        elif weights <= 0.75 * limits["l3_bytes"]:
+            level = "L3"
+        else:
+            level = "DRAM"
+        step = max(weights / bandwidth[level], 2 * case.batch * gates * case.hidden * case.hidden / peak)
+        total += projection + case.steps * step
+    return total * 1e3
+
+
+def peak_call_mib(fn):
+    """Peak memory allocated by one call (numpy buffers, which hold every lucid_tvm array)."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
+def bench_case(case, reps, threads):
     torch.manual_seed(0)
-    ref = make_torch(mode, hidden)
-    ours = nn.RNNBase(mode, hidden, hidden).eval()
+    ref = make_torch(case)
+    ours = nn.RNNBase(case.mode, case.input_size, case.hidden, num_layers=case.layers,
+                      batch_first=case.batch_first).eval()
     ours.load_state_dict(ref.state_dict())
-    x = np.random.default_rng(0).standard_normal((steps, batch, hidden)).astype(np.float32)
+    shape = (case.batch, case.steps, case.input_size) if case.batch_first else (case.steps, case.batch, case.input_size)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     weights = {k: v.numpy() for k, v in ref.state_dict().items()}
     tx = torch.from_numpy(x)
 
@@ -76,14 +128,20 @@ def bench_case(mode, hidden, batch, steps, reps, threads):
         with torch.no_grad():
             return ref(tx)[0]
 
+    def run_numpy():
+        time_major = x.transpose(1, 0, 2) if case.batch_first else x
+        out = run_stack(case.mode, np.ascontiguousarray(time_major), weights, case.layers)
+        return out.transpose(1, 0, 2) if case.batch_first else out
+
     impls = {
         "lucid_tvm": lambda: ours(x)[0],
-        "numpy": lambda: run_stack(mode, x, weights, 1),
+        "numpy": run_numpy,
         "torch": run_torch,
         "onnxruntime": make_ort(ref, x, threads),
     }
     expected = run_torch().numpy()
     errors = {name: float(np.abs(np.asarray(fn()) - expected).max()) for name, fn in impls.items()}
+    memory = peak_call_mib(impls["lucid_tvm"])
     times = {name: [] for name in impls}
     for _ in range(reps):
         for name, fn in impls.items():
@@ -91,7 +149,7 @@ def bench_case(mode, hidden, batch, steps, reps, threads):
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) * 1e3 for name, t in times.items()}, errors
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}, errors, memory
 
 
 STEPS_PER_BLOCK = 20
@@ -169,27 +227,76 @@ def main():
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime intra-op threads")
     parser.add_argument("--only", choices=["sequence", "tracetorch"], help="run one of the two tables")
+    parser.add_argument("--full", action="store_true",
+                        help="every mode, 1 and 2 layers, 7 shapes and a batch-first case (writes docs/perf/)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.only != "tracetorch":
-        print_sequence_table(args.reps, args.threads)
+        rows = print_sequence_table(FULL_CASES if args.full else DESIGN_CASES, args.reps, args.threads)
+        if args.full:
+            write_results(rows)
     if args.only != "sequence":
         print_tracetorch_table(args.reps)
 
 
-def print_sequence_table(reps, threads):
-    print(f"float32, input size = hidden size, median ms of {reps} interleaved rounds; "
-          f"max |error| against torch in the last column")
-    header = f"{'cell':9s} {'H':>5s} {'B':>3s} {'T':>4s} | {'lucid_tvm':>9s} {'numpy':>8s} {'torch':>8s} " \
-             f"{'ORT':>8s} | {'vs numpy':>8s} {'vs best peer':>12s} | {'max err':>8s}"
+def print_sequence_table(cases, reps, threads):
+    from machine_limits import load_or_measure
+
+    limits = load_or_measure()
+    print(f"float32, median ms of {reps} interleaved rounds. bound: this machine's lower bound "
+          f"(scripts/machine_limits.py: {limits['fma_peak_flops'] / 1e9:.0f} GFLOP/s, L2 "
+          f"{limits['bandwidth_bytes_per_s']['L2'] / 1e9:.0f} GB/s); of bound = bound / lucid_tvm; "
+          f"peak MiB = memory one lucid_tvm call allocates")
+    header = (f"{'cell':9s} {'L':>1s} {'I':>4s} {'H':>4s} {'B':>3s} {'T':>4s} {'bf':>2s} | {'lucid_tvm':>9s} "
+              f"{'numpy':>8s} {'torch':>8s} {'ORT':>8s} | {'vs best':>7s} | {'bound':>7s} {'of bound':>8s} | "
+              f"{'peak MiB':>8s} {'max err':>8s}")
     print(header)
     print("-" * len(header))
-    for mode, hidden, batch, steps in CASES:
-        ms, errors = bench_case(mode, hidden, batch, steps, reps, threads)
+    rows = []
+    for case in cases:
+        ms, errors, memory = bench_case(case, reps, threads)
         best_peer = min(ms["torch"], ms["onnxruntime"])
-        print(f"{mode:9s} {hidden:5d} {batch:3d} {steps:4d} | {ms['lucid_tvm']:9.3f} {ms['numpy']:8.3f} "
-              f"{ms['torch']:8.3f} {ms['onnxruntime']:8.3f} | {ms['numpy'] / ms['lucid_tvm']:7.2f}x "
-              f"{best_peer / ms['lucid_tvm']:11.2f}x | {max(errors.values()):8.1e}", flush=True)
+        bound = lower_bound_ms(case, limits)
+        row = {**asdict(case), **{f"{k}_ms": v for k, v in ms.items()}, "speedup_vs_best_peer": best_peer / ms["lucid_tvm"],
+               "bound_ms": bound, "fraction_of_bound": bound / ms["lucid_tvm"], "peak_mib": memory,
+               "max_err": max(errors.values())}
+        rows.append(row)
+        print(f"{case.mode:9s} {case.layers:1d} {case.input_size:4d} {case.hidden:4d} {case.batch:3d} {case.steps:4d} "
+              f"{'y' if case.batch_first else 'n':>2s} | {ms['lucid_tvm']:9.3f} {ms['numpy']:8.3f} {ms['torch']:8.3f} "
+              f"{ms['onnxruntime']:8.3f} | {row['speedup_vs_best_peer']:6.2f}x | {bound:7.3f} "
+              f"{row['fraction_of_bound']:7.0%} | {memory:8.2f} {row['max_err']:8.1e}", flush=True)
+    speedups = [r["speedup_vs_best_peer"] for r in rows]
+    print(f"geometric mean speedup over the best peer: {statistics.geometric_mean(speedups):.2f}x; "
+          f"lowest {min(speedups):.2f}x; lowest fraction of bound {min(r['fraction_of_bound'] for r in rows):.0%}")
+    return rows
+
+
+def write_results(rows):
+    out = Path(__file__).resolve().parent.parent / "docs" / "perf"
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "cpu.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['mode']} L{r['layers']} H{r['hidden']} B{r['batch']} T{r['steps']}" + (" bf" if r["batch_first"] else "")
+              for r in rows]
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(max(12, len(rows) * 0.3), 9), sharex=True)
+    top.bar(range(len(rows)), [r["speedup_vs_best_peer"] for r in rows], color="tab:blue")
+    top.axhline(1.0, color="black", linewidth=0.8)
+    top.set_ylabel("speedup over best peer (torch, ORT)")
+    bottom.bar(range(len(rows)), [100 * r["fraction_of_bound"] for r in rows], color="tab:green")
+    bottom.axhline(75, color="black", linewidth=0.8, linestyle="--")
+    bottom.set_ylabel("% of this machine's bound")
+    bottom.set_xticks(range(len(rows)), labels, rotation=90, fontsize=7)
+    figure.suptitle("lucid_tvm on CPU (scripts/bench.py --full)")
+    figure.tight_layout()
+    figure.savefig(out / "cpu.png", dpi=110)
+    print(f"wrote {out / 'cpu.csv'} and {out / 'cpu.png'}")
 
 
 if __name__ == "__main__":
