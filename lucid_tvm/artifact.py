@@ -179,7 +179,7 @@ def _feature_axis(face, module):
     return module.dim if face == "tracetorch" else -1
 
 
-def _read_manifest(path):
+def read_manifest(path):
     try:
         manifest = json.loads((path / "manifest.json").read_text())
     except FileNotFoundError:
@@ -208,7 +208,7 @@ def _check_machine(path, target):
                                 "which this CPU lacks; export it again on (or for) this machine")
 
 
-def _check_files(path, manifest):
+def verify_files(path, manifest):
     for file, digest in manifest["files"].items():
         full = path / file
         if not full.exists():
@@ -220,9 +220,9 @@ def _check_files(path, manifest):
 def load(path):
     """The layer exported at ``path``, running its own compiled kernels (no compiler needed)."""
     path = Path(path)
-    manifest = _read_manifest(path)
+    manifest = read_manifest(path)
     _check_machine(path, manifest["target"])
-    _check_files(path, manifest)
+    verify_files(path, manifest)
     for kernel in manifest["kernels"]:
         if not kernel["file"].endswith(".so"):
             raise ArtifactError(f"{path}: {kernel['file']} is not linked: {kernel.get('note', '')}")

@@ -105,10 +105,10 @@ def compile_command(args):
 
 
 def info_command(args):
-    from lucid_tvm.artifact import _check_files, _read_manifest
+    from lucid_tvm.artifact import read_manifest, verify_files
 
     path = Path(args.artifact)
-    manifest = _read_manifest(path)
+    manifest = read_manifest(path)
     layer = manifest["layer"]
     _say(f"{path}: {layer['face']} {layer['class']}({', '.join(f'{k}={v!r}' for k, v in layer['config'].items())})")
     _say(f"  dtype {manifest['dtype']}, target {manifest['target']['string']} ({manifest['target']['machine']})")
@@ -118,15 +118,16 @@ def info_command(args):
     for kernel in manifest["kernels"]:
         _say(f"  kernel {kernel['file']}: {tuple(kernel['identity'])}, schedule {kernel['schedule']} "
              f"({kernel['schedule_source']})")
-    _check_files(path, manifest)
+    verify_files(path, manifest)
     _say(f"  {len(manifest['files'])} files, checksums verified")
 
 
 def bench_command(args):
     import lucid_tvm
+    from lucid_tvm.artifact import read_manifest
 
     layer = lucid_tvm.load(args.artifact)
-    manifest = json.loads((Path(args.artifact) / "manifest.json").read_text())
+    manifest = read_manifest(Path(args.artifact))
     shape = tuple(manifest["shapes"]["example_input"])
     x = np.random.default_rng(0).standard_normal(shape).astype(manifest["dtype"])
     if manifest["layer"]["face"] == "tracetorch":
