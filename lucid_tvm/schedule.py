@@ -56,3 +56,13 @@ def default_schedule(target, num_gates, hidden_size, dtype):
         project_parallel=True,
         recur_parallel=gates * hidden_size * hidden_size >= PARALLEL_STEP_MACS,
     )
+
+
+# The input projection runs a chunk of steps at a time, so the workspace holds at most
+# max(CHUNK_ROWS, B) rows of G*H, not the whole sequence; 256 rows keep the GEMM efficient.
+CHUNK_ROWS = 256
+
+
+def chunk_steps(n_steps, batch):
+    """Steps per projection chunk for a sequence of ``n_steps`` and ``batch`` rows per step."""
+    return max(1, min(n_steps, CHUNK_ROWS // max(batch, 1)))
