@@ -63,19 +63,14 @@ def cache_key(description, target):
 
 
 def lower_layer(spec, schedule):
-    """The IRModule of one layer-direction: ``project`` and ``recur``."""
-    return tvm.IRModule(
-        {
-            "project": recurrent.projection(
-                spec.num_gates, spec.hidden_size, spec.dtype,
-                schedule.lanes, schedule.rows, schedule.project_parallel,
-            ),
-            "recur": recurrent.recurrence(
-                spec.mode, spec.hidden_size, spec.dtype,
-                schedule.lanes, schedule.rows, schedule.recur_parallel,
-            ),
-        }
-    )
+    """The IRModule of one layer-direction: ``project``, and ``recur`` on one thread and on all."""
+    s, knobs = spec, (schedule.lanes, schedule.rows)
+    return tvm.IRModule({
+        "project": recurrent.projection(s.num_gates, s.hidden_size, s.dtype, *knobs, parallel=True),
+        "recur": recurrent.recurrence(s.mode, s.hidden_size, s.dtype, *knobs, parallel=False),
+        "recur_parallel": recurrent.recurrence(s.mode, s.hidden_size, s.dtype, *knobs, parallel=True)
+        .with_attr("global_symbol", "recur_parallel"),
+    })
 
 
 def lower_identity(identity, target):
@@ -94,7 +89,7 @@ def lower_identity(identity, target):
 
         def lower_gemm():
             return tvm.IRModule({"project": recurrent.projection(
-                1, output_size, dtype, schedule.lanes, schedule.rows, schedule.project_parallel)})
+                1, output_size, dtype, schedule.lanes, schedule.rows, parallel=True)})
 
         return ({"gemm": {"output_size": output_size, "dtype": dtype}, "schedule": asdict(schedule)},
                 lower_gemm, asdict(schedule))

@@ -15,6 +15,7 @@ import tvm
 
 from .kernels.layout import num_blocks, pack_bias, pack_weight
 from .kernels.spec import LayerSpec
+from .schedule import chunk_steps
 
 ALIGNMENT = 64
 
@@ -113,6 +114,9 @@ class LayerKernel:
         self.module, self.lanes = entry.module, entry.schedule["lanes"]
         self._project = self.module["project"]
         self._recur = self.module["recur"]
+        # Steps with enough work run on every thread (absent from modules without the variant).
+        self._recur_parallel = self.module["recur_parallel"] if "parallel_step_macs" in entry.schedule else None
+        self._parallel_macs = entry.schedule.get("parallel_step_macs")
         self.blocks = num_blocks(spec.hidden_size, self.lanes)
 
     def pack(self, w_ih, w_hh, b_ih, b_hh):
@@ -126,26 +130,41 @@ class LayerKernel:
         )
         return tuple(_dl(aligned(a, s.dtype)) for a in arrays)
 
+    def recur_for(self, batch):
+        """The time loop for ``batch`` rows: on every thread when a step has enough work."""
+        s = self.spec
+        if self._recur_parallel is not None and batch * s.num_gates * s.hidden_size ** 2 >= self._parallel_macs:
+            return self._recur_parallel
+        return self._recur
+
     def run(self, packed, x, h0, c0, y, yoff, reverse, cn):
         """One direction over a whole sequence.
 
         ``x`` (T, B, I), ``h0``/``c0`` (B, H) and the outputs ``y`` (T, B, YW) (columns
         ``yoff .. yoff+H`` are written) and ``cn`` (B, H, LSTM only) must come from :func:`aligned`
-        or :func:`aligned_empty` with the layer's dtype.
+        or :func:`aligned_empty` with the layer's dtype. The final hidden state is the output row
+        of the last step processed.
         """
         _note_use(self.identity)
         s = self.spec
         n_t, n_b = x.shape[0], x.shape[1]
         w_ih, b_ih, w_hh, b_hh = packed
         packed_shape = (self.blocks, s.num_gates, self.lanes)
-        xp = aligned_empty((n_t, n_b) + packed_shape, s.dtype)
-        self._project(_dl(x.reshape(n_t * n_b, -1)), w_ih, b_ih, _dl(xp.reshape((n_t * n_b,) + packed_shape)))
-        workspace = (_dl(aligned_empty((2, n_b, s.hidden_size), s.dtype)),
-                     _dl(aligned_empty((n_b,) + packed_shape, s.dtype)))
+        # The workspace holds one chunk of projected steps, not the whole sequence.
+        chunk = chunk_steps(n_t, n_b)
+        xp = aligned_empty((chunk, n_b) + packed_shape, s.dtype)
+        hs = aligned_empty((2, n_b, s.hidden_size), s.dtype)
+        hs[0] = h0
+        state = (_dl(hs), _dl(cn)) if s.mode == "LSTM" else (_dl(hs),)
         if s.mode == "LSTM":
-            self._recur(_dl(xp), w_hh, b_hh, _dl(h0), _dl(c0), _dl(y), _dl(cn), *workspace, yoff, int(reverse))
-        else:
-            self._recur(_dl(xp), w_hh, b_hh, _dl(h0), _dl(y), *workspace, yoff, int(reverse))
+            cn[...] = c0
+        hp, x_rows, y_dl = _dl(aligned_empty((n_b,) + packed_shape, s.dtype)), _dl(x.reshape(n_t * n_b, -1)), _dl(y)
+        recur = self.recur_for(n_b)
+        starts = range(0, n_t, chunk)
+        for t0 in reversed(starts) if reverse else starts:
+            steps = min(chunk, n_t - t0)
+            self._project(x_rows, w_ih, b_ih, _dl(xp[:steps].reshape((steps * n_b,) + packed_shape)), t0 * n_b)
+            recur(_dl(xp[:steps]), w_hh, b_hh, *state, hp, y_dl, yoff, t0, int(reverse))
 
 
 @functools.lru_cache(maxsize=None)
@@ -178,7 +197,7 @@ class Gemm:
         _note_use(self.identity)
         out = aligned_empty((x.shape[0], self.width), self.dtype)
         self._project(_dl(aligned(x, self.dtype)), *packed,
-                      _dl(out.reshape(x.shape[0], self.blocks, 1, self.lanes)))
+                      _dl(out.reshape(x.shape[0], self.blocks, 1, self.lanes)), 0)
         return out
 
 

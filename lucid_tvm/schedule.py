@@ -5,8 +5,10 @@ The recurrent kernels (``kernels/recurrent.py``) take three knobs; this module p
 - ``lanes``: elements per SIMD vector of the target (16 float32 on AVX-512, 8 on AVX2).
 - ``rows``: rows that share each weight vector load; accumulators take ``rows * gates`` vector
   registers (see :func:`accumulator_registers`), between 4 and 8 rows.
-- ``parallel``: whether a step's hidden blocks are spread over the thread pool. A parallel launch
-  costs about 1 us here, more than a whole step of a small layer, so small layers run on one thread.
+- ``parallel_step_macs``: from how many multiply-adds per step (batch included) a sequence runs
+  on the whole thread pool, in one parallel region with a barrier per step. A barrier costs about
+  0.4 us here, more than a whole step of a small layer, so small steps run on one thread. Both
+  variants are compiled; the runtime picks one per call, since the batch is only known then.
 """
 
 from dataclasses import dataclass
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from tvm.target import codegen
 
-# Below this many multiply-adds per step and batch row, one thread beats a launch per step.
+# Below this many multiply-adds per step, one thread beats two meeting at a barrier every step.
 PARALLEL_STEP_MACS = 64 * 1024
 
 
@@ -22,8 +24,7 @@ PARALLEL_STEP_MACS = 64 * 1024
 class CpuSchedule:
     lanes: int
     rows: int
-    project_parallel: bool
-    recur_parallel: bool
+    parallel_step_macs: int
 
 
 def vector_bits(target):
@@ -49,12 +50,15 @@ def vector_lanes(target, dtype):
 
 def default_schedule(target, num_gates, hidden_size, dtype):
     """Knobs for kernels producing ``num_gates * hidden_size`` columns (a GEMM: num_gates=1)."""
-    gates = num_gates
+    gates, simd = num_gates, vector_lanes(target, dtype)
+    registers = accumulator_registers(target)
+    # Few gates leave accumulators unused: a block then spans several vectors (up to 4), so one
+    # broadcast input value feeds more FMAs. Never wider than the layer itself.
+    vectors = max(1, min(4, registers // (6 * gates), -(-hidden_size // simd)))
     return CpuSchedule(
-        lanes=vector_lanes(target, dtype),
-        rows=min(8, max(4, accumulator_registers(target) // gates)),
-        project_parallel=True,
-        recur_parallel=gates * hidden_size * hidden_size >= PARALLEL_STEP_MACS,
+        lanes=simd * vectors,
+        rows=min(8, max(4, registers // (gates * vectors))),
+        parallel_step_macs=PARALLEL_STEP_MACS,
     )
 
 

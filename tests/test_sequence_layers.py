@@ -93,6 +93,26 @@ def test_wide_layers_use_the_parallel_path(mode, rng):
     assert_close(ours(x)[0], ref_out)
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("input_size,hidden_size,steps,batch", [
+    (5, 7, 300, 1),  # two chunks of 256 and 44 steps
+    (6, 7, 61, 9),  # chunks of 28, 28 and 5 steps: odd chunks end on the other state buffer
+    (33, 300, 13, 40),  # parallel steps with a ragged tail block, chunks of 6, 6 and 1
+])
+def test_long_sequences_run_in_chunks(mode, input_size, hidden_size, steps, batch, rng):
+    from lucid_tvm.schedule import chunk_steps
+
+    assert chunk_steps(steps, batch) < steps
+    ref, ours = torch_twin(mode, input_size, hidden_size, num_layers=2, bidirectional=True)
+    x = rng.standard_normal((steps, batch, input_size)).astype(np.float32)
+    with torch.no_grad():
+        ref_out, ref_state = ref(torch.from_numpy(x))
+    out, state = ours(x)
+    assert_close(out, ref_out)
+    for got, want in zip(state, ref_state) if mode == "LSTM" else [(state, ref_state)]:
+        assert_close(got, want)
+
+
 def test_dropout_only_in_training(rng):
     ref, ours = torch_twin("LSTM", I, H, num_layers=3, dropout=1.0)
     x = rng.standard_normal((T, B, I)).astype(np.float32)

@@ -1,21 +1,24 @@
 """TIR kernels of a recurrent layer: the input projection of all steps, and the time loop.
 
-A layer-direction runs as two compiled calls:
+A layer-direction runs a sequence chunk by chunk (a chunk is a few steps, see
+``schedule.chunk_steps``), two compiled calls per chunk:
 
-1. ``project``: ``xp = x @ W_ih^T + b_ih`` for every step at once, one GEMM over (T*B) rows.
-2. ``recur``: the time loop. Each step computes ``h @ W_hh^T + b_hh`` for every hidden block and
-   applies the gate equations of :mod:`.gates`, writing ``h_t`` into the output row of step t and
-   into a two-row state buffer that the next step reads.
+1. ``project``: ``xp = x @ W_ih^T + b_ih`` for every step of the chunk at once, one GEMM.
+2. ``recur``: the chunk's time loop. Each step computes ``h @ W_hh^T + b_hh`` for every hidden
+   block and applies the gate equations of :mod:`.gates`, writing ``h_t`` into the output row of
+   step t and into a two-row state buffer that the next step reads.
 
 Sequence length and batch are symbolic: one compiled module serves every T and B. Hidden and
 input sizes, dtype and the knobs below are fixed per module:
 
 - ``lanes``: SIMD width in elements (hidden units per block),
 - ``rows``: rows (batch entries or time-batch rows) that share one weight load in registers,
-- ``parallel``: split hidden blocks across the thread pool (per GEMM, and per time step).
+- ``parallel``: split hidden blocks across the thread pool (per GEMM, and in every time step).
 
 The loop nest here is the CPU schedule itself; the knobs are chosen in :mod:`lucid_tvm.schedule`.
 """
+
+import functools
 
 from tvm.script import tirx as T
 
@@ -60,10 +63,11 @@ def _row_tiles(G, L, R, dtype):
 
 
 def projection(num_gates, output_size, dtype, lanes, rows, parallel):
-    """PrimFunc ``project(x (M, K), w (NB, K, G, L), b (NB, G, L), xp (M, NB, G, L))``.
+    """PrimFunc ``project(x (M, K), w (NB, K, G, L), b (NB, G, L), xp (N, NB, G, L), first_row)``.
 
-    ``xp = x @ W^T + b`` for a (G*output_size, K) weight packed by :func:`.layout.pack_weight`.
-    M and K are symbolic: the same GEMM serves every input size.
+    ``xp[i] = x[first_row + i] @ W^T + b`` for i < N, with a (G*output_size, K) weight packed by
+    :func:`.layout.pack_weight`. M, N and K are symbolic: the same GEMM serves every input size,
+    and ``first_row`` lets a sequence be projected chunk by chunk into one small workspace.
     """
     G, L, R = num_gates, lanes, rows
     NB = num_blocks(output_size, lanes)
@@ -72,39 +76,48 @@ def projection(num_gates, output_size, dtype, lanes, rows, parallel):
     tile, remainder = _row_tiles(G, L, R, dtype)
 
     @T.prim_func
-    def project(x_h: T.handle, w_h: T.handle, b_h: T.handle, xp_h: T.handle):
+    def project(x_h: T.handle, w_h: T.handle, b_h: T.handle, xp_h: T.handle, first_row: T.int32):
         T.func_attr({"global_symbol": "project", "tirx.noalias": True})
-        n_m, n_k = T.int32(), T.int32()
+        n_m, n_k, n_out = T.int32(), T.int32(), T.int32()
         x = T.match_buffer(x_h, (n_m, n_k), dtype)
         w = T.match_buffer(w_h, (NB, n_k, G, L), dtype)
         b = T.match_buffer(b_h, (NB, G, L), dtype)
-        xp = T.match_buffer(xp_h, (n_m, NB, G, L), dtype)
+        xp = T.match_buffer(xp_h, (n_out, NB, G, L), dtype)
+        rows_in = T.decl_buffer((n_out, n_k), dtype, data=x.data, elem_offset=first_row * n_k)
         # Blocks vary fastest, so a task's neighbours share its rows of x.
-        for p in loop((n_m // R) * NB):
-            tile(R, (p // NB) * R, p % NB, x, w, b, xp)
-        rest = T.bind(n_m % R)
+        for p in loop((n_out // R) * NB):
+            tile(R, (p // NB) * R, p % NB, rows_in, w, b, xp)
+        rest = T.bind(n_out % R)
         for blk in loop(T.if_then_else(rest > 0, NB, 0)):
-            remainder(rest, n_m - rest, blk, x, w, b, xp)
+            remainder(rest, n_out - rest, blk, rows_in, w, b, xp)
 
     return project
 
 
 def recurrence(mode, hidden_size, dtype, lanes, rows, parallel):
-    """PrimFunc ``recur`` running the whole time loop of one layer-direction.
+    """PrimFunc ``recur`` running ``n`` steps of one layer-direction (one chunk of a sequence).
 
-    Arguments: ``xp (T, B, NB, G, L)`` from :func:`projection`, packed ``w (NB, H, G, L)`` and
-    ``rb (NB, G, L)`` (``W_hh``, ``b_hh``), ``h0 (B, H)``, [LSTM: ``c0 (B, H)``], the output
-    ``y (T, B, YW)`` written at columns ``yoff .. yoff+H`` (so both directions of a bidirectional
-    layer share one output), [LSTM: ``cn (B, H)``, the final cell state], the workspaces
-    ``hs (2, B, H)`` (previous and next hidden state) and ``hp (B, NB, G, L)`` (one step's
-    ``h @ W_hh^T + b_hh``), and ``reverse`` (0 or 1). The final hidden state is the output row of
-    the last step processed.
+    Arguments: ``xp (n, B, NB, G, L)`` from :func:`projection`, packed ``w (NB, H, G, L)`` and
+    ``rb (NB, G, L)`` (``W_hh``, ``b_hh``), the state ``hs (2, B, H)`` (``h`` in ``hs[0]`` on entry
+    and on exit; ``hs[1]`` is the other half of a double buffer), [LSTM: ``cs (B, H)``, the cell
+    state, updated in place], the workspace ``hp (B, NB, G, L)`` (one step's
+    ``h @ W_hh^T + b_hh``), the output ``y (T, B, YW)`` written at columns ``yoff .. yoff+H`` (so
+    both directions of a bidirectional layer share one output), ``t0`` (the chunk's first time
+    index) and ``reverse`` (0 or 1). Step s handles time ``t0 + s``, or ``t0 + n-1-s`` in reverse.
+
+    With ``parallel`` the whole chunk is one parallel region: each task always owns the same
+    hidden blocks (so its slice of ``W_hh`` stays in its core's cache) and the tasks meet at one
+    barrier per step. Double-buffering ``h`` makes that single barrier enough.
     """
     G, H, L, R = NUM_GATES[mode], hidden_size, lanes, rows
     NB = num_blocks(hidden_size, lanes)
     full_blocks, tail = H // L, H % L
     is_lstm = mode == "LSTM"
-    loop = T.parallel if parallel else T.serial
+    if parallel:
+        time_steps = functools.partial(T.serial, annotations={"pragma_parallel_launch_point": 1})
+        hidden_blocks = functools.partial(T.parallel, annotations={"pragma_parallel_barrier_when_finish": 1})
+    else:
+        time_steps, hidden_blocks = T.serial, T.serial
 
     def activation(g, xp, hp, act, tt, b, blk, l):
         return gate(mode, g, xp[tt, b, blk, g, l], hp[b, blk, g, l], lambda k: act[k, l])
@@ -112,7 +125,7 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, parallel):
     tile, remainder = _row_tiles(G, L, R, dtype)
 
     @T.macro
-    def gate_math(width, n_b, blk, xp, hp, hprev, hnext, y, yoff, cst, tt):
+    def gate_math(width, n_b, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t):
         # Only ``width`` lanes are stored: a tail block's padding would spill into the next columns.
         act = T.alloc_buffer((G, L), dtype, scope="local")
         for b in range(n_b):
@@ -133,71 +146,66 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, parallel):
             for l in T.vectorized(width):
                 if is_lstm:
                     cst[b, blk * L + l] = new_cell(lambda k: act[k, l], cst[b, blk * L + l])
-                y[tt, b, yoff + blk * L + l] = new_hidden(
+                hnext[b, blk * L + l] = new_hidden(
                     mode, lambda k: act[k, l], hprev[b, blk * L + l], cst[b, blk * L + l] if is_lstm else None)
-                hnext[b, blk * L + l] = y[tt, b, yoff + blk * L + l]
+                y[t, b, yoff + blk * L + l] = hnext[b, blk * L + l]
 
     @T.macro
-    def step(n_b, xp, w, rb, hprev, hnext, hp, y, yoff, cst, tt):
-        for blk in loop(NB):
+    def step(n_b, xp, w, rb, hprev, hnext, hp, y, yoff, cst, tt, t):
+        for blk in hidden_blocks(NB):
             for bo in range(n_b // R):
                 tile(R, bo * R, blk, hprev, w, rb, hp)
             rest = T.bind(n_b % R)
             remainder(rest, n_b - rest, blk, hprev, w, rb, hp)
             # The gate math exists once (twice with a tail block), not once per tile shape.
             if tail == 0:
-                gate_math(L, n_b, blk, xp, hp, hprev, hnext, y, yoff, cst, tt)
+                gate_math(L, n_b, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
             elif blk < full_blocks:
-                gate_math(L, n_b, blk, xp, hp, hprev, hnext, y, yoff, cst, tt)
+                gate_math(L, n_b, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
             else:
-                gate_math(tail, n_b, blk, xp, hp, hprev, hnext, y, yoff, cst, tt)
+                gate_math(tail, n_b, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
 
     @T.macro
-    def time_loop(n_t, n_b, xp, w, rb, h0, y, yoff, cst, hs, hp, reverse):
-        for b, j in T.grid(n_b, H):
-            hs[0, b, j] = h0[b, j]
-        for s in range(n_t):
-            tt = T.bind(T.if_then_else(reverse != 0, n_t - 1 - s, s))
+    def time_loop(n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse):
+        for s in time_steps(n_s):
+            tt = T.bind(T.if_then_else(reverse != 0, n_s - 1 - s, s))
             hprev = T.decl_buffer((n_b, H), dtype, data=hs.data, elem_offset=s % 2 * n_b * H)
             hnext = T.decl_buffer((n_b, H), dtype, data=hs.data, elem_offset=(s + 1) % 2 * n_b * H)
-            step(n_b, xp, w, rb, hprev, hnext, hp, y, yoff, cst, tt)
+            step(n_b, xp, w, rb, hprev, hnext, hp, y, yoff, cst, tt, t0 + tt)
+        if n_s % 2 == 1:  # the last step wrote hs[1]; the next chunk starts from hs[0]
+            for b, j in T.grid(n_b, H):
+                hs[0, b, j] = hs[1, b, j]
 
     if is_lstm:
 
         @T.prim_func
-        def recur(xp_h: T.handle, w_h: T.handle, rb_h: T.handle, h0_h: T.handle, c0_h: T.handle,
-                  y_h: T.handle, cn_h: T.handle, hs_h: T.handle, hp_h: T.handle,
-                  yoff: T.int32, reverse: T.int32):
+        def recur(xp_h: T.handle, w_h: T.handle, rb_h: T.handle, hs_h: T.handle, cs_h: T.handle,
+                  hp_h: T.handle, y_h: T.handle, yoff: T.int32, t0: T.int32, reverse: T.int32):
             T.func_attr({"global_symbol": "recur", "tirx.noalias": True})
-            n_t, n_b, yw = T.int32(), T.int32(), T.int32()
-            xp = T.match_buffer(xp_h, (n_t, n_b, NB, G, L), dtype)
+            n_s, n_b, n_t, yw = T.int32(), T.int32(), T.int32(), T.int32()
+            xp = T.match_buffer(xp_h, (n_s, n_b, NB, G, L), dtype)
             w = T.match_buffer(w_h, (NB, H, G, L), dtype)
             rb = T.match_buffer(rb_h, (NB, G, L), dtype)
-            h0 = T.match_buffer(h0_h, (n_b, H), dtype)
-            c0 = T.match_buffer(c0_h, (n_b, H), dtype)
-            y = T.match_buffer(y_h, (n_t, n_b, yw), dtype)
-            cn = T.match_buffer(cn_h, (n_b, H), dtype)
             hs = T.match_buffer(hs_h, (2, n_b, H), dtype)
-            hp = T.match_buffer(hp_h, (n_b, NB, G, L), dtype)
             # The cell state is updated in place: each unit is read and written by one task only.
-            for b, j in T.grid(n_b, H):
-                cn[b, j] = c0[b, j]
-            time_loop(n_t, n_b, xp, w, rb, h0, y, yoff, cn, hs, hp, reverse)
+            cs = T.match_buffer(cs_h, (n_b, H), dtype)
+            hp = T.match_buffer(hp_h, (n_b, NB, G, L), dtype)
+            y = T.match_buffer(y_h, (n_t, n_b, yw), dtype)
+            time_loop(n_s, n_b, xp, w, rb, hs, cs, hp, y, yoff, t0, reverse)
 
     else:
 
         @T.prim_func
-        def recur(xp_h: T.handle, w_h: T.handle, rb_h: T.handle, h0_h: T.handle,
-                  y_h: T.handle, hs_h: T.handle, hp_h: T.handle, yoff: T.int32, reverse: T.int32):
+        def recur(xp_h: T.handle, w_h: T.handle, rb_h: T.handle, hs_h: T.handle,
+                  hp_h: T.handle, y_h: T.handle, yoff: T.int32, t0: T.int32, reverse: T.int32):
             T.func_attr({"global_symbol": "recur", "tirx.noalias": True})
-            n_t, n_b, yw = T.int32(), T.int32(), T.int32()
-            xp = T.match_buffer(xp_h, (n_t, n_b, NB, G, L), dtype)
+            n_s, n_b, n_t, yw = T.int32(), T.int32(), T.int32(), T.int32()
+            xp = T.match_buffer(xp_h, (n_s, n_b, NB, G, L), dtype)
             w = T.match_buffer(w_h, (NB, H, G, L), dtype)
             rb = T.match_buffer(rb_h, (NB, G, L), dtype)
-            h0 = T.match_buffer(h0_h, (n_b, H), dtype)
-            y = T.match_buffer(y_h, (n_t, n_b, yw), dtype)
             hs = T.match_buffer(hs_h, (2, n_b, H), dtype)
             hp = T.match_buffer(hp_h, (n_b, NB, G, L), dtype)
-            time_loop(n_t, n_b, xp, w, rb, h0, y, yoff, None, hs, hp, reverse)
+            y = T.match_buffer(y_h, (n_t, n_b, yw), dtype)
+            time_loop(n_s, n_b, xp, w, rb, hs, None, hp, y, yoff, t0, reverse)
 
     return recur
