@@ -63,14 +63,14 @@ def cache_key(description, target):
 
 
 def lower_layer(spec, schedule):
-    """The IRModule of one layer-direction: ``project``, and ``recur`` on one thread and on all."""
+    """The IRModule of one layer-direction: ``project`` and ``recur``, each on one thread and on
+    all (``*_parallel``)."""
     s, knobs = spec, (schedule.lanes, schedule.rows)
-    return tvm.IRModule({
-        "project": recurrent.projection(s.num_gates, s.hidden_size, s.dtype, *knobs, parallel=True),
-        "recur": recurrent.recurrence(s.mode, s.hidden_size, s.dtype, *knobs, parallel=False),
-        "recur_parallel": recurrent.recurrence(s.mode, s.hidden_size, s.dtype, *knobs, parallel=True)
-        .with_attr("global_symbol", "recur_parallel"),
-    })
+    functions = {}
+    for parallel, suffix in ((False, ""), (True, "_parallel")):
+        functions["project" + suffix] = recurrent.projection(s.num_gates, s.hidden_size, s.dtype, *knobs, parallel)
+        functions["recur" + suffix] = recurrent.recurrence(s.mode, s.hidden_size, s.dtype, *knobs, parallel)
+    return tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in functions.items()})
 
 
 def lower_identity(identity, target):

@@ -7,6 +7,7 @@ unaligned buffers) is copied once into an aligned buffer first; outputs are allo
 
 import contextlib
 import functools
+import math
 import threading
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ ALIGNMENT = 64
 
 def aligned_empty(shape, dtype):
     dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize
     raw = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
     start = -raw.ctypes.data % ALIGNMENT
     return raw[start:start + nbytes].view(dtype).reshape(shape)
@@ -40,6 +41,14 @@ def aligned(a, dtype):
 
 def _dl(a):
     return tvm.runtime.from_dlpack(a)
+
+
+def _has(module, name):
+    try:
+        module[name]
+    except AttributeError:
+        return False
+    return True
 
 
 @dataclass
@@ -112,11 +121,9 @@ class LayerKernel:
         self.identity = ("layer", spec.mode, spec.input_size, spec.hidden_size, spec.dtype)
         entry = compiled(self.identity, lambda: _build().compile_identity(self.identity))
         self.module, self.lanes = entry.module, entry.schedule["lanes"]
-        self._project = self.module["project"]
-        self._recur = self.module["recur"]
-        # Steps with enough work run on every thread (absent from modules without the variant).
-        self._recur_parallel = self.module["recur_parallel"] if "parallel_step_macs" in entry.schedule else None
-        self._parallel_macs = entry.schedule.get("parallel_step_macs")
+        self.schedule = entry.schedule
+        self.functions = {name: self.module[name] for name in
+                          ("project", "recur", "project_parallel", "recur_parallel") if _has(self.module, name)}
         self.blocks = num_blocks(spec.hidden_size, self.lanes)
 
     def pack(self, w_ih, w_hh, b_ih, b_hh):
@@ -130,41 +137,55 @@ class LayerKernel:
         )
         return tuple(_dl(aligned(a, s.dtype)) for a in arrays)
 
-    def recur_for(self, batch):
-        """The time loop for ``batch`` rows: on every thread when a step has enough work."""
+    def _pick(self, name, macs, threshold):
+        """``name`` on every thread when ``macs`` reach the schedule's ``threshold``, else on one."""
+        parallel = self.functions.get(name + "_parallel")
+        limit = self.schedule.get(threshold)
+        if parallel is not None and (limit is None or macs >= limit):
+            return parallel
+        return self.functions[name]
+
+    def project_for(self, rows):
         s = self.spec
-        if self._recur_parallel is not None and batch * s.num_gates * s.hidden_size ** 2 >= self._parallel_macs:
-            return self._recur_parallel
-        return self._recur
+        return self._pick("project", rows * s.input_size * s.num_gates * s.hidden_size, "parallel_call_macs")
+
+    def recur_for(self, batch):
+        s = self.spec
+        return self._pick("recur", batch * s.num_gates * s.hidden_size ** 2, "parallel_step_macs")
 
     def run(self, packed, x, h0, c0, y, yoff, reverse, cn):
         """One direction over a whole sequence.
 
-        ``x`` (T, B, I), ``h0``/``c0`` (B, H) and the outputs ``y`` (T, B, YW) (columns
-        ``yoff .. yoff+H`` are written) and ``cn`` (B, H, LSTM only) must come from :func:`aligned`
-        or :func:`aligned_empty` with the layer's dtype. The final hidden state is the output row
-        of the last step processed.
+        ``x`` (T, B, I) and the outputs ``y`` (T, B, YW) (columns ``yoff .. yoff+H`` are written)
+        and ``cn`` (B, H, LSTM only) must come from :func:`aligned` or :func:`aligned_empty` with
+        the layer's dtype; ``h0`` and ``c0`` (B, H) may be any arrays (they are copied). The final
+        hidden state is the output row of the last step processed.
         """
         _note_use(self.identity)
         s = self.spec
         n_t, n_b = x.shape[0], x.shape[1]
         w_ih, b_ih, w_hh, b_hh = packed
         packed_shape = (self.blocks, s.num_gates, self.lanes)
-        # The workspace holds one chunk of projected steps, not the whole sequence.
+        # One workspace: a chunk of projected steps (not the whole sequence), one step's
+        # h @ W_hh^T, and the double-buffered hidden state. The first two are whole SIMD rows, so
+        # every part starts 64-byte aligned.
         chunk = chunk_steps(n_t, n_b)
-        xp = aligned_empty((chunk, n_b) + packed_shape, s.dtype)
-        hs = aligned_empty((2, n_b, s.hidden_size), s.dtype)
+        step_size = n_b * math.prod(packed_shape)
+        workspace = aligned_empty(((chunk + 1) * step_size + 2 * n_b * s.hidden_size,), s.dtype)
+        xp = workspace[:chunk * step_size].reshape((chunk, n_b) + packed_shape)
+        hp = workspace[chunk * step_size:(chunk + 1) * step_size].reshape((n_b,) + packed_shape)
+        hs = workspace[(chunk + 1) * step_size:].reshape(2, n_b, s.hidden_size)
         hs[0] = h0
-        state = (_dl(hs), _dl(cn)) if s.mode == "LSTM" else (_dl(hs),)
         if s.mode == "LSTM":
             cn[...] = c0
-        hp, x_rows, y_dl = _dl(aligned_empty((n_b,) + packed_shape, s.dtype)), _dl(x.reshape(n_t * n_b, -1)), _dl(y)
-        recur = self.recur_for(n_b)
+        state = (_dl(hs), _dl(cn)) if s.mode == "LSTM" else (_dl(hs),)
+        x_rows, hp, y = _dl(x.reshape(n_t * n_b, -1)), _dl(hp), _dl(y)
+        project, recur = self.project_for(chunk * n_b), self.recur_for(n_b)
         starts = range(0, n_t, chunk)
         for t0 in reversed(starts) if reverse else starts:
             steps = min(chunk, n_t - t0)
-            self._project(x_rows, w_ih, b_ih, _dl(xp[:steps].reshape((steps * n_b,) + packed_shape)), t0 * n_b)
-            recur(_dl(xp[:steps]), w_hh, b_hh, *state, hp, y_dl, yoff, t0, int(reverse))
+            project(x_rows, w_ih, b_ih, _dl(xp[:steps].reshape((steps * n_b,) + packed_shape)), t0 * n_b)
+            recur(_dl(xp[:steps]), w_hh, b_hh, *state, hp, y, yoff, t0, int(reverse))
 
 
 @functools.lru_cache(maxsize=None)

@@ -7,8 +7,11 @@ The recurrent kernels (``kernels/recurrent.py``) take three knobs; this module p
   registers (see :func:`accumulator_registers`), between 4 and 8 rows.
 - ``parallel_step_macs``: from how many multiply-adds per step (batch included) a sequence runs
   on the whole thread pool, in one parallel region with a barrier per step. A barrier costs about
-  0.4 us here, more than a whole step of a small layer, so small steps run on one thread. Both
-  variants are compiled; the runtime picks one per call, since the batch is only known then.
+  0.4 us here, more than a whole step of a small layer, so small steps run on one thread.
+- ``parallel_call_macs``: the same for one projection call, where waking the pool costs ~5 us.
+
+Both variants of each kernel are compiled; the runtime picks one per call, since the batch and
+sequence length are only known then.
 """
 
 from dataclasses import dataclass
@@ -18,6 +21,8 @@ from tvm.target import codegen
 
 # Below this many multiply-adds per step, one thread beats two meeting at a barrier every step.
 PARALLEL_STEP_MACS = 64 * 1024
+# Below this many multiply-adds per projection call, one thread beats waking the pool (~5 us).
+PARALLEL_CALL_MACS = 512 * 1024
 
 
 @dataclass(frozen=True)
@@ -25,6 +30,7 @@ class CpuSchedule:
     lanes: int
     rows: int
     parallel_step_macs: int
+    parallel_call_macs: int
 
 
 def vector_bits(target):
@@ -59,6 +65,7 @@ def default_schedule(target, num_gates, hidden_size, dtype):
         lanes=simd * vectors,
         rows=min(8, max(4, registers // (gates * vectors))),
         parallel_step_macs=PARALLEL_STEP_MACS,
+        parallel_call_macs=PARALLEL_CALL_MACS,
     )
 
 

@@ -70,7 +70,7 @@ class _Cell(Module):
         return self.mode == "LSTM"
 
     def _kernel(self):
-        return layer_kernel(self.mode, self.input_size, self.hidden_size, self.dtype)
+        return layer_kernel(self.mode, self.input_size, self.hidden_size, self.dtype.name)
 
     def _packed_weights(self, kernel):
         params = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
@@ -88,13 +88,13 @@ class _Cell(Module):
     def _state(self, value, name, batch, batched):
         owner = type(self).__name__
         if value is None:
-            return aligned(np.zeros((batch, self.hidden_size)), self.dtype)
+            return np.zeros((batch, self.hidden_size), self.dtype)
         state = to_numpy(value, f"{owner} {name}")
         expected = (batch, self.hidden_size) if batched else (self.hidden_size,)
         if state.shape != expected:
             raise ValueError(f"{owner}: expected {name} of shape {expected} for "
                              f"{'batched 2-D' if batched else 'unbatched 1-D'} input, got {state.shape}")
-        return aligned(state.reshape(batch, self.hidden_size), self.dtype)
+        return state.reshape(batch, self.hidden_size)
 
     def forward(self, input, hx=None):
         owner = type(self).__name__
@@ -224,11 +224,11 @@ class RNNBase(Module):
             out[key] = value
         return out
 
-    def _initial_state(self, value, name, batch, batched):
+    def _initial_state(self, value, name, batch, batched, dtype):
         owner, stack = type(self).__name__, self.num_layers * self.num_directions
         shape = (stack, batch, self.hidden_size)
         if value is None:
-            return np.zeros(shape, self.dtype)
+            return np.zeros(shape, dtype)
         state = to_numpy(value, f"{owner} {name}")
         if not batched:
             if state.shape != (stack, self.hidden_size):
@@ -272,17 +272,17 @@ class RNNBase(Module):
         if steps == 0 or batch == 0:
             raise ValueError(f"{owner}: expected a non-empty sequence and batch, got input of shape "
                              f"{to_numpy(input, owner).shape}")
+        dtype, hidden, directions = self.dtype, self.hidden_size, self.num_directions
         if self.is_lstm:
             if hx is None:
                 hx = (None, None)
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                 raise ValueError(f"{owner}: expected hx as a tuple (h_0, c_0), got {type(hx).__name__}")
-            h0 = self._initial_state(hx[0], "h_0", batch, batched)
-            c0 = self._initial_state(hx[1], "c_0", batch, batched)
+            h0 = self._initial_state(hx[0], "h_0", batch, batched, dtype)
+            c0 = self._initial_state(hx[1], "c_0", batch, batched, dtype)
         else:
-            h0, c0 = self._initial_state(hx, "hx", batch, batched), None
+            h0, c0 = self._initial_state(hx, "hx", batch, batched, dtype), None
 
-        dtype, hidden, directions = self.dtype, self.hidden_size, self.num_directions
         h_n = np.empty((self.num_layers * directions, batch, hidden), dtype)
         c_n = np.empty_like(h_n) if self.is_lstm else None
         layer_input = aligned(x, dtype)
@@ -292,8 +292,7 @@ class RNNBase(Module):
                 index = layer * directions + direction
                 cn = aligned_empty((batch, hidden), dtype) if self.is_lstm else None
                 self.layers[index].run_sequence(
-                    layer_input, aligned(h0[index], dtype),
-                    aligned(c0[index], dtype) if self.is_lstm else None,
+                    layer_input, h0[index], c0[index] if self.is_lstm else None,
                     y, direction * hidden, direction == 1, cn)
                 last = 0 if direction == 1 else steps - 1
                 h_n[index] = y[last, :, direction * hidden:(direction + 1) * hidden]
