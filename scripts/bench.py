@@ -1,7 +1,8 @@
 """Sequence layers side by side: lucid_tvm, the numpy loop, torch (oneDNN) and ONNX Runtime.
 
-Same weights and inputs for all; answers checked against torch; repetitions interleaved (one call
-of each implementation per round, in turn) and medians reported, so machine noise hits all alike.
+Same weights and inputs for all; answers checked against torch; repetitions interleaved (each
+round gives every implementation a turn of an untimed call and CALLS_PER_TURN timed ones) and
+medians reported, so machine noise hits all alike.
 
     python scripts/bench.py                # the design notes' table, and the tracetorch layers
     python scripts/bench.py --full         # every mode, 1-2 layers, all shapes: docs/perf/cpu.{csv,png}
@@ -57,6 +58,20 @@ FULL_CASES = [Case(mode, layers, h, h, b, t) for mode in ("RNN_TANH", "RNN_RELU"
 # Idle thread pools (OpenBLAS under numpy, TVM's, ORT's) keep spinning for a while after a call;
 # on 2 cores that would slow whichever library runs next, so each call starts after a pause.
 PAUSE = 0.02
+# Each turn times a few consecutive calls after untimed ones: the steady state of a layer called
+# again and again (serving, training), not the first call after another library evicted its
+# weights and let its threads sleep (which costs every library here up to 2x, unevenly). The
+# untimed calls also outlast the previous library's spinning threads.
+CALLS_PER_TURN = 3
+WARM_UP_SECONDS = 0.005
+
+
+def warm_up(fn):
+    """Call ``fn`` untimed for at least WARM_UP_SECONDS (and at least once)."""
+    end = time.perf_counter() + WARM_UP_SECONDS
+    fn()
+    while time.perf_counter() < end:
+        fn()
 TORCH = {"RNN_TANH": torch.nn.RNN, "RNN_RELU": torch.nn.RNN, "LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU}
 
 
@@ -145,10 +160,11 @@ def bench_case(case, reps, threads):
     times = {name: [] for name in impls}
     for _ in range(reps):
         for name, fn in impls.items():
-            time.sleep(PAUSE)
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+            warm_up(fn)
+            for _ in range(CALLS_PER_TURN):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) * 1e3 for name, t in times.items()}, errors, memory
 
 
@@ -243,7 +259,7 @@ def print_sequence_table(cases, reps, threads):
     from machine_limits import load_or_measure
 
     limits = load_or_measure()
-    print(f"float32, median ms of {reps} interleaved rounds. bound: this machine's lower bound "
+    print(f"float32, median ms of {reps} interleaved rounds x {CALLS_PER_TURN} calls. bound: this machine's lower bound "
           f"(scripts/machine_limits.py: {limits['fma_peak_flops'] / 1e9:.0f} GFLOP/s, L2 "
           f"{limits['bandwidth_bytes_per_s']['L2'] / 1e9:.0f} GB/s); of bound = bound / lucid_tvm; "
           f"peak MiB = memory one lucid_tvm call allocates")
