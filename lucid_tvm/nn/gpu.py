@@ -4,7 +4,7 @@ write torch's memory through DLPack, without copies. Outputs are torch CUDA tens
 Shapes and states follow the CPU path of :mod:`.rnn` (PyTorch semantics); only the buffers differ.
 """
 
-from ..runtime import cuda_layer_kernel
+from ..runtime import ALIGNMENT, cuda_layer_kernel
 
 KDL_CUDA = 2  # DLPack device type of CUDA memory
 
@@ -63,11 +63,19 @@ def _dtype_of(tensor):
     return np.dtype(str(tensor.dtype).replace("torch.", ""))
 
 
+def _aligned(tensor):
+    """``tensor`` C-contiguous at a 64-byte aligned address (TVM's DLPack import requires it; a
+    view into a larger tensor may start anywhere), copied only when it is not."""
+    tensor = tensor.contiguous()
+    return tensor if tensor.data_ptr() % ALIGNMENT == 0 else tensor.clone()
+
+
 def run_layers(cells, x, h0, c0, directions, dropout, training):
-    """Run ``cells`` (layer-major, ``directions`` per layer) over ``x`` (T, B, I), a contiguous
-    CUDA tensor. Returns (output (T, B, D*H), h_n, c_n or None)."""
+    """Run ``cells`` (layer-major, ``directions`` per layer) over ``x`` (T, B, I), a CUDA
+    tensor. Returns (output (T, B, D*H), h_n, c_n or None)."""
     import torch
 
+    x = _aligned(x)
     steps, batch = x.shape[0], x.shape[1]
     hidden, dtype = cells[0].hidden_size, cells[0].dtype
     is_lstm = cells[0].mode == "LSTM"
@@ -114,7 +122,7 @@ def sequence_forward(module, input, hx):
                          f"{tuple(input.shape)}")
     stack = module.num_layers * module.num_directions
     h0, c0 = _states(owner, hx, module.is_lstm, (stack, x.shape[1], module.hidden_size), batched, x)
-    output, h_n, c_n = run_layers(list(module.layers), x.contiguous(), h0, c0,
+    output, h_n, c_n = run_layers(list(module.layers), x, h0, c0,
                                   module.num_directions, module.dropout, module.training)
     if not batched:
         output, h_n = output[:, 0], h_n[:, 0]
@@ -156,6 +164,6 @@ def cell_forward(cell, input, hx):
     elif hx is not None:
         hx = as_stack(hx, "hx")
     h0, c0 = _states(owner, hx, cell.is_lstm, (1, batch, cell.hidden_size), True, x)
-    _, h_n, c_n = run_layers([cell], x.reshape(1, batch, cell.input_size).contiguous(),
+    _, h_n, c_n = run_layers([cell], x.reshape(1, batch, cell.input_size),
                              h0, c0, 1, 0.0, False)
     return (h_n.reshape(shape), c_n.reshape(shape)) if cell.is_lstm else h_n.reshape(shape)
