@@ -226,9 +226,10 @@ class CudaLayerKernel:
     """The GPU kernels of one layer-direction kind (``kernels/cuda.py``): the same ``project`` /
     ``recur`` calls as the CPU kernels, on GPU buffers passed zero-copy through DLPack (torch CUDA
     tensors, for instance). The module comes from a loaded CUDA artifact, or is compiled for this
-    machine's GPU on first use (which needs the compiler and nvcc)."""
+    machine's GPU on first use (which needs the compiler and nvcc). Packed weights live on GPU
+    ``device_index``."""
 
-    def __init__(self, spec):
+    def __init__(self, spec, device_index=0):
         self.spec = spec
         self.identity = ("layer", spec.mode, spec.input_size, spec.hidden_size, spec.dtype)
 
@@ -241,7 +242,7 @@ class CudaLayerKernel:
         self._project = entry.module["project"]
         self._recur = entry.module["recur"]
         self.blocks = num_blocks(spec.hidden_size, self.lanes)
-        self.device = tvm.cuda(0)
+        self.device = tvm.cuda(device_index)
 
     def pack(self, w_ih, w_hh, b_ih, b_hh):
         """Packed weights, copied to the GPU once."""
@@ -280,5 +281,5 @@ class CudaLayerKernel:
 
 
 @functools.lru_cache(maxsize=None)
-def cuda_layer_kernel(mode, input_size, hidden_size, dtype):
-    return CudaLayerKernel(LayerSpec(mode, input_size, hidden_size, np.dtype(dtype).name))
+def cuda_layer_kernel(mode, input_size, hidden_size, dtype, device_index=0):
+    return CudaLayerKernel(LayerSpec(mode, input_size, hidden_size, np.dtype(dtype).name), device_index)

@@ -1,8 +1,11 @@
 """The lucid.nn layers on torch CUDA tensors: the GPU kernels (``runtime.CudaLayerKernel``) read and
-write torch's memory through DLPack, without copies. Outputs are torch CUDA tensors.
+write torch's memory through DLPack, without copies, and launch on torch's current stream.
+Outputs are torch CUDA tensors on the input's device.
 
 Shapes and states follow the CPU path of :mod:`.rnn` (PyTorch semantics); only the buffers differ.
 """
+
+import tvm_ffi
 
 from ..runtime import ALIGNMENT, cuda_layer_kernel
 
@@ -72,10 +75,21 @@ def _aligned(tensor):
 
 def run_layers(cells, x, h0, c0, directions, dropout, training):
     """Run ``cells`` (layer-major, ``directions`` per layer) over ``x`` (T, B, I), a CUDA
-    tensor. Returns (output (T, B, D*H), h_n, c_n or None)."""
+    tensor (the tests also drive it with CPU tensors). Returns (output (T, B, D*H), h_n, c_n or
+    None)."""
     import torch
 
     x = _aligned(x)
+    if not x.is_cuda:
+        return _run_layers(cells, x, h0, c0, directions, dropout, training)
+    # TVM launches on the current CUDA device and the stream of the FFI context: torch's.
+    with torch.cuda.device(x.device), tvm_ffi.use_torch_stream():
+        return _run_layers(cells, x, h0, c0, directions, dropout, training)
+
+
+def _run_layers(cells, x, h0, c0, directions, dropout, training):
+    import torch
+
     steps, batch = x.shape[0], x.shape[1]
     hidden, dtype = cells[0].hidden_size, cells[0].dtype
     is_lstm = cells[0].mode == "LSTM"
@@ -87,7 +101,7 @@ def run_layers(cells, x, h0, c0, directions, dropout, training):
         for direction in range(directions):
             index = layer * directions + direction
             cell = cells[index]
-            kernel = cuda_layer_kernel(cell.mode, cell.input_size, hidden, dtype)
+            kernel = cuda_layer_kernel(cell.mode, cell.input_size, hidden, dtype, x.device.index or 0)
             hs = torch.empty((2, batch, hidden), dtype=x.dtype, device=x.device)
             hs[0] = h0[index]
             cs = c0[index].clone() if is_lstm else None
