@@ -76,7 +76,7 @@ def recurrence(mode, hidden_size, dtype, lanes, threads):
     is_lstm = mode == "LSTM"
 
     @T.macro
-    def unit_step(n_b, i, xp, w, rb, hs, cs, y, yoff, src, tt, t0):
+    def unit_step(i, xp, w, rb, hs, cs, y, yoff, src, tt, t0):
         """Thread ``i`` = (batch row, hidden unit): one unit's gates and new state."""
         b = T.bind(i // H)
         j = T.bind(i % H)
@@ -111,7 +111,7 @@ def recurrence(mode, hidden_size, dtype, lanes, threads):
             for bx in T.thread_binding((n_b * H + TB - 1) // TB, thread="blockIdx.x"):
                 for tx in T.thread_binding(TB, thread="threadIdx.x"):
                     if bx * TB + tx < n_b * H:
-                        unit_step(n_b, bx * TB + tx, xp, w, rb, hs, cs, y, yoff, src, tt, t0)
+                        unit_step(bx * TB + tx, xp, w, rb, hs, cs, y, yoff, src, tt, t0)
         # After an odd number of steps the last h is in hs[1]; the contract wants it in hs[0].
         if n_s % 2 == 1:
             for bx in T.thread_binding((n_b * H + TB - 1) // TB, thread="blockIdx.x"):
