@@ -1,7 +1,8 @@
 """Ahead-of-time artifacts: a layer's compiled kernels, weights and a manifest, in one directory.
 
-``export`` writes what a layer needs to run; ``load`` rebuilds the layer from it with TVM's
-runtime alone (``TVM_USE_RUNTIME_LIB=1`` works: nothing here imports the compiler). The manifest
+``export`` writes what a layer needs to run, for this CPU, another CPU or an NVIDIA GPU
+(``target="cuda -arch=sm_90"``: the kernels hold a fatbin with the GPU code); ``load`` rebuilds the
+layer from it with TVM's runtime alone (``TVM_USE_RUNTIME_LIB=1`` works: nothing here imports the compiler). The manifest
 says what is inside and holds a SHA-256 of every file, so a changed, truncated or missing file is
 refused with an ``ArtifactError`` instead of being loaded and run.
 
@@ -116,7 +117,8 @@ def export(module, path, target="llvm", example_input=None):
     """Write ``module`` (a lucid_tvm.nn or lucid_tvm.tracetorch layer) as an artifact directory.
 
     ``target``: ``"llvm"`` (this CPU), a classic string such as
-    ``"llvm -mtriple=aarch64-linux-gnu -mattr=+neon"``, a dict or a ``tvm.target.Target``.
+    ``"llvm -mtriple=aarch64-linux-gnu -mattr=+neon"`` or ``"cuda -arch=sm_90"`` (lucid_tvm.nn
+    layers; plain ``"cuda"`` means this machine's GPU), a dict or a ``tvm.target.Target``.
     ``example_input`` is run once (here, on this CPU) to find the kernels the layer uses; its
     feature size is fixed in the artifact, while sequence length and batch (every other axis for
     tracetorch) may vary.
@@ -124,17 +126,21 @@ def export(module, path, target="llvm", example_input=None):
     from . import build
 
     target = build.parse_target(target)
-    if target.kind.name != "llvm":
-        raise ValueError(f"export: only CPU (llvm) targets are supported so far, got {target.kind.name}")
+    if target.kind.name not in ("llvm", "cuda"):
+        raise ValueError(f"export: expected an llvm (CPU) or cuda target, got {target.kind.name}")
     if example_input is None:
         raise ValueError("export: example_input is required (it decides which kernels are compiled)")
     face, name, config, dtype = _describe(module)
+    is_cuda = target.kind.name == "cuda"
+    if is_cuda and face != "lucid.nn":
+        raise ValueError(f"export: CUDA artifacts hold lucid_tvm.nn layers; {name} (tracetorch) "
+                         "exports for llvm targets only")
     with runtime.recording() as used:
         _run_once(module, face, example_input)
     path = Path(path)
     (path / "kernels").mkdir(parents=True, exist_ok=True)
     on_host = str(target) == str(build.host_target())
-    machine = _machine(target)
+    machine = _machine(target.host if is_cuda else target)
     kernels = []
     for index, identity in enumerate(sorted(used, key=repr)):
         file, note = f"kernels/{index}.so", None
@@ -160,7 +166,9 @@ def export(module, path, target="llvm", example_input=None):
         "format": FORMAT,
         "lucid_tvm": __version__,
         "tvm": tvm.__version__,
-        "target": {"string": str(target), "machine": machine, "cpu_flags": _cpu_flags() if on_host else None},
+        "target": {"string": str(target), "kind": target.kind.name, "machine": machine,
+                   "cpu_flags": _cpu_flags() if on_host else None,
+                   **({"arch": build.cuda_arch(target)} if is_cuda else {})},
         "layer": {"face": face, "class": name, "config": config, "training": bool(module.training)},
         "dtype": dtype,
         "shapes": {
@@ -217,17 +225,36 @@ def verify_files(path, manifest):
             raise ArtifactError(f"{path}: {file} was changed after export (checksum mismatch)")
 
 
+def _check_gpu(path, target):
+    """A CUDA artifact needs a CUDA device whose compute capability runs its arch's code."""
+    arch = target.get("arch", "")
+    if not runtime.cuda_device_present():
+        raise ArtifactError(f"{path} was compiled for CUDA ({arch}); this machine has no CUDA device "
+                            "that TVM's runtime can use. Load it on a machine with an NVIDIA GPU "
+                            "and driver, or export the layer again for an llvm target")
+    here = tvm.cuda(0).compute_version  # e.g. "9.0"
+    wanted = arch[len("sm_"):].rstrip("a")
+    if tuple(int(v) for v in here.split(".")) < (int(wanted[:-1]), int(wanted[-1])):
+        raise ArtifactError(f"{path} was compiled for {arch}; this GPU has compute capability "
+                            f"{here}, too old to run it. Export again with target 'cuda' on this machine")
+
+
 def load(path):
-    """The layer exported at ``path``, running its own compiled kernels (no compiler needed)."""
+    """The layer exported at ``path``, running its own compiled kernels (no compiler needed).
+    The layer of a CUDA artifact runs on torch CUDA tensors (in and out, zero-copy)."""
     path = Path(path)
     manifest = read_manifest(path)
     _check_machine(path, manifest["target"])
+    is_cuda = manifest["target"].get("kind") == "cuda"
+    if is_cuda:
+        _check_gpu(path, manifest["target"])
     verify_files(path, manifest)
     for kernel in manifest["kernels"]:
         if not kernel["file"].endswith(".so"):
             raise ArtifactError(f"{path}: {kernel['file']} is not linked: {kernel.get('note', '')}")
         module = tvm.runtime.load_module(str(path / kernel["file"]))
-        runtime.register(tuple(kernel["identity"]),
+        identity = tuple(kernel["identity"])
+        runtime.register((runtime.CUDA, identity) if is_cuda else identity,
                          runtime.Compiled(module, kernel["schedule"], path / kernel["file"]))
     layer, weights = manifest["layer"], dict(np.load(path / "weights.npz"))
     if layer["face"] == "tracetorch":

@@ -9,9 +9,13 @@ half-written module.
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
+import shutil
+import subprocess
+import tempfile
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -20,9 +24,9 @@ import tvm
 from tvm.target import codegen
 
 from .files import sha256, write_atomic
-from .kernels import recurrent
+from .kernels import cuda, recurrent
 from .kernels.spec import LayerSpec
-from .schedule import default_schedule
+from .schedule import default_cuda_schedule, default_schedule
 
 _KERNEL_SOURCES = sorted((Path(__file__).parent / "kernels").glob("*.py"))
 
@@ -73,10 +77,35 @@ def lower_layer(spec, schedule):
     return tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in functions.items()})
 
 
+def lower_cuda_layer(spec, schedule):
+    """The IRModule of one layer-direction for an NVIDIA GPU: ``project`` and ``recur``."""
+    return tvm.IRModule(
+        {
+            "project": cuda.projection(spec.num_gates, spec.hidden_size, spec.dtype,
+                                       schedule.lanes, schedule.threads, schedule.rows),
+            "recur": cuda.recurrence(spec.mode, spec.hidden_size, spec.dtype,
+                                     schedule.lanes, schedule.threads),
+        }
+    )
+
+
+def _lower_cuda(identity, target):
+    if identity[0] != "layer":
+        raise ValueError(f"CUDA kernels exist for lucid_tvm.nn layers only, not for {identity[0]!r} "
+                         "modules (the tracetorch face); export those for an llvm target")
+    _use_nvcc()
+    spec = LayerSpec(*identity[1:])
+    schedule = default_cuda_schedule(target, spec.num_gates, spec.hidden_size)
+    return ({"layer": asdict(spec), "cuda_schedule": asdict(schedule)},
+            lambda: lower_cuda_layer(spec, schedule), asdict(schedule))
+
+
 def lower_identity(identity, target):
     """(description, lower, schedule) of a module from the runtime's registry (see
     ``runtime.compiled``) on ``target``: the cache description, a function returning its IRModule,
-    and the schedule knobs as a dict."""
+    and the schedule knobs as a dict. CUDA targets get the GPU kernels of ``kernels/cuda.py``."""
+    if target.kind.name == "cuda":
+        return _lower_cuda(identity, target)
     kind = identity[0]
     if kind == "layer":
         spec = LayerSpec(*identity[1:])
@@ -124,18 +153,19 @@ def parse_target(value):
     """A ``tvm.target.Target`` from a Target, a dict, a tag (``"nvidia/nvidia-h100"``) or the
     classic strings users know (``"llvm -mcpu=znver3"``,
     ``"llvm -mtriple=aarch64-linux-gnu -mattr=+neon"``, ``"cuda -arch=sm_90"``), which TVM 0.27 no
-    longer parses itself. Plain ``"llvm"`` means this CPU, with its own -mcpu and core count."""
+    longer parses itself. Plain ``"llvm"`` means this CPU, with its own -mcpu and core count;
+    plain ``"cuda"`` this machine's GPU. CUDA targets get a generic x86-64 LLVM host."""
     if isinstance(value, tvm.target.Target):
-        return value
+        return _with_host(value) if value.kind.name == "cuda" else value
     if isinstance(value, dict):
-        return tvm.target.Target(value)
+        return parse_target(tvm.target.Target(_cuda_arch_named(value, value)))
     if not isinstance(value, str) or not value.strip():
         raise TypeError(f"target: expected a string, dict or tvm.target.Target, got {value!r}")
     kind, *options = value.split()
     if kind == "llvm" and not options:
         return host_target()
     if "/" in kind and not options:  # a tag
-        return tvm.target.Target(kind)
+        return parse_target(tvm.target.Target(kind))
     config = {"kind": kind}
     for option in options:
         if not option.startswith("-") or "=" not in option:
@@ -147,10 +177,70 @@ def parse_target(value):
             config[key] = int(item)
         else:
             config[key] = item
+    config = _cuda_arch_named(config, value)
     try:
-        return tvm.target.Target(config)
+        target = tvm.target.Target(config)
     except Exception as err:  # noqa: BLE001 - TVM's own message says what is wrong
         raise ValueError(f"target {value!r} is not valid: {err}") from None
+    return parse_target(target)
+
+
+def _cuda_arch_named(config, value):
+    """``config`` with an ``arch`` when it is a CUDA target: TVM would quietly pick sm_50 for a
+    target without one. Taken from this machine's GPU; without a GPU it must be named."""
+    if config.get("kind") != "cuda" or config.get("arch"):
+        return config
+    device = tvm.cuda(0)
+    if not device.exist:
+        raise ValueError(f"target {value!r} names no GPU architecture and this machine has no CUDA "
+                         "device to take it from; name one, e.g. 'cuda -arch=sm_90'")
+    return dict(config, arch="sm_" + device.compute_version.replace(".", ""))
+
+
+def _with_host(target):
+    if not cuda_arch(target).startswith("sm_"):
+        raise ValueError(f"target {str(target)!r}: expected an arch like sm_90, got {cuda_arch(target)!r}")
+    if target.host is not None:
+        return target
+    return tvm.target.Target(target, host=tvm.target.Target({"kind": "llvm"}))
+
+
+def cuda_arch(target):
+    """``"sm_90"`` for a CUDA target."""
+    return str(target.attrs["arch"])
+
+
+def _nvcc_fatbin(code, target):
+    """TVM's ``tvm_callback_cuda_postproc`` hook: CUDA source -> fatbin for the target's arch.
+
+    The TVM 0.27 wheel builds CUDA modules without a compiler of its own: it embeds whatever this
+    hook returns (by default the CUDA source, which no driver can load) and the CUDA runtime
+    hands it to ``cuModuleLoadData``. We return a fatbin with the SASS for ``sm_XX`` and the PTX
+    for ``compute_XX`` (uncompressed, so the PTX stays readable), built by nvcc without fast-math
+    (its approximate division and exp would miss the CPU results by far more than 1e-5).
+    """
+    nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
+    if nvcc is None:
+        raise RuntimeError("building for CUDA needs nvcc (the CUDA toolkit) on PATH")
+    version = cuda_arch(target)[len("sm_"):]
+    with tempfile.TemporaryDirectory(prefix="lucid_tvm_nvcc") as tmp:
+        source, fatbin = Path(tmp) / "kernels.cu", Path(tmp) / "kernels.fatbin"
+        source.write_text(code)
+        command = [nvcc, "--fatbin", "-O3", "--no-compress",
+                   f"-gencode=arch=compute_{version},code=[sm_{version},compute_{version}]",
+                   "-o", str(fatbin), str(source)]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"nvcc failed ({' '.join(command)}):\n{done.stdout}{done.stderr}")
+        return fatbin.read_bytes()
+
+
+@functools.cache
+def _use_nvcc():
+    """Route TVM's CUDA code generation through :func:`_nvcc_fatbin` (once, process-wide)."""
+    import tvm_ffi
+
+    tvm_ffi.register_global_func("tvm_callback_cuda_postproc", _nvcc_fatbin, override=True)
 
 
 def compile_cached(description, lower, target):

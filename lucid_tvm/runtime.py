@@ -93,6 +93,7 @@ def register(identity, entry):
         _registry[identity] = entry
     layer_kernel.cache_clear()
     gemm.cache_clear()
+    cuda_layer_kernel.cache_clear()
 
 
 @contextlib.contextmanager
@@ -167,14 +168,16 @@ class LayerKernel:
         w_ih, b_ih, w_hh, b_hh = packed
         packed_shape = (self.blocks, s.num_gates, self.lanes)
         # One workspace: a chunk of projected steps (not the whole sequence), one step's
-        # h @ W_hh^T, and the double-buffered hidden state. The first two are whole SIMD rows, so
-        # every part starts 64-byte aligned.
+        # h @ W_hh^T, and the double-buffered hidden state, each starting 64-byte aligned.
         chunk = chunk_steps(n_t, n_b)
         step_size = n_b * math.prod(packed_shape)
-        workspace = aligned_empty(((chunk + 1) * step_size + 2 * n_b * s.hidden_size,), s.dtype)
+        unit = ALIGNMENT // np.dtype(s.dtype).itemsize
+        xp_end = -(-chunk * step_size // unit) * unit
+        hp_end = xp_end + -(-step_size // unit) * unit
+        workspace = aligned_empty((hp_end + 2 * n_b * s.hidden_size,), s.dtype)
         xp = workspace[:chunk * step_size].reshape((chunk, n_b) + packed_shape)
-        hp = workspace[chunk * step_size:(chunk + 1) * step_size].reshape((n_b,) + packed_shape)
-        hs = workspace[(chunk + 1) * step_size:].reshape(2, n_b, s.hidden_size)
+        hp = workspace[xp_end:xp_end + step_size].reshape((n_b,) + packed_shape)
+        hs = workspace[hp_end:].reshape(2, n_b, s.hidden_size)
         hs[0] = h0
         if s.mode == "LSTM":
             cn[...] = c0
@@ -246,3 +249,79 @@ class Functions:
 
         setattr(self, name, call)  # looked up once: later calls skip the module's name lookup
         return call
+
+
+# -- NVIDIA GPUs -------------------------------------------------------------------------------
+
+CUDA = "cuda"  # registry key prefix: (CUDA, identity) is the GPU module of ``identity``
+
+
+def cuda_device_present():
+    """Whether TVM's runtime sees a CUDA device here."""
+    try:
+        return bool(tvm.cuda(0).exist)
+    except Exception:  # noqa: BLE001 - a runtime without CUDA support has no device either
+        return False
+
+
+class CudaLayerKernel:
+    """The GPU kernels of one layer-direction kind (``kernels/cuda.py``): the same ``project`` /
+    ``recur`` calls as the CPU kernels, on GPU buffers passed zero-copy through DLPack (torch CUDA
+    tensors, for instance). The module comes from a loaded CUDA artifact, or is compiled for this
+    machine's GPU on first use (which needs the compiler and nvcc). Packed weights live on GPU
+    ``device_index``."""
+
+    def __init__(self, spec, device_index=0):
+        self.spec = spec
+        self.identity = ("layer", spec.mode, spec.input_size, spec.hidden_size, spec.dtype)
+
+        def compile_here():
+            build = _build()
+            return build.compile_identity(self.identity, build.parse_target("cuda"))
+
+        entry = compiled((CUDA, self.identity), compile_here)
+        self.lanes = entry.schedule["lanes"]
+        self._project = entry.module["project"]
+        self._recur = entry.module["recur"]
+        self.blocks = num_blocks(spec.hidden_size, self.lanes)
+        self.device = tvm.cuda(device_index)
+
+    def pack(self, w_ih, w_hh, b_ih, b_hh):
+        """Packed weights, copied to the GPU once."""
+        s, lanes = self.spec, self.lanes
+        arrays = (
+            pack_weight(w_ih, s.num_gates, s.hidden_size, lanes, s.dtype),
+            pack_bias(b_ih, s.num_gates, s.hidden_size, lanes, s.dtype),
+            pack_weight(w_hh, s.num_gates, s.hidden_size, lanes, s.dtype),
+            pack_bias(b_hh, s.num_gates, s.hidden_size, lanes, s.dtype),
+        )
+        return tuple(tvm.runtime.tensor(a, device=self.device) for a in arrays)
+
+    def run(self, packed, x, hs, cs, y, yoff, reverse, xp, hp):
+        """One direction over a whole sequence, all arguments DLPack GPU tensors of the layer's
+        dtype, C-contiguous: ``x`` (T, B, I); ``hs`` (2, B, H) with h0 in ``hs[0]`` (the final h is
+        there afterwards); ``cs`` (B, H), LSTM only, c0 in, c_n out; ``y`` (T, B, YW), columns
+        ``yoff .. yoff+H`` written; workspaces ``xp`` (T*B, NB*G*L) and ``hp`` (B, NB*G*L).
+        The projection covers the whole sequence at once (GPU memory is not the limit the CPU's
+        chunking is for), so the recurrence runs with ``t0 = 0``."""
+        _note_use(self.identity)
+        s = self.spec
+        n_t, n_b = x.shape[0], x.shape[1]
+        w_ih, b_ih, w_hh, b_hh = packed
+        packed_shape = (self.blocks, s.num_gates, self.lanes)
+        x, xp = _dl(x), _dl(xp)
+        self._project(x._create_view((n_t * n_b, s.input_size)), w_ih, b_ih,
+                      xp._create_view((n_t * n_b,) + packed_shape), 0)
+        state = (_dl(hs), _dl(cs)) if s.mode == "LSTM" else (_dl(hs),)
+        self._recur(xp._create_view((n_t, n_b) + packed_shape), w_hh, b_hh, *state,
+                    _dl(hp)._create_view((n_b,) + packed_shape), _dl(y), yoff, 0, int(reverse))
+
+    @property
+    def packed_width(self):
+        """Row length ``NB*G*L`` of the ``xp`` and ``hp`` workspaces :meth:`run` takes."""
+        return self.blocks * self.spec.num_gates * self.lanes
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_layer_kernel(mode, input_size, hidden_size, dtype, device_index=0):
+    return CudaLayerKernel(LayerSpec(mode, input_size, hidden_size, np.dtype(dtype).name), device_index)

@@ -1,6 +1,6 @@
-"""Floor 2: how the kernels run on a target. Default CPU schedules, chosen from the layer's shape.
+"""Floor 2: how the kernels run on a target. Default schedules, chosen from the layer's shape.
 
-The recurrent kernels (``kernels/recurrent.py``) take three knobs; this module picks them:
+The CPU kernels (``kernels/recurrent.py``) take three knobs; this module picks them:
 
 - ``lanes``: elements per SIMD vector of the target (16 float32 on AVX-512, 8 on AVX2).
 - ``rows``: rows that share each weight vector load; accumulators take ``rows * gates`` vector
@@ -12,6 +12,8 @@ The recurrent kernels (``kernels/recurrent.py``) take three knobs; this module p
 
 Both variants of each kernel are compiled; the runtime picks one per call, since the batch and
 sequence length are only known then.
+
+The GPU kernels (``kernels/cuda.py``) take the knobs of :class:`CudaSchedule`.
 """
 
 from dataclasses import dataclass
@@ -77,3 +79,23 @@ CHUNK_ROWS = 256
 def chunk_steps(n_steps, batch):
     """Steps per projection chunk for a sequence of ``n_steps`` and ``batch`` rows per step."""
     return max(1, min(n_steps, CHUNK_ROWS // max(batch, 1)))
+
+
+@dataclass(frozen=True)
+class CudaSchedule:
+    """Knobs of the GPU kernels (``kernels/cuda.py``): ``lanes`` hidden units per packed block (a
+    warp, so a warp's weight loads are contiguous), ``threads`` per thread block, and ``rows`` of
+    the projection that share each weight load in registers."""
+
+    lanes: int
+    threads: int
+    rows: int
+
+
+def default_cuda_schedule(target, num_gates, hidden_size):
+    """One warp per packed block; thread blocks of up to 128 threads, no larger than the work
+    (a layer with few columns would leave most of a 128-thread block idle)."""
+    warp = int(target.attrs.get("thread_warp_size", 32))
+    columns = -(-num_gates * hidden_size // warp) * warp
+    threads = min(128, int(target.attrs.get("max_num_threads", 1024)), columns)
+    return CudaSchedule(lanes=warp, threads=threads, rows=8)

@@ -7,6 +7,7 @@ medians reported, so machine noise hits all alike.
     python scripts/bench.py                # the design notes' table, and the tracetorch layers
     python scripts/bench.py --full         # every mode, 1-2 layers, all shapes: docs/perf/cpu.{csv,png}
     python scripts/bench.py --reps 50 --threads 2
+    python scripts/bench.py --cuda         # the GPU kernels against torch's cuDNN layers (needs a GPU)
 """
 
 import argparse
@@ -245,8 +246,13 @@ def main():
     parser.add_argument("--only", choices=["sequence", "tracetorch"], help="run one of the two tables")
     parser.add_argument("--full", action="store_true",
                         help="every mode, 1 and 2 layers, 7 shapes and a batch-first case (writes docs/perf/)")
+    parser.add_argument("--cuda", action="store_true",
+                        help="only the GPU table: lucid_tvm's CUDA kernels against torch (cuDNN)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.cuda:
+        print_cuda_table(FULL_CASES if args.full else DESIGN_CASES, args.reps)
+        return
     if args.only != "tracetorch":
         rows = print_sequence_table(FULL_CASES if args.full else DESIGN_CASES, args.reps, args.threads)
         if args.full:
@@ -313,6 +319,39 @@ def write_results(rows):
     figure.tight_layout()
     figure.savefig(out / "cpu.png", dpi=110)
     print(f"wrote {out / 'cpu.csv'} and {out / 'cpu.png'}")
+
+
+def print_cuda_table(cases, reps):
+    """Median ms per call on the GPU, lucid_tvm against torch (cuDNN), inputs and outputs torch
+    CUDA tensors; each call timed between device synchronizations, calls interleaved."""
+    from lucid_tvm.runtime import cuda_device_present
+
+    if not (cuda_device_present() and torch.cuda.is_available()):
+        print("--cuda: skipped, no CUDA device here (TVM's runtime or torch sees none)")
+        return
+    print(f"GPU: {torch.cuda.get_device_name()}, float32, median ms of {reps} interleaved calls")
+    print("| cell | layers | H | B | T | lucid_tvm | torch cuDNN | max abs diff |")
+    print("|---|---|---|---|---|---|---|---|")
+    for case in cases:
+        ref = make_torch(case).cuda()
+        ours = nn.RNNBase(case.mode, case.input_size, case.hidden, num_layers=case.layers,
+                          batch_first=case.batch_first).eval()
+        ours.load_state_dict({k: v.cpu().numpy() for k, v in ref.state_dict().items()})
+        shape = (case.batch, case.steps) if case.batch_first else (case.steps, case.batch)
+        x = torch.randn(*shape, case.input_size, device="cuda")
+        with torch.no_grad():
+            diff = (ours(x)[0] - ref(x)[0]).abs().max().item()  # also compiles and warms up
+        times = {"ours": [], "torch": []}
+        for _ in range(reps):
+            for name, fn in (("ours", ours), ("torch", ref)):
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+                with torch.no_grad():
+                    fn(x)
+                torch.cuda.synchronize()
+                times[name].append((time.perf_counter() - start) * 1e3)
+        print(f"| {case.mode} | {case.layers} | {case.hidden} | {case.batch} | {case.steps} | "
+              f"{statistics.median(times['ours']):.3f} | {statistics.median(times['torch']):.3f} | {diff:.1e} |")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import numpy as np
 from ..kernels.spec import MODES, NUM_GATES
 from ..runtime import aligned, aligned_empty, layer_kernel
 from ..tensor import Tensor, generator, to_numpy
+from . import gpu
 from .activation import ReLU, Tanh
 from .module import Module, ModuleList, Parameter
 
@@ -97,6 +98,8 @@ class _Cell(Module):
         return state.reshape(batch, self.hidden_size)
 
     def forward(self, input, hx=None):
+        if gpu.on_cuda(input):  # torch CUDA tensors in and out, on the GPU kernels
+            return gpu.cell_forward(self, input, hx)
         owner = type(self).__name__
         x = to_numpy(input, f"{owner} input")
         if x.ndim not in (1, 2):
@@ -254,6 +257,8 @@ class RNNBase(Module):
         return aligned(np.where(keep, y * y.dtype.type(scale), y.dtype.type(0)), y.dtype)
 
     def forward(self, input, hx=None):
+        if gpu.on_cuda(input):  # torch CUDA tensors in and out, on the GPU kernels
+            return gpu.sequence_forward(self, input, hx)
         owner = type(self).__name__
         x = to_numpy(input, f"{owner} input")
         if x.ndim not in (2, 3):

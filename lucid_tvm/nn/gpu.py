@@ -1,0 +1,183 @@
+"""The lucid.nn layers on torch CUDA tensors: the GPU kernels (``runtime.CudaLayerKernel``) read and
+write torch's memory through DLPack, without copies, and launch on torch's current stream.
+Outputs are torch CUDA tensors on the input's device.
+
+Shapes and states follow the CPU path of :mod:`.rnn` (PyTorch semantics); only the buffers differ.
+"""
+
+import tvm_ffi
+
+from ..runtime import ALIGNMENT, cuda_layer_kernel
+
+KDL_CUDA = 2  # DLPack device type of CUDA memory
+
+
+def on_cuda(value):
+    """Whether ``value`` is a CUDA tensor (by its DLPack device)."""
+    device = getattr(value, "__dlpack_device__", None)
+    try:
+        return device is not None and device()[0] == KDL_CUDA
+    except Exception:  # noqa: BLE001 - not a DLPack tensor after all
+        return False
+
+
+def _torch_tensor(value, what, dtype):
+    import torch
+
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{what}: the GPU path takes torch CUDA tensors, got {type(value).__name__}")
+    if not value.is_cuda:
+        raise TypeError(f"{what}: expected a CUDA tensor like the input, got a tensor on {value.device}")
+    expected = getattr(torch, dtype.name)
+    if value.dtype != expected:
+        raise TypeError(f"{what}: expected dtype {expected} (the layer's), got {value.dtype}")
+    return value.detach()
+
+
+def _states(owner, hx, is_lstm, shape, batched, like):
+    """(h0, c0) as (L*D, B, H) CUDA tensors; c0 None unless LSTM."""
+    import torch
+
+    names = ("h_0", "c_0") if is_lstm else ("hx",)
+    if hx is None:
+        values = (None,) * len(names)
+    elif is_lstm:
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise ValueError(f"{owner}: expected hx as a tuple (h_0, c_0), got {type(hx).__name__}")
+        values = tuple(hx)
+    else:
+        values = (hx,)
+    states = []
+    for name, value in zip(names, values):
+        if value is None:
+            states.append(torch.zeros(shape, dtype=like.dtype, device=like.device))
+            continue
+        state = _torch_tensor(value, f"{owner} {name}", _dtype_of(like))
+        expected = shape if batched else (shape[0], shape[2])
+        if tuple(state.shape) != expected:
+            raise ValueError(f"{owner}: expected {name} of shape {expected}, got {tuple(state.shape)}")
+        states.append(state.reshape(shape))
+    return states[0], (states[1] if is_lstm else None)
+
+
+def _dtype_of(tensor):
+    import numpy as np
+
+    return np.dtype(str(tensor.dtype).replace("torch.", ""))
+
+
+def _aligned(tensor):
+    """``tensor`` C-contiguous at a 64-byte aligned address (TVM's DLPack import requires it; a
+    view into a larger tensor may start anywhere), copied only when it is not."""
+    tensor = tensor.contiguous()
+    return tensor if tensor.data_ptr() % ALIGNMENT == 0 else tensor.clone()
+
+
+def run_layers(cells, x, h0, c0, directions, dropout, training):
+    """Run ``cells`` (layer-major, ``directions`` per layer) over ``x`` (T, B, I), a CUDA
+    tensor (the tests also drive it with CPU tensors). Returns (output (T, B, D*H), h_n, c_n or
+    None)."""
+    import torch
+
+    x = _aligned(x)
+    if not x.is_cuda:
+        return _run_layers(cells, x, h0, c0, directions, dropout, training)
+    # TVM launches on the current CUDA device and the stream of the FFI context: torch's.
+    with torch.cuda.device(x.device), tvm_ffi.use_torch_stream():
+        return _run_layers(cells, x, h0, c0, directions, dropout, training)
+
+
+def _run_layers(cells, x, h0, c0, directions, dropout, training):
+    import torch
+
+    steps, batch = x.shape[0], x.shape[1]
+    hidden, dtype = cells[0].hidden_size, cells[0].dtype
+    is_lstm = cells[0].mode == "LSTM"
+    h_n, c_n = torch.empty_like(h0), (torch.empty_like(c0) if is_lstm else None)
+    layer_input = x
+    num_layers = len(cells) // directions
+    for layer in range(num_layers):
+        y = torch.empty((steps, batch, directions * hidden), dtype=x.dtype, device=x.device)
+        for direction in range(directions):
+            index = layer * directions + direction
+            cell = cells[index]
+            kernel = cuda_layer_kernel(cell.mode, cell.input_size, hidden, dtype, x.device.index or 0)
+            hs = torch.empty((2, batch, hidden), dtype=x.dtype, device=x.device)
+            hs[0] = h0[index]
+            cs = c0[index].clone() if is_lstm else None
+            xp = torch.empty((steps * batch, kernel.packed_width), dtype=x.dtype, device=x.device)
+            hp = torch.empty((batch, kernel.packed_width), dtype=x.dtype, device=x.device)
+            kernel.run(cell._packed_weights(kernel), layer_input, hs, cs, y, direction * hidden,
+                       direction == 1, xp, hp)
+            h_n[index] = hs[0]
+            if is_lstm:
+                c_n[index] = cs
+        if training and dropout > 0 and layer < num_layers - 1:
+            y = torch.nn.functional.dropout(y, dropout, training=True)
+        layer_input = y
+    return layer_input, h_n, c_n
+
+
+def sequence_forward(module, input, hx):
+    """``RNNBase.forward`` on a torch CUDA tensor."""
+    owner = type(module).__name__
+    x = _torch_tensor(input, f"{owner} input", module.dtype)
+    if x.ndim not in (2, 3):
+        raise ValueError(f"{owner}: expected input of 3 dimensions ((seq, batch, feature), or "
+                         f"(batch, seq, feature) with batch_first) or 2 (unbatched), got {x.ndim} "
+                         f"with shape {tuple(x.shape)}")
+    if x.shape[-1] != module.input_size:
+        raise ValueError(f"{owner}: expected input with feature size {module.input_size} "
+                         f"(last axis), got shape {tuple(x.shape)}")
+    batched = x.ndim == 3
+    x = x.unsqueeze(1) if not batched else (x.transpose(0, 1) if module.batch_first else x)
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{owner}: expected a non-empty sequence and batch, got input of shape "
+                         f"{tuple(input.shape)}")
+    stack = module.num_layers * module.num_directions
+    h0, c0 = _states(owner, hx, module.is_lstm, (stack, x.shape[1], module.hidden_size), batched, x)
+    output, h_n, c_n = run_layers(list(module.layers), x, h0, c0,
+                                  module.num_directions, module.dropout, module.training)
+    if not batched:
+        output, h_n = output[:, 0], h_n[:, 0]
+        c_n = c_n[:, 0] if module.is_lstm else None
+    elif module.batch_first:
+        output = output.transpose(0, 1)
+    return (output, (h_n, c_n)) if module.is_lstm else (output, h_n)
+
+
+def cell_forward(cell, input, hx):
+    """``RNNCell`` / ``LSTMCell`` / ``GRUCell`` forward on a torch CUDA tensor: a sequence of one step."""
+    owner = type(cell).__name__
+    x = _torch_tensor(input, f"{owner} input", cell.dtype)
+    if x.ndim not in (1, 2):
+        raise ValueError(f"{owner}: expected input of 1 (unbatched) or 2 (batch, input_size) "
+                         f"dimensions, got {x.ndim} with shape {tuple(x.shape)}")
+    if x.shape[-1] != cell.input_size:
+        raise ValueError(f"{owner}: expected input with feature size {cell.input_size} "
+                         f"(last axis), got shape {tuple(x.shape)}")
+    batched = x.ndim == 2
+    batch = x.shape[0] if batched else 1
+    if batch == 0:
+        raise ValueError(f"{owner}: expected a batch of at least 1, got shape {tuple(x.shape)}")
+    # A cell's state is (B, H) batched and (H,) unbatched: one layer of a (1, B, H) stack.
+    shape = (batch, cell.hidden_size) if batched else (cell.hidden_size,)
+
+    def as_stack(value, name):
+        if value is None:
+            return None
+        state = _torch_tensor(value, f"{owner} {name}", cell.dtype)
+        if tuple(state.shape) != shape:
+            raise ValueError(f"{owner}: expected {name} of shape {shape}, got {tuple(state.shape)}")
+        return state.reshape(1, batch, cell.hidden_size)
+
+    if hx is not None and cell.is_lstm:
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise ValueError(f"{owner}: expected hx as a tuple (h_0, c_0), got {type(hx).__name__}")
+        hx = (as_stack(hx[0], "h_0"), as_stack(hx[1], "c_0"))
+    elif hx is not None:
+        hx = as_stack(hx, "hx")
+    h0, c0 = _states(owner, hx, cell.is_lstm, (1, batch, cell.hidden_size), True, x)
+    _, h_n, c_n = run_layers([cell], x.reshape(1, batch, cell.input_size),
+                             h0, c0, 1, 0.0, False)
+    return (h_n.reshape(shape), c_n.reshape(shape)) if cell.is_lstm else h_n.reshape(shape)
