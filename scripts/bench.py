@@ -56,6 +56,13 @@ FULL_CASES = [Case(mode, layers, h, h, b, t) for mode in ("RNN_TANH", "RNN_RELU"
               for layers in (1, 2) for h, b, t in SHAPES] + \
              [Case(mode, layers, 40, 128, 32, 100, True) for mode in ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")
               for layers in (1, 2)]
+# Shapes the benchmark list does not name, to check nothing is tuned to it: odd sizes, tiny
+# hidden sizes, long sequences, input size != hidden size, three layers.
+EXTRA_CASES = [Case("LSTM", 1, 33, 33, 3, 50), Case("GRU", 1, 100, 100, 1, 100), Case("RNN_TANH", 1, 100, 100, 7, 64),
+               Case("RNN_TANH", 1, 32, 32, 1, 200), Case("LSTM", 1, 32, 32, 1, 200), Case("GRU", 1, 64, 64, 1, 200),
+               Case("LSTM", 1, 64, 64, 8, 100), Case("LSTM", 1, 256, 256, 1, 2000), Case("GRU", 1, 128, 128, 4, 1000),
+               Case("GRU", 1, 300, 100, 4, 50), Case("LSTM", 1, 1024, 256, 1, 50), Case("LSTM", 3, 256, 256, 4, 50),
+               Case("GRU", 3, 512, 512, 1, 25), Case("RNN_RELU", 2, 64, 200, 2, 300)]
 # Idle thread pools (OpenBLAS under numpy, TVM's, ORT's) keep spinning for a while after a call;
 # on 2 cores that would slow whichever library runs next, so each call starts after a pause.
 PAUSE = 0.02
@@ -246,12 +253,17 @@ def main():
     parser.add_argument("--only", choices=["sequence", "tracetorch"], help="run one of the two tables")
     parser.add_argument("--full", action="store_true",
                         help="every mode, 1 and 2 layers, 7 shapes and a batch-first case (writes docs/perf/)")
+    parser.add_argument("--extra", action="store_true",
+                        help="shapes the list does not name: odd, tiny, long, I != H, 3 layers (docs/perf/cpu_extra.csv)")
     parser.add_argument("--cuda", action="store_true",
                         help="only the GPU table: lucid_tvm's CUDA kernels against torch (cuDNN)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.cuda:
         print_cuda_table(FULL_CASES if args.full else DESIGN_CASES, args.reps)
+        return
+    if args.extra:
+        write_results(print_sequence_table(EXTRA_CASES, args.reps, args.threads), "cpu_extra", plot=False)
         return
     if args.only != "tracetorch":
         rows = print_sequence_table(FULL_CASES if args.full else DESIGN_CASES, args.reps, args.threads)
@@ -293,13 +305,16 @@ def print_sequence_table(cases, reps, threads):
     return rows
 
 
-def write_results(rows):
+def write_results(rows, name="cpu", plot=True):
     out = Path(__file__).resolve().parent.parent / "docs" / "perf"
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "cpu.csv", "w", newline="") as f:
+    with open(out / f"{name}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    if not plot:
+        print(f"wrote {out / name}.csv")
+        return
     import matplotlib
 
     matplotlib.use("Agg")
@@ -317,8 +332,8 @@ def write_results(rows):
     bottom.set_xticks(range(len(rows)), labels, rotation=90, fontsize=7)
     figure.suptitle("lucid_tvm on CPU (scripts/bench.py --full)")
     figure.tight_layout()
-    figure.savefig(out / "cpu.png", dpi=110)
-    print(f"wrote {out / 'cpu.csv'} and {out / 'cpu.png'}")
+    figure.savefig(out / f"{name}.png", dpi=110)
+    print(f"wrote {out / name}.csv and {out / name}.png")
 
 
 def print_cuda_table(cases, reps):
