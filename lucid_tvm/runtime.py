@@ -51,6 +51,7 @@ class Compiled:
 
 
 # Compiled modules by what they compute (not how): ("layer", mode, I, H, dtype),
+# ("projection", mode, I, H, rows, dtype) (a tuned input projection of one chunk),
 # ("gemm", N, dtype), ("tracetorch", kind, H, I, dtype). Filled by compiling on first use, or by
 # lucid_tvm.load from an artifact, in which case no compiler is needed.
 _registry = {}
@@ -114,6 +115,40 @@ class LayerKernel:
         self._project = self.module["project"]
         self._recur = self.module["recur"]
         self.blocks = num_blocks(spec.hidden_size, self.lanes)
+        self._projections = {}
+
+    def projection_for(self, rows):
+        """The input projection of a chunk of ``rows`` rows, called like ``project``: ``(x (M, K),
+        w, b, xp, row0=0)`` writes ``x[row0 : row0+rows] @ W^T + b`` into ``xp``. The schedule tuned
+        for exactly that many rows when one is registered (from an artifact) or the tuning database
+        of this CPU has a record faster than the default, else the default ``project``."""
+        if rows not in self._projections:
+            self._projections[rows] = self._tuned_projection(rows) or self._project
+        return self._projections[rows]
+
+    def _tuned_projection(self, rows):
+        s = self.spec
+        identity = ("projection", s.mode, s.input_size, s.hidden_size, rows, s.dtype)
+        with _registry_lock:
+            entry = _registry.get(identity)
+        if entry is None:
+            try:
+                built = _build().compile_identity(identity)
+            except ImportError:  # TVM's runtime alone: only what an artifact registered
+                return None
+            if built is None:
+                return None
+            entry = compiled(identity, lambda: built)
+        if entry.schedule["lanes"] != self.lanes:  # packed for another vector width
+            return None
+        function = entry.module["project"]
+
+        def project(x, w, b, xp, row0=0):
+            _note_use(identity)
+            chunk = aligned(np.from_dlpack(x)[row0:row0 + rows], s.dtype)  # copied only if unaligned
+            function(_dl(chunk), w, b, _dl(np.from_dlpack(xp)[:rows]))
+
+        return project
 
     def pack(self, w_ih, w_hh, b_ih, b_hh):
         """Weights in the kernels' layout, packed once and reused for every call."""
@@ -139,7 +174,7 @@ class LayerKernel:
         w_ih, b_ih, w_hh, b_hh = packed
         packed_shape = (self.blocks, s.num_gates, self.lanes)
         xp = aligned_empty((n_t, n_b) + packed_shape, s.dtype)
-        self._project(_dl(x.reshape(n_t * n_b, -1)), w_ih, b_ih, _dl(xp.reshape((n_t * n_b,) + packed_shape)))
+        self.projection_for(n_t * n_b)(_dl(x.reshape(n_t * n_b, -1)), w_ih, b_ih, _dl(xp.reshape((n_t * n_b,) + packed_shape)))
         workspace = (_dl(aligned_empty((2, n_b, s.hidden_size), s.dtype)),
                      _dl(aligned_empty((n_b,) + packed_shape, s.dtype)))
         if s.mode == "LSTM":
