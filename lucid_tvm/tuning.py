@@ -206,16 +206,36 @@ def _default_module(workload, target):
     return tvm.IRModule({"project": func})
 
 
-def _time(module, name, device, arrays, extra):
-    """Median seconds per call of ``module[name]`` over a few repeats of at least 50 ms."""
-    evaluator = module.time_evaluator(name, device, number=1, repeat=7, min_repeat_ms=50)
-    return statistics.median(evaluator(*arrays, *extra).results)
+def _times(calls, device, rounds=5):
+    """Seconds per call of each ``(module, name, args)`` in ``calls``: the best of ``rounds``
+    interleaved rounds of at least 30 ms each, so that a busy machine hits all kernels alike."""
+    evaluators = [(module.time_evaluator(name, device, number=1, repeat=1, min_repeat_ms=30), args)
+                  for module, name, args in calls]
+    best = [float("inf")] * len(calls)
+    for _ in range(rounds):
+        for index, (evaluator, args) in enumerate(evaluators):
+            best[index] = min(best[index], evaluator(*args).mean)
+    return best
 
 
-def _measure(workload, tuned_func, target, rpc_config):
-    """(tuned, default) seconds per call of the two kernels on the same device, checking that
-    they agree."""
-    tuned = tvm.tirx.build(tvm.IRModule({"main": tuned_func.with_attr("global_symbol", "main")}), target=target)
+def _measure(workload, directory, target, rpc_config):
+    """(tuned, default) seconds per call of the database's schedule for ``workload`` and of the
+    default kernel, on the same device, checking that they agree. Runs in a fresh process: the
+    tuning process's own threads (cost model, worker pools) would skew the timings."""
+    from tvm.support.popen_pool import PopenWorker
+
+    worker = PopenWorker()
+    try:
+        worker.send(_measure_here, (workload, str(directory), json.loads(str(target)), rpc_config), timeout=600)
+        return worker.recv()
+    finally:
+        worker.kill()
+
+
+def _measure_here(workload, directory, target, rpc_config):
+    target = tvm.target.Target(target)
+    schedule = _database(Path(directory)).query_schedule(workload.module(), target, "main")
+    tuned = tvm.tirx.build(schedule.mod, target=target)
     default_mod = _default_module(workload, target)
     default = tvm.tirx.build(default_mod, target=target)
     # The default kernel takes the chunk's first row as a trailing int once it has one.
@@ -241,8 +261,7 @@ def _measure(workload, tuned_func, target, rpc_config):
         got, expected = tuned_args[-1].numpy(), default_args[-1].numpy()
         if not np.allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max()):
             raise RuntimeError(f"tuned projection {workload.name} disagrees with the default kernel")
-        return (_time(tuned, "main", device, tuned_args, []),
-                _time(default, "project", device, default_args, extra))
+        return tuple(_times([(tuned, "main", tuned_args), (default, "project", default_args + extra)], device))
 
 
 def _build_candidate(mod, target, _params):
@@ -292,19 +311,18 @@ def tune_workload(workload, target, trials, directory, rpc_config=None, say=prin
         if best is None:
             raise RuntimeError(f"tuning {workload.name}: no candidate built and ran; see {work_dir}/logs")
         search_secs = time.perf_counter() - started
-        schedule = database.query_schedule(mod, target, "main")
-    tuned_secs, default_secs = _measure(workload, schedule.mod["main"], target, rpc_config)
     store = _database_for_writing(directory)
     store.commit_tuning_record(ms.database.TuningRecord(
         best.trace, store.commit_workload(mod), best.run_secs, target, best.args_info))
+    tuned_secs, default_secs = _measure(workload, directory, target, rpc_config)
     return {
         "workload": asdict(workload),
         "workload_hash": _workload_hash(mod),
         "trials": trials,
         "search_s": round(search_secs, 1),
-        "tuned_us": round(tuned_secs * 1e6, 2),
-        "default_us": round(default_secs * 1e6, 2),
-        "use": tuned_secs < default_secs,
+        "tuned_us": round(float(tuned_secs) * 1e6, 2),
+        "default_us": round(float(default_secs) * 1e6, 2),
+        "use": bool(tuned_secs < default_secs),
         "measured_on": "rpc" if rpc_config is not None else "local",
     }
 
