@@ -18,7 +18,9 @@ target's hardware key; ``build`` compiles it as its own module, and the runtime 
 chunks of exactly that many rows.
 """
 
+import contextlib
 import json
+import logging
 import os
 import statistics
 import tempfile
@@ -272,6 +274,21 @@ def _build_candidate(mod, target, _params):
     return tvm.tirx.build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
 
 
+@contextlib.contextmanager
+def _unnamed_log_handlers_removed():
+    """meta_schedule configures its logger by handler name and fails on an unnamed handler there
+    (pytest's log capture leaves one): detach those while tuning."""
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    unnamed = [handler for handler in logger.handlers if handler.get_name() is None]
+    for handler in unnamed:
+        logger.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in unnamed:
+            logger.addHandler(handler)
+
+
 def _progress_callback(total, say):
     from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
     from tvm.ir.utils import derived_object
@@ -298,7 +315,7 @@ def tune_workload(workload, target, trials, directory, rpc_config=None, say=prin
     from tvm.s_tir import meta_schedule as ms
 
     mod = workload.module()
-    with tempfile.TemporaryDirectory(prefix="lucid_tvm_tune_") as work_dir:
+    with tempfile.TemporaryDirectory(prefix="lucid_tvm_tune_") as work_dir, _unnamed_log_handlers_removed():
         runner = (ms.runner.RPCRunner(rpc_config=rpc_config) if rpc_config is not None
                   else ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1)))
         started = time.perf_counter()
