@@ -19,6 +19,7 @@ chunks of exactly that many rows.
 """
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -168,9 +169,17 @@ def _workload_index(directory, workload_hash):
 
 
 def _database(directory):
+    """The JSON database in ``directory``, read once per process and version of its files."""
+    stamp = tuple((directory / name).stat().st_mtime_ns
+                  for name in ("database_workload.json", "database_tuning_record.json"))
+    return _read_database(str(directory), stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_database(directory, _stamp):
     from tvm.s_tir import meta_schedule as ms
 
-    return ms.database.JSONDatabase(work_dir=str(directory), allow_missing=False)
+    return ms.database.JSONDatabase(work_dir=directory, allow_missing=False)
 
 
 def tuned_projection(workload, target):
@@ -181,9 +190,9 @@ def tuned_projection(workload, target):
     entry = _read_measurements(directory).get(workload.name)
     if entry is None or not entry.get("use"):
         return None
-    record = {"database": directory.name, "workload": workload.name, "workload_hash": entry["workload_hash"],
-              "tuned_us": entry["tuned_us"], "default_us": entry["default_us"], "trials": entry["trials"]}
     try:
+        record = {"database": directory.name, "workload": workload.name,
+                  **{key: entry[key] for key in ("workload_hash", "tuned_us", "default_us", "trials")}}
         schedule = _database(directory).query_schedule(workload.module(), target, "main")
         if schedule is None:
             raise ValueError("the database holds no record of this workload")
@@ -244,13 +253,15 @@ def _measure_here(workload, directory, target, rpc_config):
     extra = [0] * (len(default_mod["project"].params) - 4)
     session = rpc_config.connect_server() if rpc_config is not None else None
     with tempfile.TemporaryDirectory() as tmp:
-        if session is not None:  # run both on the remote device
+        if session is not None:  # run both on the remote device, which links them (as it does candidates)
+            from tvm.support.tar import tar
+
             modules = []
             for label, built in (("tuned", tuned), ("default", default)):
-                path = os.path.join(tmp, f"{label}.so")
-                built.export_library(path)
+                path = os.path.join(tmp, f"{label}.tar")
+                built.export_library(path, fcompile=tar)
                 session.upload(path)
-                modules.append(session.load_module(f"{label}.so"))
+                modules.append(session.load_module(f"{label}.tar"))
             tuned, default = modules
             device = session.cpu()
         else:
