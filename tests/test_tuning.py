@@ -31,6 +31,17 @@ def test_hardware_key_names_kind_model_and_cores():
         tuning.hardware_key("llvm")
 
 
+def test_workloads_follow_the_projection_chunks():
+    assert tuning.chunk_rows(1, 150) == [150]
+    assert tuning.chunk_rows(16, 150) == [96, 256]  # 9 chunks of 16 steps, then 6 steps
+    assert tuning.chunk_rows(64, 25) == [64, 256]
+    workloads = tuning.layer_workloads("LSTM", 40, 128, 32, 100, "float32", host_target(), num_layers=2)
+    assert [(w.rows, w.input_size, w.output_size, w.num_gates) for w in workloads] == \
+        [(128, 40, 128, 4), (256, 40, 128, 4), (128, 128, 128, 4), (256, 128, 128, 4)]
+    with pytest.raises(ValueError, match="batch must be a positive int"):
+        tuning.layer_workloads("GRU", 4, 8, 0, 5, "float32", host_target())
+
+
 def test_projection_te_matches_numpy(rng):
     workload = tuning.ProjectionWorkload(5, 7, 20, 3, 16, "float32")
     x, w, b, xp = workload.arrays(rng)
