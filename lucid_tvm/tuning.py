@@ -405,3 +405,23 @@ def tune(mode, input_size, hidden_size, batch, seq_len, dtype="float32", target=
         say(f"      tuned {entry['tuned_us']} us, default {entry['default_us']} us ({verdict})")
     return directory
 
+
+def remeasure(target="llvm", runner=None, say=print):
+    """Time every workload of the target's database against the default kernel again and
+    update its times and ``use`` (tuning on a busy machine leaves noisy times). Returns the
+    database directory."""
+    from .build import parse_target
+
+    target = parse_target(target)
+    directory = schedules_dir() / hardware_key(target)
+    measurements = _read_measurements(directory)
+    for index, (name, entry) in enumerate(sorted(measurements.items()), 1):
+        tuned, default = _measure(ProjectionWorkload(**entry["workload"]), directory, target, runner)
+        entry.update(tuned_us=round(float(tuned) * 1e6, 2), default_us=round(float(default) * 1e6, 2),
+                     use=bool(tuned < SPEEDUP_MARGIN * default))
+        say(f"[{index}/{len(measurements)}] {name}: tuned {entry['tuned_us']} us, default "
+            f"{entry['default_us']} us{' (used)' if entry['use'] else ''}")
+    write_atomic(directory / MEASUREMENTS,
+                 lambda tmp: Path(tmp).write_text(json.dumps(measurements, indent=1, sort_keys=True)))
+    return directory
+

@@ -2,6 +2,7 @@
 
     python scripts/tune.py LSTM --input-size 512 --hidden-size 512 --batch 64 --seq-len 25
     python scripts/tune.py --benchmark-shapes --trials 16   # every shape of scripts/bench.py --full
+    python scripts/tune.py --remeasure     # time this CPU's database against the default again
 
 Options are those of ``lucid-tvm tune``. Run it under ``nice -n 19`` on a shared machine; it
 measures on the target, so the machine should be otherwise quiet for the numbers to mean much.
@@ -29,7 +30,9 @@ def benchmark_shapes(trials):
 
 
 if __name__ == "__main__":
-    if "--benchmark-shapes" in sys.argv:
+    if "--remeasure" in sys.argv:
+        tuning.remeasure()
+    elif "--benchmark-shapes" in sys.argv:
         args = sys.argv[1:]
         trials = int(args[args.index("--trials") + 1]) if "--trials" in args else 16
         benchmark_shapes(trials)
