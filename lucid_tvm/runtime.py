@@ -145,8 +145,11 @@ class LayerKernel:
 
         def project(x, w, b, xp, row0=0):
             _note_use(identity)
-            chunk = aligned(np.from_dlpack(x)[row0:row0 + rows], s.dtype)  # copied only if unaligned
-            function(_dl(chunk), w, b, _dl(np.from_dlpack(xp)[:rows]))
+            if row0 == 0 and x.shape[0] == rows and xp.shape[0] == rows:
+                function(x, w, b, xp)
+            else:  # the chunk's rows (copied only if unaligned) and as many rows of xp
+                chunk = aligned(np.from_dlpack(x)[row0:row0 + rows], s.dtype)
+                function(_dl(chunk), w, b, _dl(np.from_dlpack(xp)[:rows]))
 
         return project
 
