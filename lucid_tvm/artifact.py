@@ -152,9 +152,15 @@ def export(module, path, target="llvm", example_input=None):
             else:  # built in this process (the kernel cache was not writable)
                 entry.module.export_library(str(path / file))
         else:
-            built, schedule = build.build_for(identity, target)
+            found = build.build_for(identity, target)
+            if found is None:  # a tuned projection with no record for that target: the default runs
+                continue
+            built, schedule = found
             file, note = _write_kernel(built, path, file, machine)
-        kernel = {"identity": list(identity), "file": file, "schedule": schedule, "schedule_source": "default"}
+        kernel = {"identity": list(identity), "file": file, "schedule": schedule,
+                  "schedule_source": schedule.get("source", "default")}
+        if "record" in schedule:
+            kernel["record"] = schedule["record"]
         if note:
             kernel["note"] = note
         kernels.append(kernel)

@@ -100,13 +100,37 @@ def _lower_cuda(identity, target):
             lambda: lower_cuda_layer(spec, schedule), asdict(schedule))
 
 
+def lower_projection(identity, target):
+    """(description, lower, schedule) of the tuned input projection of one chunk,
+    ``("projection", mode, input_size, hidden_size, rows, dtype)``, or None when the target's
+    tuning database has no usable record for it (the layer's default ``project`` runs then)."""
+    import tvm_ffi
+
+    from . import tuning
+
+    mode, input_size, hidden_size, rows, dtype = identity[1:]
+    workload = tuning.projection_workload(LayerSpec(mode, input_size, hidden_size, dtype), rows, target)
+    found = tuning.tuned_projection(workload, target)
+    if found is None:
+        return None
+    func, record = found
+    schedule = {"lanes": workload.lanes, "rows": rows, "source": "tuned", "record": record}
+    # The scheduled function's hash: a new record for the same workload compiles anew.
+    description = {"projection": asdict(workload), "scheduled": str(tvm_ffi.structural_hash(func))}
+    return (description, lambda: tvm.IRModule({"project": func.with_attr("global_symbol", "project")}),
+            schedule)
+
+
 def lower_identity(identity, target):
     """(description, lower, schedule) of a module from the runtime's registry (see
     ``runtime.compiled``) on ``target``: the cache description, a function returning its IRModule,
-    and the schedule knobs as a dict. CUDA targets get the GPU kernels of ``kernels/cuda.py``."""
+    and the schedule knobs as a dict. CUDA targets get the GPU kernels of ``kernels/cuda.py``.
+    None for a projection without a tuned record."""
     if target.kind.name == "cuda":
         return _lower_cuda(identity, target)
     kind = identity[0]
+    if kind == "projection":
+        return lower_projection(identity, target)
     if kind == "layer":
         spec = LayerSpec(*identity[1:])
         schedule = default_schedule(target, spec.num_gates, spec.hidden_size, spec.dtype)
@@ -135,17 +159,33 @@ def lower_identity(identity, target):
 
 def compile_identity(identity, target=None):
     """(module, schedule, cached file or None) for ``identity`` on ``target`` (default: this CPU),
-    loaded from the disk cache or compiled into it."""
+    loaded from the disk cache or compiled into it. None for a projection without a usable tuned
+    record, or whose tuned schedule fails to compile (with a warning)."""
     target = target or host_target()
-    description, lower, schedule = lower_identity(identity, target)
-    module, path = compile_cached(description, lower, target)
+    lowered = lower_identity(identity, target)
+    if lowered is None:
+        return None
+    description, lower, schedule = lowered
+    if identity[0] != "projection":
+        module, path = compile_cached(description, lower, target)
+        return module, schedule, path
+    try:
+        module, path = compile_cached(description, lower, target)
+    except Exception as err:  # noqa: BLE001 - a tuned schedule that fails: the default runs
+        warnings.warn(f"lucid_tvm: tuned projection {schedule['record']['workload']} failed to compile "
+                      f"({type(err).__name__}: {str(err).strip()[:200]}); using the default schedule",
+                      stacklevel=2)
+        return None
     return module, schedule, path
 
 
 def build_for(identity, target):
     """(built module, schedule) of ``identity`` for any target, e.g. another machine's, for
-    export; not cached and not loaded here."""
-    _, lower, schedule = lower_identity(identity, target)
+    export; not cached and not loaded here. None for a projection with no tuned record there."""
+    lowered = lower_identity(identity, target)
+    if lowered is None:
+        return None
+    _, lower, schedule = lowered
     return tvm.tirx.build(lower(), target=target), schedule
 
 

@@ -4,6 +4,7 @@
         --weights lstm.pt --example-shape 25,1,10 --target "llvm" -o lstm-artifact
     lucid-tvm info lstm-artifact
     lucid-tvm bench lstm-artifact --calls 100
+    lucid-tvm tune LSTM --input-size 512 --hidden-size 512 --batch 64 --seq-len 25 --trials 32
 
 Weights come from a numpy ``.npz``, a ``.safetensors`` file or a torch ``state_dict`` (``.pt``),
 with our keys or PyTorch's / tracetorch's.
@@ -144,6 +145,25 @@ def bench_command(args):
          f"over {args.calls} calls (min {min(times) * 1e3:.3f}, max {max(times) * 1e3:.3f})")
 
 
+def tune_command(args):
+    from lucid_tvm import tuning
+
+    runner = None
+    if args.rpc_tracker:
+        from tvm.s_tir.meta_schedule.runner import RPCConfig
+
+        host, _, port = args.rpc_tracker.rpartition(":")
+        if not host or not port.isdigit() or not args.rpc_key:
+            raise ValueError("--rpc-tracker takes HOST:PORT and needs --rpc-key (the device key)")
+        runner = RPCConfig(tracker_host=host, tracker_port=int(port), tracker_key=args.rpc_key,
+                           session_timeout_sec=60)
+    directory = tuning.tune(args.mode, args.input_size, args.hidden_size, args.batch, args.seq_len,
+                            dtype=args.dtype, target=args.target, trials=args.trials, runner=runner,
+                            num_layers=args.num_layers, bidirectional=args.bidirectional,
+                            retune=args.retune, say=_say)
+    _say(f"database: {directory}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="lucid-tvm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -179,6 +199,23 @@ def main(argv=None):
     bench_parser.add_argument("artifact")
     bench_parser.add_argument("--calls", type=int, default=100)
     bench_parser.set_defaults(run=bench_command)
+
+    tune_parser = commands.add_parser("tune", help="tune a layer configuration's input projections "
+                                      "(meta_schedule) into schedules/<hardware-key>/")
+    tune_parser.add_argument("mode", choices=["RNN_TANH", "RNN_RELU", "LSTM", "GRU"])
+    tune_parser.add_argument("--input-size", type=int, required=True)
+    tune_parser.add_argument("--hidden-size", type=int, required=True)
+    tune_parser.add_argument("--batch", type=int, required=True)
+    tune_parser.add_argument("--seq-len", type=int, required=True)
+    tune_parser.add_argument("--num-layers", type=int, default=1)
+    tune_parser.add_argument("--bidirectional", action="store_true")
+    tune_parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    tune_parser.add_argument("--target", default="llvm", help='"llvm" (this CPU) or e.g. "llvm -mcpu=znver3 -num-cores=8"')
+    tune_parser.add_argument("--trials", type=int, default=32, help="meta_schedule trials per workload")
+    tune_parser.add_argument("--rpc-tracker", help="HOST:PORT of a TVM RPC tracker: measure on a remote device")
+    tune_parser.add_argument("--rpc-key", help="the remote device's key at the tracker")
+    tune_parser.add_argument("--retune", action="store_true", help="tune workloads already in the database again")
+    tune_parser.set_defaults(run=tune_command)
 
     args = parser.parse_args(argv)
     try:

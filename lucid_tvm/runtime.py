@@ -61,6 +61,7 @@ class Compiled:
 
 
 # Compiled modules by what they compute (not how): ("layer", mode, I, H, dtype),
+# ("projection", mode, I, H, rows, dtype) (a tuned input projection of one chunk),
 # ("gemm", N, dtype), ("tracetorch", kind, H, I, dtype). Filled by compiling on first use, or by
 # lucid_tvm.load from an artifact, in which case no compiler is needed.
 _registry = {}
@@ -126,6 +127,44 @@ class LayerKernel:
         self.functions = {name: self.module[name] for name in
                           ("project", "recur", "project_parallel", "recur_parallel") if _has(self.module, name)}
         self.blocks = num_blocks(spec.hidden_size, self.lanes)
+        self._projections = {}
+
+    def projection_for(self, rows):
+        """The input projection of a chunk of ``rows`` rows, called like ``project``: ``(x (M, K),
+        w, b, xp, row0=0)`` writes ``x[row0 : row0+rows] @ W^T + b`` into ``xp``. The schedule tuned
+        for exactly that many rows when one is registered (from an artifact) or the tuning database
+        of this CPU has a record faster than the default, else the default ``project`` (on one
+        thread or all, from the chunk's work)."""
+        if rows not in self._projections:
+            self._projections[rows] = self._tuned_projection(rows) or self._default_projection(rows)
+        return self._projections[rows]
+
+    def _tuned_projection(self, rows):
+        s = self.spec
+        identity = ("projection", s.mode, s.input_size, s.hidden_size, rows, s.dtype)
+        with _registry_lock:
+            entry = _registry.get(identity)
+        if entry is None:
+            try:
+                built = _build().compile_identity(identity)
+            except ImportError:  # TVM's runtime alone: only what an artifact registered
+                return None
+            if built is None:
+                return None
+            entry = compiled(identity, lambda: built)
+        if entry.schedule["lanes"] != self.lanes:  # packed for another vector width
+            return None
+        function = entry.module["project"]
+
+        def project(x, w, b, xp, row0=0):
+            _note_use(identity)
+            if row0 == 0 and x.shape[0] == rows and xp.shape[0] == rows:
+                function(x, w, b, xp)
+            else:  # the chunk's rows (copied only if unaligned) and as many rows of xp
+                chunk = aligned(np.from_dlpack(x)[row0:row0 + rows], s.dtype)
+                function(_dl(chunk), w, b, _dl(np.from_dlpack(xp)[:rows]))
+
+        return project
 
     def pack(self, w_ih, w_hh, b_ih, b_hh):
         """Weights in the kernels' layout, packed once and reused for every call."""
@@ -146,7 +185,7 @@ class LayerKernel:
             return parallel
         return self.functions[name]
 
-    def project_for(self, rows):
+    def _default_projection(self, rows):
         s = self.spec
         return self._pick("project", rows * s.input_size * s.num_gates * s.hidden_size, "parallel_call_macs")
 
@@ -183,11 +222,11 @@ class LayerKernel:
             cn[...] = c0
         state = (_dl(hs), _dl(cn)) if s.mode == "LSTM" else (_dl(hs),)
         x_rows, hp, y = _dl(x.reshape(n_t * n_b, -1)), _dl(hp), _dl(y)
-        project, recur = self.project_for(chunk * n_b), self.recur_for(n_b)
+        recur = self.recur_for(n_b)
         starts = range(0, n_t, chunk)
         for t0 in reversed(starts) if reverse else starts:
             steps = min(chunk, n_t - t0)
-            project(x_rows, w_ih, b_ih, _dl(xp[:steps].reshape((steps * n_b,) + packed_shape)), t0 * n_b)
+            self.projection_for(steps * n_b)(x_rows, w_ih, b_ih, _dl(xp[:steps].reshape((steps * n_b,) + packed_shape)), t0 * n_b)
             recur(_dl(xp[:steps]), w_hh, b_hh, *state, hp, y, yoff, t0, int(reverse))
 
 

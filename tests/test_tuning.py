@@ -1,0 +1,195 @@
+"""Tuned input projections: hardware keys, records found and used from the committed database
+(the manifest says so), fallback with a warning for a broken record, tuning through TVM's RPC
+tracker and server, and the ``lucid-tvm tune`` command. Only the last two tune, with 2 trials."""
+
+import json
+import re
+import socket
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from conftest import assert_close, torch_twin
+
+import lucid_tvm
+from lucid_tvm import cli, runtime, tuning
+from lucid_tvm.build import host_target, parse_target
+from lucid_tvm.kernels.spec import LayerSpec
+
+MODE_OF_GATES = {1: "RNN_TANH", 3: "GRU", 4: "LSTM"}
+
+
+def test_hardware_key_names_kind_model_and_cores():
+    key = tuning.hardware_key(host_target())
+    assert re.fullmatch(r"llvm-[\w.]+(-[\w.]+)*-\d+c", key), key
+    assert key == f"llvm-{host_target().attrs['mcpu']}-{host_target().attrs['num-cores']}c"
+    assert tuning.hardware_key(parse_target("llvm -mcpu=znver3 -num-cores=8")) == "llvm-znver3-8c"
+    assert tuning.hardware_key(parse_target("llvm -mtriple=aarch64-linux-gnu -num-cores=4")) == "llvm-aarch64-4c"
+    assert tuning.hardware_key(parse_target("cuda -arch=sm_90")) == "cuda-sm_90"
+    with pytest.raises(TypeError, match="tvm.target.Target"):
+        tuning.hardware_key("llvm")
+
+
+def test_workloads_follow_the_projection_chunks():
+    assert tuning.chunk_rows(1, 150) == [150]
+    assert tuning.chunk_rows(16, 150) == [96, 256]  # 9 chunks of 16 steps, then 6 steps
+    assert tuning.chunk_rows(64, 25) == [64, 256]
+    workloads = tuning.layer_workloads("LSTM", 40, 128, 32, 100, "float32", host_target(), num_layers=2)
+    assert [(w.rows, w.input_size, w.output_size, w.num_gates) for w in workloads] == \
+        [(128, 40, 128, 4), (256, 40, 128, 4), (128, 128, 128, 4), (256, 128, 128, 4)]
+    with pytest.raises(ValueError, match="batch must be a positive int"):
+        tuning.layer_workloads("GRU", 4, 8, 0, 5, "float32", host_target())
+
+
+def test_projection_te_matches_numpy(rng):
+    workload = tuning.ProjectionWorkload(5, 7, 20, 3, 16, "float32")
+    x, w, b, xp = workload.arrays(rng)
+    args = [tvm.runtime.tensor(a) for a in (x, w, b, xp)]
+    tvm.tirx.build(workload.module(), target=host_target())["main"](*args)
+    expected = np.einsum("ik,nkgl->ingl", x, w) + b
+    np.testing.assert_allclose(args[-1].numpy(), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="rows must be at least 1"):
+        tuning.ProjectionWorkload(0, 7, 20, 3, 16, "float32").prim_func()
+
+
+def _current(workload):
+    """Whether today's default kernels still ask for this workload (a schedule change, e.g. of the
+    lanes per block, makes older records unused)."""
+    spec = LayerSpec(MODE_OF_GATES[workload["num_gates"]], workload["input_size"], workload["output_size"],
+                     workload["dtype"])
+    return tuning.projection_workload(spec, workload["rows"], host_target()).lanes == workload["lanes"]
+
+
+def _committed_used_workload():
+    directory = tuning.schedules_dir() / tuning.hardware_key(host_target())
+    path = directory / tuning.MEASUREMENTS
+    if not path.exists():
+        pytest.skip(f"no committed tuning database for this CPU ({directory.name})")
+    used = [entry["workload"] for entry in json.loads(path.read_text()).values()
+            if entry["use"] and entry["workload"]["rows"] <= 256 and _current(entry["workload"])]
+    if not used:
+        pytest.skip(f"no tuned schedule in {directory.name} measured faster than the default kernel")
+    return min(used, key=lambda w: w["rows"] * w["input_size"] * w["output_size"] * w["num_gates"])
+
+
+def test_committed_record_is_found_used_and_exported(monkeypatch, tmp_path, rng):
+    monkeypatch.delenv("LUCID_TVM_SCHEDULES_DIR", raising=False)
+    workload = _committed_used_workload()
+    mode = MODE_OF_GATES[workload["num_gates"]]
+    # One sequence of `rows` steps at batch 1 is one projection chunk of exactly `rows` rows.
+    ref, ours = torch_twin(mode, workload["input_size"], workload["output_size"])
+    x = rng.standard_normal((workload["rows"], 1, workload["input_size"])).astype(np.float32)
+    with runtime.recording() as used:
+        out, _ = ours(x)
+    identity = ("projection", mode, workload["input_size"], workload["output_size"], workload["rows"], "float32")
+    assert identity in used
+    with torch.no_grad():
+        assert_close(out.numpy(), ref(torch.from_numpy(x))[0])
+    path = lucid_tvm.export(ours, tmp_path / "artifact", example_input=x)
+    kernels = json.loads((path / "manifest.json").read_text())["kernels"]
+    sources = {tuple(k["identity"]): k for k in kernels}
+    assert sources[identity]["schedule_source"] == "tuned"
+    record = sources[identity]["record"]
+    assert record["database"] == tuning.hardware_key(host_target())
+    assert record["tuned_us"] < record["default_us"]
+    assert all(k["schedule_source"] == "default" for i, k in sources.items() if i[0] == "layer")
+
+
+def _write_broken_database(directory, workload):
+    """A database whose only record for ``workload`` replays a trace made for another function
+    (its block is named ``other``), so applying it fails."""
+    from tvm import te
+    from tvm.s_tir import meta_schedule as ms
+
+    a = te.placeholder((4,), name="a")
+    other = te.create_prim_func([a, te.compute((4,), lambda i: a[i] + 1, name="other")])
+    schedule = tvm.s_tir.Schedule(tvm.IRModule({"main": other}))
+    schedule.get_loops(schedule.get_sblock("other"))
+    database = tuning._database_for_writing(directory)
+    mod = workload.module()
+    database.commit_tuning_record(ms.database.TuningRecord(
+        schedule.trace, database.commit_workload(mod), [1e-6], host_target()))
+    entry = {"workload": {}, "workload_hash": tuning._workload_hash(mod), "trials": 1,
+             "tuned_us": 1.0, "default_us": 2.0, "use": True}
+    (directory / tuning.MEASUREMENTS).write_text(json.dumps({workload.name: entry}))
+
+
+def test_broken_record_falls_back_to_default_with_warning(monkeypatch, tmp_path, rng):
+    monkeypatch.setenv("LUCID_TVM_SCHEDULES_DIR", str(tmp_path / "schedules"))
+    spec = LayerSpec("GRU", 5, 20, "float32")
+    workload = tuning.projection_workload(spec, 9, host_target())
+    _write_broken_database(tmp_path / "schedules" / tuning.hardware_key(host_target()), workload)
+    ref, ours = torch_twin("GRU", 5, 20)
+    x = rng.standard_normal((9, 1, 5)).astype(np.float32)
+    with pytest.warns(UserWarning, match="cannot be applied.*using the default schedule"), runtime.recording() as used:
+        out, _ = ours(x)
+    assert not any(identity[0] == "projection" for identity in used)
+    with torch.no_grad():
+        assert_close(out.numpy(), ref(torch.from_numpy(x))[0])
+
+
+def test_record_slower_than_default_is_not_used(monkeypatch, tmp_path):
+    monkeypatch.setenv("LUCID_TVM_SCHEDULES_DIR", str(tmp_path))
+    workload = tuning.projection_workload(LayerSpec("LSTM", 3, 16, "float32"), 4, host_target())
+    directory = tmp_path / tuning.hardware_key(host_target())
+    directory.mkdir()
+    (directory / tuning.MEASUREMENTS).write_text(json.dumps(
+        {workload.name: {"use": False, "tuned_us": 9.0, "default_us": 1.0}}))
+    assert tuning.tuned_projection(workload, host_target()) is None
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_tuning_through_rpc_tracker_and_server(monkeypatch, tmp_path):
+    pytest.importorskip("tornado", reason="TVM's RPC tracker needs tornado (the `tune` extra)")
+    from tvm import rpc
+    from tvm.rpc.tracker import Tracker
+    from tvm.s_tir.meta_schedule.runner import RPCConfig
+
+    monkeypatch.setenv("LUCID_TVM_SCHEDULES_DIR", str(tmp_path))
+    port = _free_port()
+    tracker = Tracker("127.0.0.1", port=port, port_end=port + 50, silent=True)
+    server = rpc.Server("127.0.0.1", port=port + 51, port_end=port + 100, key="lucid-test-cpu",
+                        tracker_addr=("127.0.0.1", tracker.port), silent=True)
+    try:
+        config = RPCConfig(tracker_host="127.0.0.1", tracker_port=tracker.port,
+                           tracker_key="lucid-test-cpu", session_timeout_sec=60)
+        lines = []
+        directory = tuning.tune("RNN_TANH", 8, 16, 1, 8, trials=2, runner=config, say=lines.append)
+    finally:
+        server.terminate()
+        tracker.terminate()
+    measurements = json.loads((directory / tuning.MEASUREMENTS).read_text())
+    [entry] = measurements.values()
+    assert entry["measured_on"] == "rpc" and entry["trials"] == 2
+    assert entry["tuned_us"] > 0 and entry["default_us"] > 0
+    assert (directory / "database_tuning_record.json").read_text().strip()
+    assert any("trials 2/2" in line for line in lines)
+    # The record applies: a usable one comes back with its record, an unused one as None.
+    workload = tuning.projection_workload(LayerSpec("RNN_TANH", 8, 16, "float32"), 8, host_target())
+    found = tuning.tuned_projection(workload, host_target())
+    assert (found is not None) == entry["use"]
+
+
+def test_cli_tune_writes_the_database(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("LUCID_TVM_SCHEDULES_DIR", str(tmp_path))
+    argv = ["tune", "LSTM", "--input-size", "4", "--hidden-size", "16", "--batch", "2", "--seq-len", "3",
+            "--trials", "2"]
+    name = tuning.projection_workload(LayerSpec("LSTM", 4, 16, "float32"), 6, host_target()).name
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"[1/1] {name}: 2 trials" in out and "trials 2/2" in out
+    directory = tmp_path / tuning.hardware_key(host_target())
+    assert f"database: {directory}" in out
+    assert name in json.loads((directory / tuning.MEASUREMENTS).read_text())
+    # A second run finds the workload and skips it.
+    assert cli.main(argv) == 0
+    assert "already tuned, skipped" in capsys.readouterr().out
+    assert cli.main(["tune", "GRU", "--input-size", "4", "--hidden-size", "8", "--batch", "1",
+                     "--seq-len", "2", "--rpc-tracker", "127.0.0.1:9190"]) == 2
+    assert "--rpc-key" in capsys.readouterr().err
