@@ -115,6 +115,15 @@ def _build():
     return build
 
 
+def _pack_layer(spec, lanes, w_ih, w_hh, b_ih, b_hh):
+    """(W_ih, b_ih, W_hh, b_hh) of one layer-direction in the kernels' layout, as numpy arrays."""
+    s = spec
+    return (pack_weight(w_ih, s.num_gates, s.hidden_size, lanes, s.dtype),
+            pack_bias(b_ih, s.num_gates, s.hidden_size, lanes, s.dtype),
+            pack_weight(w_hh, s.num_gates, s.hidden_size, lanes, s.dtype),
+            pack_bias(b_hh, s.num_gates, s.hidden_size, lanes, s.dtype))
+
+
 class LayerKernel:
     """The compiled kernels of one layer-direction kind (mode, sizes, dtype) on this CPU."""
 
@@ -168,14 +177,8 @@ class LayerKernel:
 
     def pack(self, w_ih, w_hh, b_ih, b_hh):
         """Weights in the kernels' layout, packed once and reused for every call."""
-        s, lanes = self.spec, self.lanes
-        arrays = (
-            pack_weight(w_ih, s.num_gates, s.hidden_size, lanes, s.dtype),
-            pack_bias(b_ih, s.num_gates, s.hidden_size, lanes, s.dtype),
-            pack_weight(w_hh, s.num_gates, s.hidden_size, lanes, s.dtype),
-            pack_bias(b_hh, s.num_gates, s.hidden_size, lanes, s.dtype),
-        )
-        return tuple(_dl(aligned(a, s.dtype)) for a in arrays)
+        arrays = _pack_layer(self.spec, self.lanes, w_ih, w_hh, b_ih, b_hh)
+        return tuple(_dl(aligned(a, self.spec.dtype)) for a in arrays)
 
     def _pick(self, name, macs, threshold):
         """``name`` on every thread when ``macs`` reach the schedule's ``threshold``, else on one."""
@@ -327,13 +330,7 @@ class CudaLayerKernel:
 
     def pack(self, w_ih, w_hh, b_ih, b_hh):
         """Packed weights, copied to the GPU once."""
-        s, lanes = self.spec, self.lanes
-        arrays = (
-            pack_weight(w_ih, s.num_gates, s.hidden_size, lanes, s.dtype),
-            pack_bias(b_ih, s.num_gates, s.hidden_size, lanes, s.dtype),
-            pack_weight(w_hh, s.num_gates, s.hidden_size, lanes, s.dtype),
-            pack_bias(b_hh, s.num_gates, s.hidden_size, lanes, s.dtype),
-        )
+        arrays = _pack_layer(self.spec, self.lanes, w_ih, w_hh, b_ih, b_hh)
         return tuple(tvm.runtime.tensor(a, device=self.device) for a in arrays)
 
     def run(self, packed, x, hs, cs, y, yoff, reverse, xp, hp):

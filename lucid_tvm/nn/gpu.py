@@ -8,6 +8,7 @@ Shapes and states follow the CPU path of :mod:`.rnn` (PyTorch semantics); only t
 import tvm_ffi
 
 from ..runtime import ALIGNMENT, cuda_layer_kernel
+from . import checks
 
 KDL_CUDA = 2  # DLPack device type of CUDA memory
 
@@ -122,18 +123,8 @@ def sequence_forward(module, input, hx):
     """``RNNBase.forward`` on a torch CUDA tensor."""
     owner = type(module).__name__
     x = _torch_tensor(input, f"{owner} input", module.dtype)
-    if x.ndim not in (2, 3):
-        raise ValueError(f"{owner}: expected input of 3 dimensions ((seq, batch, feature), or "
-                         f"(batch, seq, feature) with batch_first) or 2 (unbatched), got {x.ndim} "
-                         f"with shape {tuple(x.shape)}")
-    if x.shape[-1] != module.input_size:
-        raise ValueError(f"{owner}: expected input with feature size {module.input_size} "
-                         f"(last axis), got shape {tuple(x.shape)}")
-    batched = x.ndim == 3
+    batched = checks.sequence_input(owner, x.shape, module.input_size)
     x = x.unsqueeze(1) if not batched else (x.transpose(0, 1) if module.batch_first else x)
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"{owner}: expected a non-empty sequence and batch, got input of shape "
-                         f"{tuple(input.shape)}")
     stack = module.num_layers * module.num_directions
     h0, c0 = _states(owner, hx, module.is_lstm, (stack, x.shape[1], module.hidden_size), batched, x)
     output, h_n, c_n = run_layers(list(module.layers), x, h0, c0,
@@ -150,16 +141,7 @@ def cell_forward(cell, input, hx):
     """``RNNCell`` / ``LSTMCell`` / ``GRUCell`` forward on a torch CUDA tensor: a sequence of one step."""
     owner = type(cell).__name__
     x = _torch_tensor(input, f"{owner} input", cell.dtype)
-    if x.ndim not in (1, 2):
-        raise ValueError(f"{owner}: expected input of 1 (unbatched) or 2 (batch, input_size) "
-                         f"dimensions, got {x.ndim} with shape {tuple(x.shape)}")
-    if x.shape[-1] != cell.input_size:
-        raise ValueError(f"{owner}: expected input with feature size {cell.input_size} "
-                         f"(last axis), got shape {tuple(x.shape)}")
-    batched = x.ndim == 2
-    batch = x.shape[0] if batched else 1
-    if batch == 0:
-        raise ValueError(f"{owner}: expected a batch of at least 1, got shape {tuple(x.shape)}")
+    batched, batch = checks.cell_input(owner, x.shape, cell.input_size)
     # A cell's state is (B, H) batched and (H,) unbatched: one layer of a (1, B, H) stack.
     shape = (batch, cell.hidden_size) if batched else (cell.hidden_size,)
 

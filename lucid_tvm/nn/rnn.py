@@ -15,7 +15,7 @@ import numpy as np
 from ..kernels.spec import MODES, NUM_GATES
 from ..runtime import aligned, aligned_empty, layer_kernel
 from ..tensor import Tensor, generator, to_numpy
-from . import gpu
+from . import checks, gpu
 from .activation import ReLU, Tanh
 from .module import Module, ModuleList, Parameter
 
@@ -102,16 +102,7 @@ class _Cell(Module):
             return gpu.cell_forward(self, input, hx)
         owner = type(self).__name__
         x = to_numpy(input, f"{owner} input")
-        if x.ndim not in (1, 2):
-            raise ValueError(f"{owner}: expected input of 1 (unbatched) or 2 (batch, input_size) "
-                             f"dimensions, got {x.ndim} with shape {x.shape}")
-        if x.shape[-1] != self.input_size:
-            raise ValueError(f"{owner}: expected input with feature size {self.input_size} "
-                             f"(last axis), got shape {x.shape}")
-        batched = x.ndim == 2
-        batch = x.shape[0] if batched else 1
-        if batch == 0:
-            raise ValueError(f"{owner}: expected a batch of at least 1, got shape {x.shape}")
+        batched, batch = checks.cell_input(owner, x.shape, self.input_size)
         if self.is_lstm:
             if hx is None:
                 hx = (None, None)
@@ -261,22 +252,12 @@ class RNNBase(Module):
             return gpu.sequence_forward(self, input, hx)
         owner = type(self).__name__
         x = to_numpy(input, f"{owner} input")
-        if x.ndim not in (2, 3):
-            raise ValueError(f"{owner}: expected input of 3 dimensions ((seq, batch, feature), or "
-                             f"(batch, seq, feature) with batch_first) or 2 (unbatched), got "
-                             f"{x.ndim} with shape {x.shape}")
-        if x.shape[-1] != self.input_size:
-            raise ValueError(f"{owner}: expected input with feature size {self.input_size} "
-                             f"(last axis), got shape {x.shape}")
-        batched = x.ndim == 3
+        batched = checks.sequence_input(owner, x.shape, self.input_size)
         if not batched:
             x = x[:, None]
         elif self.batch_first:
             x = x.transpose(1, 0, 2)
         steps, batch = x.shape[0], x.shape[1]
-        if steps == 0 or batch == 0:
-            raise ValueError(f"{owner}: expected a non-empty sequence and batch, got input of shape "
-                             f"{to_numpy(input, owner).shape}")
         dtype, hidden, directions = self.dtype, self.hidden_size, self.num_directions
         if self.is_lstm:
             if hx is None:

@@ -1,0 +1,33 @@
+"""Input checks shared by the CPU and GPU paths of the layers: one message per mistake, saying
+what was expected and what came."""
+
+
+def cell_input(owner, shape, input_size):
+    """``(batched, batch)`` of a cell input of ``shape``: (batch, input_size) or (input_size,)."""
+    shape = tuple(shape)
+    if len(shape) not in (1, 2):
+        raise ValueError(f"{owner}: expected input of 1 (unbatched) or 2 (batch, input_size) "
+                         f"dimensions, got {len(shape)} with shape {shape}")
+    if shape[-1] != input_size:
+        raise ValueError(f"{owner}: expected input with feature size {input_size} "
+                         f"(last axis), got shape {shape}")
+    batched = len(shape) == 2
+    if batched and shape[0] == 0:
+        raise ValueError(f"{owner}: expected a batch of at least 1, got shape {shape}")
+    return batched, shape[0] if batched else 1
+
+
+def sequence_input(owner, shape, input_size):
+    """Whether a sequence input of ``shape`` is batched: (seq, batch, input_size) (or batch first)
+    or (seq, input_size) unbatched, with no empty axis."""
+    shape = tuple(shape)
+    if len(shape) not in (2, 3):
+        raise ValueError(f"{owner}: expected input of 3 dimensions ((seq, batch, feature), or "
+                         f"(batch, seq, feature) with batch_first) or 2 (unbatched), got "
+                         f"{len(shape)} with shape {shape}")
+    if shape[-1] != input_size:
+        raise ValueError(f"{owner}: expected input with feature size {input_size} "
+                         f"(last axis), got shape {shape}")
+    if 0 in shape[:-1]:
+        raise ValueError(f"{owner}: expected a non-empty sequence and batch, got input of shape {shape}")
+    return len(shape) == 3
