@@ -1,10 +1,11 @@
 """Floor 2: how the kernels run on a target. Default schedules, chosen from the layer's shape.
 
-The CPU kernels (``kernels/recurrent.py``) take three knobs; this module picks them:
+The CPU kernels (``kernels/recurrent.py``) take these knobs; this module picks them:
 
-- ``lanes``: elements per SIMD vector of the target (16 float32 on AVX-512, 8 on AVX2).
-- ``rows``: rows that share each weight vector load; accumulators take ``rows * gates`` vector
-  registers (see :func:`accumulator_registers`), between 4 and 8 rows.
+- ``lanes``: hidden units per block, one to four SIMD vectors of the target (a vector is 16
+  float32 on AVX-512, 8 on AVX2); layers with few gates get wider blocks.
+- ``rows``: rows that share each weight vector load; accumulators take
+  ``rows * gates * vectors per block`` registers (see :func:`accumulator_registers`), 4 to 8 rows.
 - ``parallel_step_macs``: from how many multiply-adds per step (batch included) a sequence runs
   on the whole thread pool, in one parallel region with a barrier per step. A barrier costs about
   0.4 us here, more than a whole step of a small layer, so small steps run on one thread.
