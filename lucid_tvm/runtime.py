@@ -6,6 +6,7 @@ unaligned buffers) is copied once into an aligned buffer first; outputs are allo
 """
 
 import contextlib
+import ctypes
 import functools
 import math
 import threading
@@ -21,18 +22,26 @@ from .schedule import chunk_steps
 ALIGNMENT = 64
 
 
+def _address(a):
+    """Where a C-contiguous array's data starts. ctypes' view of the buffer costs a quarter of
+    ``a.ctypes.data`` (which matters on every call of a small layer) but needs a writable one."""
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(a))
+    except (TypeError, ValueError):  # read-only or empty
+        return a.ctypes.data
+
+
 def aligned_empty(shape, dtype):
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
     raw = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
-    start = -raw.ctypes.data % ALIGNMENT
-    return raw[start:start + nbytes].view(dtype).reshape(shape)
+    return np.ndarray(shape, dtype, raw, -_address(raw) % ALIGNMENT)
 
 
 def aligned(a, dtype):
     """``a`` as a C-contiguous, 64-byte aligned array of ``dtype``; no copy when it already is one."""
     a = np.asarray(a)
-    if a.dtype == dtype and a.flags.c_contiguous and a.ctypes.data % ALIGNMENT == 0:
+    if a.dtype == dtype and a.flags.c_contiguous and _address(a) % ALIGNMENT == 0:
         return a
     out = aligned_empty(a.shape, dtype)
     np.copyto(out, a, casting="unsafe")
@@ -67,6 +76,13 @@ class Compiled:
 _registry = {}
 _registry_lock = threading.Lock()
 _recorders = []
+# Bumped whenever a module is registered over the cache, so that objects holding kernels made
+# earlier (a cell's cached kernel) know to look them up again.
+_generation = 0
+
+
+def registry_generation():
+    return _generation
 
 
 def compiled(identity, compile):
@@ -90,8 +106,10 @@ def registered(identity):
 
 def register(identity, entry):
     """Use ``entry`` for ``identity`` from now on (kernel objects made earlier are dropped)."""
+    global _generation
     with _registry_lock:
         _registry[identity] = entry
+        _generation += 1
     layer_kernel.cache_clear()
     gemm.cache_clear()
     cuda_layer_kernel.cache_clear()
@@ -205,32 +223,73 @@ class LayerKernel:
         hidden state is the output row of the last step processed.
         """
         _note_use(self.identity)
-        s = self.spec
         n_t, n_b = x.shape[0], x.shape[1]
+        plan = self._plan(n_t, n_b)
+        plan.hs[0] = h0
+        if cn is not None:
+            cn[...] = c0
+            state = (plan.hs_tensor, _dl(cn))
+        else:
+            state = (plan.hs_tensor,)
         w_ih, b_ih, w_hh, b_hh = packed
-        packed_shape = (self.blocks, s.num_gates, self.lanes)
-        # One workspace: a chunk of projected steps (not the whole sequence), one step's
-        # h @ W_hh^T, and the double-buffered hidden state, each starting 64-byte aligned.
-        chunk = chunk_steps(n_t, n_b)
+        x_rows, y = _dl(x.reshape(n_t * n_b, -1)), _dl(y)
+        for t0 in reversed(plan.starts) if reverse else plan.starts:
+            project, xp_rows, xp_steps = plan.chunks[min(plan.chunk, n_t - t0)]
+            project(x_rows, w_ih, b_ih, xp_rows, t0 * n_b)
+            plan.recur(xp_steps, w_hh, b_hh, *state, plan.hp_tensor, y, yoff, t0, int(reverse))
+
+    def _plan(self, n_t, n_b):
+        """This thread's :class:`_Plan` for sequences of ``n_t`` steps of ``n_b`` rows: made on
+        the first call of that shape and kept (one per layer kind and thread) for the next; a
+        kernel registered since (from an artifact) gets its own."""
+        plans = _plans.__dict__
+        plan = plans.get(self.identity)
+        if plan is None or plan.kernel is not self or plan.shape != (n_t, n_b):
+            plan = plans[self.identity] = _Plan(self, n_t, n_b)
+        return plan
+
+
+# Per thread: the last _Plan of each layer kind. A layer runs its directions and layers one after
+# another on the caller's thread, so layers of one kind can share a workspace; threads cannot.
+_plans = threading.local()
+
+
+def release_workspaces():
+    """Drop this thread's kept workspaces (the next call of each layer kind allocates its own)."""
+    _plans.__dict__.clear()
+
+
+class _Plan:
+    """Everything a sequence of one shape needs besides its input, weights and outputs: the
+    workspace as DLPack views, the kernel variants for its batch, and the chunking.
+
+    The workspace is one 64-byte aligned allocation holding a chunk of projected steps ``xp``
+    (not the whole sequence), one step's ``h @ W_hh^T + b_hh`` (``hp``) and the double-buffered
+    hidden state ``hs``, each starting 64-byte aligned: at most ``max(256, B) * G * H_padded``
+    values, plus one step.
+    """
+
+    def __init__(self, kernel, n_t, n_b):
+        s = kernel.spec
+        self.kernel, self.shape = kernel, (n_t, n_b)
+        self.chunk = chunk_steps(n_t, n_b)
+        self.starts = range(0, n_t, self.chunk)
+        packed_shape = (kernel.blocks, s.num_gates, kernel.lanes)
         step_size = n_b * math.prod(packed_shape)
         unit = ALIGNMENT // np.dtype(s.dtype).itemsize
-        xp_end = -(-chunk * step_size // unit) * unit
+        xp_end = -(-self.chunk * step_size // unit) * unit
         hp_end = xp_end + -(-step_size // unit) * unit
         workspace = aligned_empty((hp_end + 2 * n_b * s.hidden_size,), s.dtype)
-        xp = workspace[:chunk * step_size].reshape((chunk, n_b) + packed_shape)
-        hp = workspace[xp_end:xp_end + step_size].reshape((n_b,) + packed_shape)
-        hs = workspace[hp_end:].reshape(2, n_b, s.hidden_size)
-        hs[0] = h0
-        if s.mode == "LSTM":
-            cn[...] = c0
-        state = (_dl(hs), _dl(cn)) if s.mode == "LSTM" else (_dl(hs),)
-        x_rows, hp, y = _dl(x.reshape(n_t * n_b, -1)), _dl(hp), _dl(y)
-        recur = self.recur_for(n_b)
-        starts = range(0, n_t, chunk)
-        for t0 in reversed(starts) if reverse else starts:
-            steps = min(chunk, n_t - t0)
-            self.projection_for(steps * n_b)(x_rows, w_ih, b_ih, _dl(xp[:steps].reshape((steps * n_b,) + packed_shape)), t0 * n_b)
-            recur(_dl(xp[:steps]), w_hh, b_hh, *state, hp, y, yoff, t0, int(reverse))
+        xp = workspace[:self.chunk * step_size].reshape((self.chunk, n_b) + packed_shape)
+        self.hp_tensor = _dl(workspace[xp_end:xp_end + step_size].reshape((n_b,) + packed_shape))
+        self.hs = workspace[hp_end:].reshape(2, n_b, s.hidden_size)
+        self.hs_tensor = _dl(self.hs)
+        self.recur = kernel.recur_for(n_b)
+        # By chunk length (the full one and a shorter last one): its projection and views of xp.
+        self.chunks = {}
+        for steps in {self.chunk, n_t - self.starts[-1]}:
+            self.chunks[steps] = (kernel.projection_for(steps * n_b),
+                                  _dl(xp[:steps].reshape((steps * n_b,) + packed_shape)), _dl(xp[:steps]))
 
 
 @functools.lru_cache(maxsize=None)

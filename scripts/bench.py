@@ -32,6 +32,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 import lucid_tvm.nn as nn  # noqa: E402
+from lucid_tvm import runtime  # noqa: E402
 from numpy_reference import run_stack  # noqa: E402
 
 
@@ -127,7 +128,9 @@ def lower_bound_ms(case, limits):
 
 
 def peak_call_mib(fn):
-    """Peak memory allocated by one call (numpy buffers, which hold every lucid_tvm array)."""
+    """Peak memory allocated by one call (numpy buffers, which hold every lucid_tvm array),
+    counting the workspace that calls of the same shape keep and reuse."""
+    runtime.release_workspaces()
     tracemalloc.start()
     try:
         fn()

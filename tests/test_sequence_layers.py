@@ -113,6 +113,27 @@ def test_long_sequences_run_in_chunks(mode, input_size, hidden_size, steps, batc
         assert_close(got, want)
 
 
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_workspace_kept_between_calls(mode, rng):
+    """Each thread keeps one workspace per layer kind for the next call of the same shape: layers
+    of one kind share it one after another, and a new shape (or the old one again) gets the right
+    answer, as do new weights."""
+    from lucid_tvm import runtime
+
+    ref, ours = torch_twin(mode, 12, 12, num_layers=3, bidirectional=True)  # six cells of one kind
+    for steps, batch in [(5, 3), (40, 1), (5, 3), (5, 2), (300, 2)]:
+        x = rng.standard_normal((steps, batch, 12)).astype(np.float32)
+        with torch.no_grad():
+            assert_close(ours(x)[0], ref(torch.from_numpy(x))[0])
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.mul_(0.5)
+    ours.load_state_dict(ref.state_dict())
+    runtime.release_workspaces()
+    with torch.no_grad():
+        assert_close(ours(x)[0], ref(torch.from_numpy(x))[0])
+
+
 def test_dropout_only_in_training(rng):
     ref, ours = torch_twin("LSTM", I, H, num_layers=3, dropout=1.0)
     x = rng.standard_normal((T, B, I)).astype(np.float32)

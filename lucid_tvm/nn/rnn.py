@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 
 from ..kernels.spec import MODES, NUM_GATES
-from ..runtime import aligned, aligned_empty, layer_kernel
+from ..runtime import aligned, aligned_empty, layer_kernel, registry_generation
 from ..tensor import Tensor, generator, to_numpy
 from . import checks, gpu
 from .activation import ReLU, Tanh
@@ -58,6 +58,7 @@ class _Cell(Module):
         self.bias_ih = uniform(gates) if self.bias else None
         self.bias_hh = uniform(gates) if self.bias else None
         self._packed, self._packed_key = None, None
+        self._kernel_for, self._kernel_key = None, None
 
     def extra_repr(self):
         return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
@@ -71,13 +72,22 @@ class _Cell(Module):
         return self.mode == "LSTM"
 
     def _kernel(self):
-        return layer_kernel(self.mode, self.input_size, self.hidden_size, self.dtype.name)
+        """The layer kernel for this cell's sizes and dtype, looked up once per dtype and
+        registry change (the lookup costs more than a small layer's step)."""
+        dtype = self._parameters["weight_ih"].data.dtype
+        key = (dtype, registry_generation())
+        if self._kernel_key != key:
+            self._kernel_for = layer_kernel(self.mode, self.input_size, self.hidden_size, dtype.name)
+            self._kernel_key = key
+        return self._kernel_for
 
     def _packed_weights(self, kernel):
-        params = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
-        key = (id(kernel),) + tuple(None if p is None else (id(p), p.version, p.dtype) for p in params)
+        p = self._parameters
+        params = (p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"))
+        # Parameters are compared by identity and version (their arrays are read-only).
+        key = (kernel,) + tuple(None if q is None else (q, q.version) for q in params)
         if key != self._packed_key:  # new parameters, new data or a new kernel: repack
-            self._packed = kernel.pack(*(None if p is None else p.data for p in params))
+            self._packed = kernel.pack(*(None if q is None else q.data for q in params))
             self._packed_key = key
         return self._packed
 
