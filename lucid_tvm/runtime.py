@@ -8,6 +8,7 @@ unaligned buffers) is copied once into an aligned buffer first; outputs are allo
 import contextlib
 import ctypes
 import functools
+import itertools
 import math
 import threading
 from dataclasses import dataclass
@@ -217,26 +218,26 @@ class LayerKernel:
     def run(self, packed, x, h0, c0, y, yoff, reverse, cn):
         """One direction over a whole sequence.
 
-        ``x`` (T, B, I) and the outputs ``y`` (T, B, YW) (columns ``yoff .. yoff+H`` are written)
-        and ``cn`` (B, H, LSTM only) must come from :func:`aligned` or :func:`aligned_empty` with
-        the layer's dtype; ``h0`` and ``c0`` (B, H) may be any arrays (they are copied). The final
-        hidden state is the output row of the last step processed.
+        ``x`` (T, B, I) and the output ``y`` (T, B, YW) (columns ``yoff .. yoff+H`` are written)
+        must come from :func:`aligned` or :func:`aligned_empty` with the layer's dtype. ``h0``
+        and, for LSTM, ``c0`` are (B, H) arrays or None for zeros; LSTM's final cell state is
+        copied into ``cn`` (B, H). The final hidden state is the output row of the last step
+        processed.
         """
         _note_use(self.identity)
         n_t, n_b = x.shape[0], x.shape[1]
         plan = self._plan(n_t, n_b)
-        plan.hs[0] = h0
-        if cn is not None:
-            cn[...] = c0
-            state = (plan.hs_tensor, _dl(cn))
-        else:
-            state = (plan.hs_tensor,)
+        plan.hs[0] = 0 if h0 is None else h0
+        if plan.cs is not None:
+            plan.cs[...] = 0 if c0 is None else c0
         w_ih, b_ih, w_hh, b_hh = packed
         x_rows, y = _dl(x.reshape(n_t * n_b, -1)), _dl(y)
         for t0 in reversed(plan.starts) if reverse else plan.starts:
             project, xp_rows, xp_steps = plan.chunks[min(plan.chunk, n_t - t0)]
             project(x_rows, w_ih, b_ih, xp_rows, t0 * n_b)
-            plan.recur(xp_steps, w_hh, b_hh, *state, plan.hp_tensor, y, yoff, t0, int(reverse))
+            plan.recur(xp_steps, w_hh, b_hh, *plan.state, plan.hp_tensor, y, yoff, t0, int(reverse))
+        if plan.cs is not None:
+            cn[...] = plan.cs
 
     def _plan(self, n_t, n_b):
         """This thread's :class:`_Plan` for sequences of ``n_t`` steps of ``n_b`` rows: made on
@@ -264,9 +265,9 @@ class _Plan:
     workspace as DLPack views, the kernel variants for its batch, and the chunking.
 
     The workspace is one 64-byte aligned allocation holding a chunk of projected steps ``xp``
-    (not the whole sequence), one step's ``h @ W_hh^T + b_hh`` (``hp``) and the double-buffered
-    hidden state ``hs``, each starting 64-byte aligned: at most ``max(256, B) * G * H_padded``
-    values, plus one step.
+    (not the whole sequence), one step's ``h @ W_hh^T + b_hh`` (``hp``), the double-buffered
+    hidden state ``hs`` and LSTM's cell state ``cs``, each starting 64-byte aligned: at most
+    ``max(256, B) * G * H_padded`` values, plus one step.
     """
 
     def __init__(self, kernel, n_t, n_b):
@@ -276,14 +277,17 @@ class _Plan:
         self.starts = range(0, n_t, self.chunk)
         packed_shape = (kernel.blocks, s.num_gates, kernel.lanes)
         step_size = n_b * math.prod(packed_shape)
+        state_size = n_b * s.hidden_size
         unit = ALIGNMENT // np.dtype(s.dtype).itemsize
-        xp_end = -(-self.chunk * step_size // unit) * unit
-        hp_end = xp_end + -(-step_size // unit) * unit
-        workspace = aligned_empty((hp_end + 2 * n_b * s.hidden_size,), s.dtype)
+        ends = itertools.accumulate(-(-size // unit) * unit for size in
+                                    (self.chunk * step_size, step_size, 2 * state_size, state_size))
+        xp_end, hp_end, hs_end, cs_end = ends
+        workspace = aligned_empty((cs_end,), s.dtype)
         xp = workspace[:self.chunk * step_size].reshape((self.chunk, n_b) + packed_shape)
         self.hp_tensor = _dl(workspace[xp_end:xp_end + step_size].reshape((n_b,) + packed_shape))
-        self.hs = workspace[hp_end:].reshape(2, n_b, s.hidden_size)
-        self.hs_tensor = _dl(self.hs)
+        self.hs = workspace[hp_end:hp_end + 2 * state_size].reshape(2, n_b, s.hidden_size)
+        self.cs = workspace[hs_end:hs_end + state_size].reshape(n_b, s.hidden_size) if s.mode == "LSTM" else None
+        self.state = (_dl(self.hs),) if self.cs is None else (_dl(self.hs), _dl(self.cs))
         self.recur = kernel.recur_for(n_b)
         # By chunk length (the full one and a shorter last one): its projection and views of xp.
         self.chunks = {}

@@ -34,21 +34,44 @@ def _row_tiles(G, L, R, dtype):
     4, 2 and 1 (which covers any rest below 8, hence R in [4, 8])."""
     if not 4 <= R <= 8:
         raise ValueError(f"rows must be in [4, 8], got {R}")
+    # Fewer rows than R leave too few independent FMA chains to hide the FMA latency (a batch-1
+    # LSTM step has 4): the k loop is then split S ways into separate accumulators (interleaved,
+    # so w is still read in order), keeping about as many accumulators as a full tile.
+    ways = {nrows: min(4, R // nrows) for nrows in (R, 4, 2, 1)}
+
+    @T.macro
+    def split_tile(nrows, S, row0, blk, a, w, bias, out):
+        acc = T.alloc_buffer((S, R, G, L), dtype, scope="local")
+        for r, g in T.grid(nrows, G):
+            for l in T.vectorized(L):
+                acc[0, r, g, l] = bias[blk, g, l]
+            for s in range(1, S):
+                for l in T.vectorized(L):
+                    acc[s, r, g, l] = T.cast(0, dtype)
+        for ko in range(a.shape[1] // S):
+            for r in T.unroll(nrows):
+                for s in T.unroll(S):
+                    for g in T.unroll(G):
+                        for l in T.vectorized(L):
+                            acc[s, r, g, l] = acc[s, r, g, l] + a[row0 + r, ko * S + s] * w[blk, ko * S + s, g, l]
+        if S > 1:
+            for kr in range(a.shape[1] % S):
+                k = T.bind(a.shape[1] // S * S + kr)
+                for r in T.unroll(nrows):
+                    for g in T.unroll(G):
+                        for l in T.vectorized(L):
+                            acc[0, r, g, l] = acc[0, r, g, l] + a[row0 + r, k] * w[blk, k, g, l]
+            for r, g in T.grid(nrows, G):
+                for s in range(1, S):
+                    for l in T.vectorized(L):
+                        acc[0, r, g, l] = acc[0, r, g, l] + acc[s, r, g, l]
+        for r, g in T.grid(nrows, G):
+            for l in T.vectorized(L):
+                out[row0 + r, blk, g, l] = acc[0, r, g, l]
 
     @T.macro
     def tile(nrows, row0, blk, a, w, bias, out):
-        acc = T.alloc_buffer((R, G, L), dtype, scope="local")
-        for r, g in T.grid(nrows, G):
-            for l in T.vectorized(L):
-                acc[r, g, l] = bias[blk, g, l]
-        for k in range(a.shape[1]):
-            for r in T.unroll(nrows):
-                for g in T.unroll(G):
-                    for l in T.vectorized(L):
-                        acc[r, g, l] = acc[r, g, l] + a[row0 + r, k] * w[blk, k, g, l]
-        for r, g in T.grid(nrows, G):
-            for l in T.vectorized(L):
-                out[row0 + r, blk, g, l] = acc[r, g, l]
+        split_tile(nrows, ways[nrows], row0, blk, a, w, bias, out)
 
     @T.macro
     def remainder(rest, row0, blk, a, w, bias, out):

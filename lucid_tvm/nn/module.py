@@ -45,11 +45,12 @@ class Module:
         else:
             object.__setattr__(self, name, value)
 
-    def __getattr__(self, name):
-        for table in ("_parameters", "_modules"):
-            entries = self.__dict__.get(table, {})
-            if name in entries:
-                return entries[name]
+    def __getattr__(self, name):  # only reached when normal lookup fails: parameters, submodules
+        entries = self.__dict__
+        if name in entries.get("_parameters", ()):
+            return entries["_parameters"][name]
+        if name in entries.get("_modules", ()):
+            return entries["_modules"][name]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def forward(self, *args, **kwargs):
@@ -155,7 +156,10 @@ class ModuleList(Module):
         return self
 
     def __getitem__(self, index):
-        return list(self._modules.values())[index]
+        modules = self._modules
+        if isinstance(index, int) and -len(modules) <= index < len(modules):
+            return modules[str(index % len(modules))]  # keys are the positions (append only)
+        return list(modules.values())[index]
 
     def __len__(self):
         return len(self._modules)

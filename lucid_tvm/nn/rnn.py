@@ -99,7 +99,7 @@ class _Cell(Module):
     def _state(self, value, name, batch, batched):
         owner = type(self).__name__
         if value is None:
-            return np.zeros((batch, self.hidden_size), self.dtype)
+            return None  # zeros
         state = to_numpy(value, f"{owner} {name}")
         expected = (batch, self.hidden_size) if batched else (self.hidden_size,)
         if state.shape != expected:
@@ -122,7 +122,7 @@ class _Cell(Module):
         else:
             h0, c0 = self._state(hx, "hx", batch, batched), None
         y = aligned_empty((1, batch, self.hidden_size), self.dtype)
-        cn = aligned_empty((batch, self.hidden_size), self.dtype) if self.is_lstm else None
+        cn = np.empty((batch, self.hidden_size), self.dtype) if self.is_lstm else None
         self.run_sequence(aligned(x.reshape(1, batch, self.input_size), self.dtype), h0, c0, y, cn=cn)
         shape = (batch, self.hidden_size) if batched else (self.hidden_size,)
         h = Tensor(y.reshape(shape))
@@ -228,11 +228,12 @@ class RNNBase(Module):
             out[key] = value
         return out
 
-    def _initial_state(self, value, name, batch, batched, dtype):
+    def _initial_state(self, value, name, batch, batched):
+        """``value`` as (num_layers * num_directions, batch, hidden_size), or None (zeros) for None."""
         owner, stack = type(self).__name__, self.num_layers * self.num_directions
         shape = (stack, batch, self.hidden_size)
         if value is None:
-            return np.zeros(shape, dtype)
+            return None  # zeros
         state = to_numpy(value, f"{owner} {name}")
         if not batched:
             if state.shape != (stack, self.hidden_size):
@@ -274,10 +275,10 @@ class RNNBase(Module):
                 hx = (None, None)
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                 raise ValueError(f"{owner}: expected hx as a tuple (h_0, c_0), got {type(hx).__name__}")
-            h0 = self._initial_state(hx[0], "h_0", batch, batched, dtype)
-            c0 = self._initial_state(hx[1], "c_0", batch, batched, dtype)
+            h0 = self._initial_state(hx[0], "h_0", batch, batched)
+            c0 = self._initial_state(hx[1], "c_0", batch, batched)
         else:
-            h0, c0 = self._initial_state(hx, "hx", batch, batched, dtype), None
+            h0, c0 = self._initial_state(hx, "hx", batch, batched), None
 
         h_n = np.empty((self.num_layers * directions, batch, hidden), dtype)
         c_n = np.empty_like(h_n) if self.is_lstm else None
@@ -286,14 +287,11 @@ class RNNBase(Module):
             y = aligned_empty((steps, batch, directions * hidden), dtype)
             for direction in range(directions):
                 index = layer * directions + direction
-                cn = aligned_empty((batch, hidden), dtype) if self.is_lstm else None
                 self.layers[index].run_sequence(
-                    layer_input, h0[index], c0[index] if self.is_lstm else None,
-                    y, direction * hidden, direction == 1, cn)
+                    layer_input, None if h0 is None else h0[index], None if c0 is None else c0[index],
+                    y, direction * hidden, direction == 1, None if c_n is None else c_n[index])
                 last = 0 if direction == 1 else steps - 1
                 h_n[index] = y[last, :, direction * hidden:(direction + 1) * hidden]
-                if self.is_lstm:
-                    c_n[index] = cn
             if self.training and self.dropout > 0 and layer < self.num_layers - 1:
                 y = self._dropout(y)
             layer_input = y
