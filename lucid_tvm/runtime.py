@@ -156,6 +156,7 @@ class LayerKernel:
                           ("project", "recur", "project_parallel", "recur_parallel") if _has(self.module, name)}
         self.blocks = num_blocks(spec.hidden_size, self.lanes)
         self._projections = {}
+        self._tuned = None
 
     def projection_for(self, rows):
         """The input projection of a chunk of ``rows`` rows, called like ``project``: ``(x (M, K),
@@ -173,10 +174,9 @@ class LayerKernel:
         with _registry_lock:
             entry = _registry.get(identity)
         if entry is None:
-            try:
-                built = _build().compile_identity(identity)
-            except ImportError:  # TVM's runtime alone: only what an artifact registered
+            if rows not in self._tuned_rows():
                 return None
+            built = _build().compile_identity(identity)
             if built is None:
                 return None
             entry = compiled(identity, lambda: built)
@@ -193,6 +193,17 @@ class LayerKernel:
                 function(_dl(chunk), w, b, _dl(np.from_dlpack(xp)[:rows]))
 
         return project
+
+    def _tuned_rows(self):
+        """Row counts with a tuned projection in this CPU's database (read once)."""
+        if self._tuned is None:
+            try:
+                from . import build, tuning
+            except ImportError:  # TVM's runtime alone: only what an artifact registered
+                self._tuned = frozenset()
+            else:
+                self._tuned = tuning.tuned_rows(self.spec, build.host_target())
+        return self._tuned
 
     def pack(self, w_ih, w_hh, b_ih, b_hh):
         """Weights in the kernels' layout, packed once and reused for every call."""

@@ -114,6 +114,17 @@ def projection_workload(spec, rows, target):
     return ProjectionWorkload(rows, spec.input_size, spec.hidden_size, spec.num_gates, lanes, spec.dtype)
 
 
+def tuned_rows(spec, target):
+    """The chunk row counts of layer ``spec`` that ``target``'s database has a record in use for:
+    one read of the database, so that calls with a new sequence length need not ask the compiler
+    about each new row count."""
+    workload = projection_workload(spec, 1, target)
+    suffix = workload.name[len("rows1"):]
+    entries = _read_measurements(schedules_dir() / hardware_key(target))
+    return frozenset(int(name[len("rows"):-len(suffix)]) for name, entry in entries.items()
+                     if name.startswith("rows") and name.endswith(suffix) and entry.get("use"))
+
+
 def chunk_rows(batch, seq_len):
     """The row counts of the projection chunks of a sequence: full chunks and the last one."""
     steps = chunk_steps(seq_len, batch)
