@@ -1,8 +1,8 @@
 """Sequence layers side by side: lucid_tvm, the numpy loop, torch (oneDNN) and ONNX Runtime.
 
 Same weights and inputs for all; answers checked against torch; repetitions interleaved (each
-round gives every implementation a turn of an untimed call and CALLS_PER_TURN timed ones) and
-medians reported, so machine noise hits all alike.
+round gives every implementation of every case a turn: WARM_UP_SECONDS of untimed calls, then
+CALLS_PER_TURN timed ones) and medians reported, so machine noise hits all alike.
 
     python scripts/bench.py                # the design notes' table, and the tracetorch layers
     python scripts/bench.py --full         # every mode, 1-2 layers, all shapes: docs/perf/cpu.{csv,png}
@@ -139,7 +139,9 @@ def peak_call_mib(fn):
         tracemalloc.stop()
 
 
-def bench_case(case, reps, threads):
+def prepare_case(case, threads):
+    """Every implementation of ``case`` as a call, their max errors against torch, and the peak
+    memory of one lucid_tvm call."""
     torch.manual_seed(0)
     ref = make_torch(case)
     ours = nn.RNNBase(case.mode, case.input_size, case.hidden, num_layers=case.layers,
@@ -168,15 +170,24 @@ def bench_case(case, reps, threads):
     expected = run_torch().numpy()
     errors = {name: float(np.abs(np.asarray(fn()) - expected).max()) for name, fn in impls.items()}
     memory = peak_call_mib(impls["lucid_tvm"])
-    times = {name: [] for name in impls}
+    return impls, errors, memory
+
+
+def time_cases(all_impls, reps):
+    """Median ms per call of each implementation of each case. A round gives every implementation
+    of every case a turn, so a burst of noise on this shared VM (it lasts seconds, and moved single
+    cases 2x when all of a case's rounds ran back to back) hits a few rounds of each case rather
+    than every round of one."""
+    times = [{name: [] for name in impls} for impls in all_impls]
     for _ in range(reps):
-        for name, fn in impls.items():
-            warm_up(fn)
-            for _ in range(CALLS_PER_TURN):
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) * 1e3 for name, t in times.items()}, errors, memory
+        for impls, case_times in zip(all_impls, times):
+            for name, fn in impls.items():
+                warm_up(fn)
+                for _ in range(CALLS_PER_TURN):
+                    start = time.perf_counter()
+                    fn()
+                    case_times[name].append(time.perf_counter() - start)
+    return [{name: statistics.median(t) * 1e3 for name, t in case_times.items()} for case_times in times]
 
 
 STEPS_PER_BLOCK = 20
@@ -289,9 +300,9 @@ def print_sequence_table(cases, reps, threads):
               f"{'peak MiB':>8s} {'max err':>8s}")
     print(header)
     print("-" * len(header))
+    prepared = [prepare_case(case, threads) for case in cases]
     rows = []
-    for case in cases:
-        ms, errors, memory = bench_case(case, reps, threads)
+    for case, (_, errors, memory), ms in zip(cases, prepared, time_cases([p[0] for p in prepared], reps)):
         best_peer = min(ms["torch"], ms["onnxruntime"])
         bound = lower_bound_ms(case, limits)
         row = {**asdict(case), **{f"{k}_ms": v for k, v in ms.items()}, "speedup_vs_best_peer": best_peer / ms["lucid_tvm"],
