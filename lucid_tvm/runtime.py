@@ -290,14 +290,15 @@ class _Plan:
         step_size = n_b * math.prod(packed_shape)
         state_size = n_b * s.hidden_size
         unit = ALIGNMENT // np.dtype(s.dtype).itemsize
+        is_lstm = s.mode == "LSTM"
         ends = itertools.accumulate(-(-size // unit) * unit for size in
-                                    (self.chunk * step_size, step_size, 2 * state_size, state_size))
+                                    (self.chunk * step_size, step_size, 2 * state_size, state_size * is_lstm))
         xp_end, hp_end, hs_end, cs_end = ends
         workspace = aligned_empty((cs_end,), s.dtype)
         xp = workspace[:self.chunk * step_size].reshape((self.chunk, n_b) + packed_shape)
         self.hp_tensor = _dl(workspace[xp_end:xp_end + step_size].reshape((n_b,) + packed_shape))
         self.hs = workspace[hp_end:hp_end + 2 * state_size].reshape(2, n_b, s.hidden_size)
-        self.cs = workspace[hs_end:hs_end + state_size].reshape(n_b, s.hidden_size) if s.mode == "LSTM" else None
+        self.cs = workspace[hs_end:hs_end + state_size].reshape(n_b, s.hidden_size) if is_lstm else None
         self.state = (_dl(self.hs),) if self.cs is None else (_dl(self.hs), _dl(self.cs))
         self.recur = kernel.recur_for(n_b)
         # By chunk length (the full one and a shorter last one): its projection and views of xp.
