@@ -11,6 +11,7 @@ import functools
 import itertools
 import math
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -159,13 +160,17 @@ class LayerKernel:
         self._tuned = None
 
     def projection_for(self, rows):
-        """The input projection of a chunk of ``rows`` rows, called like ``project``: ``(x (M, K),
-        w, b, xp, row0=0)`` writes ``x[row0 : row0+rows] @ W^T + b`` into ``xp``. The schedule tuned
-        for exactly that many rows when one is registered (from an artifact) or the tuning database
-        of this CPU has a record faster than the default, else the default ``project`` (on one
-        thread or all, from the chunk's work)."""
+        """The input projection of a chunk of ``rows`` rows, as a tuple of equivalent kernels
+        (the first to try first), each called like ``project``: ``(x (M, K), w, b, xp, row0=0)``
+        writes ``x[row0 : row0+rows] @ W^T + b`` into ``xp``. The schedule tuned for exactly that
+        many rows when one is registered (from an artifact) or the tuning database of this CPU has
+        a record faster than the default; else the default ``project`` on one thread and on all,
+        the one the schedule's threshold picks first."""
         if rows not in self._projections:
-            self._projections[rows] = self._tuned_projection(rows) or self._default_projection(rows)
+            tuned = self._tuned_projection(rows)
+            self._projections[rows] = (tuned,) if tuned else self._variants(
+                "project", rows * self.spec.input_size * self.spec.num_gates * self.spec.hidden_size,
+                "parallel_call_macs")
         return self._projections[rows]
 
     def _tuned_projection(self, rows):
@@ -210,21 +215,19 @@ class LayerKernel:
         arrays = _pack_layer(self.spec, self.lanes, w_ih, w_hh, b_ih, b_hh)
         return tuple(_dl(aligned(a, self.spec.dtype)) for a in arrays)
 
-    def _pick(self, name, macs, threshold):
-        """``name`` on every thread when ``macs`` reach the schedule's ``threshold``, else on one."""
-        parallel = self.functions.get(name + "_parallel")
+    def _variants(self, name, macs, threshold):
+        """``name`` on one thread and on all (if compiled): the parallel one first when ``macs``
+        reach the schedule's ``threshold``."""
+        serial, parallel = self.functions[name], self.functions.get(name + "_parallel")
+        if parallel is None:
+            return (serial,)
         limit = self.schedule.get(threshold)
-        if parallel is not None and (limit is None or macs >= limit):
-            return parallel
-        return self.functions[name]
-
-    def _default_projection(self, rows):
-        s = self.spec
-        return self._pick("project", rows * s.input_size * s.num_gates * s.hidden_size, "parallel_call_macs")
+        return (parallel, serial) if limit is None or macs >= limit else (serial, parallel)
 
     def recur_for(self, batch):
+        """The recurrence's variants for ``batch`` rows per step, as :meth:`projection_for`."""
         s = self.spec
-        return self._pick("recur", batch * s.num_gates * s.hidden_size ** 2, "parallel_step_macs")
+        return self._variants("recur", batch * s.num_gates * s.hidden_size ** 2, "parallel_step_macs")
 
     def run(self, packed, x, h0, c0, y, yoff, reverse, cn):
         """One direction over a whole sequence.
@@ -244,9 +247,10 @@ class LayerKernel:
         w_ih, b_ih, w_hh, b_hh = packed
         x_rows, y = _dl(x.reshape(n_t * n_b, -1)), _dl(y)
         for t0 in reversed(plan.starts) if reverse else plan.starts:
-            project, xp_rows, xp_steps = plan.chunks[min(plan.chunk, n_t - t0)]
-            project(x_rows, w_ih, b_ih, xp_rows, t0 * n_b)
-            plan.recur(xp_steps, w_hh, b_hh, *plan.state, plan.hp_tensor, y, yoff, t0, int(reverse))
+            steps = min(plan.chunk, n_t - t0)
+            project, xp_rows, xp_steps = plan.chunks[steps]
+            project(steps, x_rows, w_ih, b_ih, xp_rows, t0 * n_b)
+            plan.recur(steps, xp_steps, w_hh, b_hh, *plan.state, plan.hp_tensor, y, yoff, t0, int(reverse))
         if plan.cs is not None:
             cn[...] = plan.cs
 
@@ -259,6 +263,44 @@ class LayerKernel:
         if plan is None or plan.kernel is not self or plan.shape != (n_t, n_b):
             plan = plans[self.identity] = _Plan(self, n_t, n_b)
         return plan
+
+
+class _Faster:
+    """Calls the faster of equivalent kernels (one thread or all) for one shape: ``f(work, *args)``
+    runs one of them on ``args`` and times it per unit of ``work`` (steps).
+
+    Which variant is faster depends on the machine and, on a shared VM, on the minute: a parallel
+    step waits at its barrier for a vCPU the host has taken away. On the 2-core VM of
+    ``docs/perf`` the parallel recurrence ran up to 2x slower than the serial one for minutes at
+    a time, and the crossover moved between 64K and 150K multiply-adds per step. So the schedule's
+    threshold only picks the first; every ``gap`` calls one runs the other variant, and whichever
+    ran faster last is used from then on. The gap doubles while the choice holds (up to
+    ``MAX_GAP`` calls), so trying a clearly slower variant costs little. Both variants compute
+    every value in the same order, so the choice never changes an answer.
+    """
+
+    FIRST_GAP, MAX_GAP = 16, 256
+
+    def __init__(self, variants):
+        self.variants = variants
+        self.seconds = [math.inf] * len(variants)  # last time per unit of work of each
+        self.current = 0
+        self.gap = self.FIRST_GAP
+        self.countdown = self.gap if len(variants) > 1 else math.inf
+
+    def __call__(self, work, *args):
+        self.countdown -= 1
+        trial = self.countdown == 0
+        index = 1 - self.current if trial else self.current
+        start = time.perf_counter()
+        self.variants[index](*args)
+        self.seconds[index] = (time.perf_counter() - start) / work
+        if trial:
+            if self.seconds[index] < self.seconds[self.current]:
+                self.current, self.gap = index, self.FIRST_GAP
+            else:
+                self.gap = min(2 * self.gap, self.MAX_GAP)
+            self.countdown = self.gap
 
 
 # Per thread: the last _Plan of each layer kind. A layer runs its directions and layers one after
@@ -300,11 +342,11 @@ class _Plan:
         self.hs = workspace[hp_end:hp_end + 2 * state_size].reshape(2, n_b, s.hidden_size)
         self.cs = workspace[hs_end:hs_end + state_size].reshape(n_b, s.hidden_size) if is_lstm else None
         self.state = (_dl(self.hs),) if self.cs is None else (_dl(self.hs), _dl(self.cs))
-        self.recur = kernel.recur_for(n_b)
+        self.recur = _Faster(kernel.recur_for(n_b))
         # By chunk length (the full one and a shorter last one): its projection and views of xp.
         self.chunks = {}
         for steps in {self.chunk, n_t - self.starts[-1]}:
-            self.chunks[steps] = (kernel.projection_for(steps * n_b),
+            self.chunks[steps] = (_Faster(kernel.projection_for(steps * n_b)),
                                   _dl(xp[:steps].reshape((steps * n_b,) + packed_shape)), _dl(xp[:steps]))
 
 

@@ -11,8 +11,9 @@ The CPU kernels (``kernels/recurrent.py``) take these knobs; this module picks t
   0.4 us here, more than a whole step of a small layer, so small steps run on one thread.
 - ``parallel_call_macs``: the same for one projection call, where waking the pool costs ~5 us.
 
-Both variants of each kernel are compiled; the runtime picks one per call, since the batch and
-sequence length are only known then.
+Both variants of each kernel are compiled. The two thresholds only say which one a new shape
+tries first (the batch and sequence length are known only at the call); the runtime then keeps
+whichever it measures faster (``runtime._Faster``), since on a shared machine that changes.
 
 The GPU kernels (``kernels/cuda.py``) take the knobs of :class:`CudaSchedule`.
 """

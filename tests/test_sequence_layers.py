@@ -160,3 +160,43 @@ def test_dropout_is_seedable_and_scaled(rng):
     np.testing.assert_array_equal(first, again)
     ours.eval()
     assert not np.allclose(ours(x)[0].numpy(), first)
+
+
+def test_faster_variant_is_kept_and_the_other_retried(monkeypatch):
+    """runtime._Faster: the first variant runs until a trial of the other one (after 16 calls)
+    measures faster; a trial that loses doubles the gap before the next one (up to 256)."""
+    from lucid_tvm import runtime
+
+    clock = [0.0]
+    monkeypatch.setattr(runtime.time, "perf_counter", lambda: clock[0])
+    cost = {"first": 10.0, "second": 1.0}
+    ran = []
+
+    def variant(name):
+        def run(*args):
+            ran.append(name)
+            clock[0] += cost[name]
+        return run
+
+    faster = runtime._Faster((variant("first"), variant("second")))
+    for _ in range(128):
+        faster(1, "args")
+    assert ran[:15] == ["first"] * 15 and ran[15] == "second"  # the trial at call 16 wins: switch
+    assert [i + 1 for i, name in enumerate(ran) if i >= 16 and name == "first"] == [32, 64, 128]
+    cost["first"] = 0.5  # the machine changed: the next trial (gap now 128) switches back
+    for _ in range(128):
+        faster(1, "args")
+    assert ran[-128:] == ["second"] * 127 + ["first"] and faster.current == 0
+
+
+@pytest.mark.parametrize("mode, hidden, batch", [("LSTM", 128, 8), ("GRU", 40, 1), ("RNN_TANH", 256, 4)])
+def test_variants_give_identical_answers(mode, hidden, batch, rng):
+    """One thread or all, the same numbers: calls keep matching bit for bit while the runtime tries
+    the other variant of the projection and the recurrence."""
+    ref, ours = torch_twin(mode, hidden, hidden)
+    x = rng.standard_normal((30, batch, hidden)).astype(np.float32)
+    first = ours(x)[0].numpy()
+    for _ in range(2 * 16 + 1):
+        np.testing.assert_array_equal(ours(x)[0].numpy(), first)
+    with torch.no_grad():
+        assert_close(first, ref(torch.from_numpy(x))[0])
