@@ -203,7 +203,8 @@ class LayerKernel:
         """Row counts with a tuned projection in this CPU's database (read once)."""
         if self._tuned is None:
             try:
-                from . import build, tuning
+                build = _build()
+                from . import tuning
             except ImportError:  # TVM's runtime alone: only what an artifact registered
                 self._tuned = frozenset()
             else:
