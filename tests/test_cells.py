@@ -73,6 +73,7 @@ def test_parameter_update_is_seen(rng):
     before = cell(x).numpy().copy()
     cell.weight_hh.data = cell.weight_hh.numpy() * 0  # h is zero at the start: no change expected
     cell.weight_ih.data = cell.weight_ih.numpy() * 2
+    cell.bias_hh.data = cell.bias_hh.numpy() + 1  # the biases are part of the packed weights too
     ref = torch.nn.GRUCell(I, H)
     ref.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in cell.state_dict().items()})
     with torch.no_grad():
@@ -80,5 +81,9 @@ def test_parameter_update_is_seen(rng):
     after = cell(x)
     assert_close(after, expected)
     assert not np.allclose(after.numpy(), before)
+    cell.bias_ih.data = cell.bias_ih.numpy() - 1  # a bias alone changed: repacked too
+    ref.bias_ih.data -= 1
+    with torch.no_grad():
+        assert_close(cell(x), ref(torch.from_numpy(x)))
     with pytest.raises(ValueError, match="read-only"):
         cell.weight_ih.numpy()[0, 0] = 1.0

@@ -83,11 +83,14 @@ class _Cell(Module):
 
     def _packed_weights(self, kernel):
         p = self._parameters
-        params = (p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"))
-        # Parameters are compared by identity and version (their arrays are read-only).
-        key = (kernel,) + tuple(None if q is None else (q, q.version) for q in params)
+        w_ih, w_hh, b_ih, b_hh = p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh")
+        # Parameters are compared by identity and version (their arrays are read-only). Written
+        # out rather than with a generator: this runs on every call of a small layer.
+        key = (kernel, w_ih, w_ih.version, w_hh, w_hh.version, b_ih, b_hh,
+               None if b_ih is None else b_ih.version, None if b_hh is None else b_hh.version)
         if key != self._packed_key:  # new parameters, new data or a new kernel: repack
-            self._packed = kernel.pack(*(None if q is None else q.data for q in params))
+            self._packed = kernel.pack(w_ih.data, w_hh.data, None if b_ih is None else b_ih.data,
+                                       None if b_hh is None else b_hh.data)
             self._packed_key = key
         return self._packed
 
@@ -269,7 +272,8 @@ class RNNBase(Module):
         elif self.batch_first:
             x = x.transpose(1, 0, 2)
         steps, batch = x.shape[0], x.shape[1]
-        dtype, hidden, directions = self.dtype, self.hidden_size, self.num_directions
+        cells = tuple(self.layers)  # one submodule lookup per call, not one per layer
+        dtype, hidden, directions = cells[0].dtype, self.hidden_size, self.num_directions
         if self.is_lstm:
             if hx is None:
                 hx = (None, None)
@@ -287,7 +291,7 @@ class RNNBase(Module):
             y = aligned_empty((steps, batch, directions * hidden), dtype)
             for direction in range(directions):
                 index = layer * directions + direction
-                self.layers[index].run_sequence(
+                cells[index].run_sequence(
                     layer_input, None if h0 is None else h0[index], None if c0 is None else c0[index],
                     y, direction * hidden, direction == 1, None if c_n is None else c_n[index])
                 last = 0 if direction == 1 else steps - 1
