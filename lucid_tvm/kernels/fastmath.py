@@ -1,16 +1,20 @@
 """sigmoid and tanh for the kernels, written with plain arithmetic so they vectorize.
 
 TVM lowers ``tirx.exp`` / ``tirx.tanh`` / ``tirx.sigmoid`` to scalar libm calls, which dominate a
-recurrent step at small batch. For float32 these versions use only multiply-adds, a floor, a
-division and bit operations, so LLVM keeps them in SIMD registers. Relative error is below 1e-6
-over the whole float range (tested against numpy in float64); NaN propagates. Other dtypes keep
-TVM's intrinsics.
+recurrent step at small batch. For float32 these versions use only multiply-adds, min/max, a
+floor, one division and bit operations, so LLVM keeps them in SIMD registers. Relative error is
+below 1e-6 wherever the result is a normal float (``tests/test_fastmath.py``, against numpy in
+float64); NaN propagates. Other dtypes keep TVM's intrinsics.
 
-- exp (inside both): ``x = n ln2 + r`` with ``|r| <= ln2 / 2``, a degree-7 Taylor polynomial in r (truncation
-  below 1e-8), and ``2^n`` built in the exponent bits. x is clamped to [-87, 88] so 2^n stays a
-  normal float, which only matters where sigmoid is below 1e-38.
-- tanh: ``(1 - e) / (1 + e)`` with ``e = exp(-2|x|)``, sign restored; below |x| = 0.25, where
-  ``1 - e`` would cancel, its odd Taylor polynomial to x^9.
+The gate math of a small layer is bound by these instructions (with a batch) or by their latency
+(two of them in a row per LSTM step), so they are as short as the accuracy allows. The
+coefficients come from ``scripts/fit_fastmath.py`` (near-minimax relative error):
+
+- sigmoid: ``1 / (1 + exp(-x))``. exp: ``x = n ln2 + r`` with ``|r| <= ln2 / 2``, a degree-5
+  polynomial in r (7.5e-8), and ``2^n`` built in the exponent bits. x is clamped to [-87, 88] so
+  2^n stays a normal float, which only matters where sigmoid is below 1e-38.
+- tanh: ``x p(x^2) / q(x^2)`` with p of degree 5 and q of degree 3 (8.9e-8) for ``|x| <= 8``,
+  and +-1 beyond (``1 - tanh(8)`` is 2.3e-7). Odd, so -0 stays -0.
 """
 
 from tvm import tirx
@@ -18,8 +22,13 @@ from tvm import tirx
 _LOG2E = 1.4426950408889634
 _LN2_HI = 0.693145751953125  # ln 2 split so that n * _LN2_HI is exact for |n| < 2^11
 _LN2_LO = 1.4286068203094173e-06
-_EXP_TAYLOR = [1.0 / f for f in (5040.0, 720.0, 120.0, 24.0, 6.0, 2.0, 1.0, 1.0)]  # r^7 .. r^0
-_TANH_TAYLOR = [62.0 / 2835.0, -17.0 / 315.0, 2.0 / 15.0, -1.0 / 3.0, 1.0]  # x^9, x^7, .. x^1
+# Highest power first.
+_EXP_POLY = [0.008297652937471867, 0.04191538318991661, 0.16667574644088745, 0.49998894333839417,
+             0.9999997019767761, 1.0000001192092896]
+_TANH_CLAMP = 8.0  # a power of two: beyond it, clamped x times 1/8 is exactly +-1
+_TANH_P = [2.6117101536993204e-11, -1.562191265236379e-08, 1.0161680620512925e-05,
+           0.0030155007261782885, 0.13006393611431122, 1.0]
+_TANH_Q = [0.00024137584841810167, 0.02414800599217415, 0.46339720487594604, 1.0]
 
 
 def _expr(x):
@@ -59,7 +68,7 @@ def _exp32(x):
         def split(n):
             def reduced(r):
                 bits = tirx.shift_left(n.astype("int32") + tirx.const(127, "int32"), tirx.const(23, "int32"))
-                return _horner(_EXP_TAYLOR, r) * tirx.reinterpret("float32", bits)
+                return _horner(_EXP_POLY, r) * tirx.reinterpret("float32", bits)
 
             return let(x - n * _f(_LN2_HI) - n * _f(_LN2_LO), reduced)
 
@@ -81,12 +90,10 @@ def tanh(x):
         return tirx.tanh(x)
 
     def on(v):
-        def magnitude(a):
-            e = let(_exp32(a * _f(-2.0)), lambda e: (_f(1.0) - e) / (_f(1.0) + e))
-            small = let(a * a, lambda a2: _horner(_TANH_TAYLOR, a2)) * a
-            return tirx.Select(a < _f(0.25), small, e)
+        def clamped(c):
+            rational = let(c * c, lambda t: c * _horner(_TANH_P, t) / _horner(_TANH_Q, t))
+            return tirx.Select(c == v, rational, c * _f(1.0 / _TANH_CLAMP))  # +-1 past the clamp
 
-        m = let(tirx.abs(v), magnitude)
-        return _keep_nan(v, let(m, lambda m: tirx.Select(v < _f(0.0), -m, m)))
+        return _keep_nan(v, let(tirx.max(tirx.min(v, _f(_TANH_CLAMP)), _f(-_TANH_CLAMP)), clamped))
 
     return let(x, on)
