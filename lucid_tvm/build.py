@@ -68,12 +68,17 @@ def cache_key(description, target):
 
 def lower_layer(spec, schedule):
     """The IRModule of one layer-direction: ``project`` and ``recur``, each on one thread and on
-    all (``*_parallel``)."""
+    all (``*_parallel``, the recurrence split by hidden blocks), and with several cores
+    ``recur_batch_parallel`` (the recurrence split by batch rows)."""
     s, knobs = spec, (schedule.lanes, schedule.rows)
     functions = {}
     for parallel, suffix in ((False, ""), (True, "_parallel")):
         functions["project" + suffix] = recurrent.projection(s.num_gates, s.hidden_size, s.dtype, *knobs, parallel)
-        functions["recur" + suffix] = recurrent.recurrence(s.mode, s.hidden_size, s.dtype, *knobs, parallel)
+        functions["recur" + suffix] = recurrent.recurrence(s.mode, s.hidden_size, s.dtype, *knobs,
+                                                           "hidden" if parallel else None)
+    if schedule.cores > 1:
+        functions["recur_batch_parallel"] = recurrent.recurrence(s.mode, s.hidden_size, s.dtype, *knobs,
+                                                                 "batch", schedule.cores)
     return tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in functions.items()})
 
 

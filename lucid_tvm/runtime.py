@@ -154,7 +154,8 @@ class LayerKernel:
         self.module, self.lanes = entry.module, entry.schedule["lanes"]
         self.schedule = entry.schedule
         self.functions = {name: self.module[name] for name in
-                          ("project", "recur", "project_parallel", "recur_parallel") if _has(self.module, name)}
+                          ("project", "recur", "project_parallel", "recur_parallel", "recur_batch_parallel")
+                          if _has(self.module, name)}
         self.blocks = num_blocks(spec.hidden_size, self.lanes)
         self._projections = {}
         self._tuned = None
@@ -226,9 +227,14 @@ class LayerKernel:
         return (parallel, serial) if limit is None or macs >= limit else (serial, parallel)
 
     def recur_for(self, batch):
-        """The recurrence's variants for ``batch`` rows per step, as :meth:`projection_for`."""
+        """The recurrence's variants for ``batch`` rows per step, as :meth:`projection_for`: on one
+        thread and split by hidden blocks (the threshold orders these two), then split by batch
+        rows when compiled and the batch is more than one row tile (parts take whole tiles, so a
+        smaller batch would leave all rows to one part)."""
         s = self.spec
-        return self._variants("recur", batch * s.num_gates * s.hidden_size ** 2, "parallel_step_macs")
+        variants = self._variants("recur", batch * s.num_gates * s.hidden_size ** 2, "parallel_step_macs")
+        by_rows = self.functions.get("recur_batch_parallel")
+        return variants + (by_rows,) if by_rows is not None and batch > self.schedule["rows"] else variants
 
     def run(self, packed, x, h0, c0, y, yoff, reverse, cn):
         """One direction over a whole sequence.
@@ -267,16 +273,17 @@ class LayerKernel:
 
 
 class _Faster:
-    """Calls the faster of equivalent kernels (one thread or all) for one shape: ``f(work, *args)``
-    runs one of them on ``args`` and times it per unit of ``work`` (steps).
+    """Calls the fastest of equivalent kernels (one thread, or all split one way or another) for
+    one shape: ``f(work, *args)`` runs one of them on ``args`` and times it per unit of ``work``
+    (steps).
 
-    Which variant is faster depends on the machine and, on a shared VM, on the minute: a parallel
+    Which variant is fastest depends on the machine and, on a shared VM, on the minute: a parallel
     step waits at its barrier for a vCPU the host has taken away. On the 2-core VM of
     ``docs/perf`` the parallel recurrence ran up to 2x slower than the serial one for minutes at
     a time, and the crossover moved between 64K and 150K multiply-adds per step. So the schedule's
-    threshold only picks the first; every ``gap`` calls one runs the other variant, and whichever
-    ran faster last is used from then on. The gap doubles while the choice holds (up to
-    ``MAX_GAP`` calls), so trying a clearly slower variant costs little. Both variants compute
+    threshold only picks the first; every ``gap`` calls one runs another variant (each in turn),
+    and whichever ran faster is used from then on. The gap doubles while the choice holds (up to
+    ``MAX_GAP`` calls), so trying a clearly slower variant costs little. All variants compute
     every value in the same order, so the choice never changes an answer.
     """
 
@@ -286,19 +293,24 @@ class _Faster:
         self.variants = variants
         self.seconds = [math.inf] * len(variants)  # last time per unit of work of each
         self.current = 0
+        self.trials = 0  # trials so far: the next one runs the variant after the current
         self.gap = self.FIRST_GAP
         self.countdown = self.gap if len(variants) > 1 else math.inf
 
     def __call__(self, work, *args):
         self.countdown -= 1
         trial = self.countdown == 0
-        index = 1 - self.current if trial else self.current
+        if trial:
+            self.trials += 1
+            index = (self.current + 1 + (self.trials - 1) % (len(self.variants) - 1)) % len(self.variants)
+        else:
+            index = self.current
         start = time.perf_counter()
         self.variants[index](*args)
         self.seconds[index] = (time.perf_counter() - start) / work
         if trial:
             if self.seconds[index] < self.seconds[self.current]:
-                self.current, self.gap = index, self.FIRST_GAP
+                self.current, self.gap, self.trials = index, self.FIRST_GAP, 0
             else:
                 self.gap = min(2 * self.gap, self.MAX_GAP)
             self.countdown = self.gap

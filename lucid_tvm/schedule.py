@@ -10,8 +10,10 @@ The CPU kernels (``kernels/recurrent.py``) take these knobs; this module picks t
   on the whole thread pool, in one parallel region with a barrier per step. A barrier costs about
   0.4 us here, more than a whole step of a small layer, so small steps run on one thread.
 - ``parallel_call_macs``: the same for one projection call, where waking the pool costs ~5 us.
+- ``cores``: the target's cores. A third recurrence splits the batch rows into that many parts,
+  one per core, each running the whole chunk without barriers (``kernels/recurrent.py``).
 
-Both variants of each kernel are compiled. The two thresholds only say which one a new shape
+All variants of each kernel are compiled. The two thresholds only say which one a new shape
 tries first (the batch and sequence length are known only at the call); the runtime then keeps
 whichever it measures faster (``runtime._Faster``), since on a shared machine that changes.
 
@@ -35,6 +37,7 @@ class CpuSchedule:
     rows: int
     parallel_step_macs: int
     parallel_call_macs: int
+    cores: int = 1
 
 
 def vector_bits(target):
@@ -70,6 +73,7 @@ def default_schedule(target, num_gates, hidden_size, dtype):
         rows=min(8, max(4, registers // (gates * vectors))),
         parallel_step_macs=PARALLEL_STEP_MACS,
         parallel_call_macs=PARALLEL_CALL_MACS,
+        cores=max(1, int(target.attrs.get("num-cores", 1))),
     )
 
 

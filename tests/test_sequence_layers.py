@@ -1,6 +1,7 @@
 """Every mode x layers x bias x batch_first x bidirectional x hx form x dtype against torch.nn."""
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -189,14 +190,47 @@ def test_faster_variant_is_kept_and_the_other_retried(monkeypatch):
     assert ran[-128:] == ["second"] * 127 + ["first"] and faster.current == 0
 
 
-@pytest.mark.parametrize("mode, hidden, batch", [("LSTM", 128, 8), ("GRU", 40, 1), ("RNN_TANH", 256, 4)])
+def test_faster_tries_every_variant_in_turn(monkeypatch):
+    """With three variants each trial runs the next one after the current, so the fastest is found
+    even when the second is slower than the first."""
+    from lucid_tvm import runtime
+
+    clock = [0.0]
+    monkeypatch.setattr(runtime.time, "perf_counter", lambda: clock[0])
+    cost = [10.0, 20.0, 1.0]
+    ran = []
+
+    def variant(index):
+        def run(*args):
+            ran.append(index)
+            clock[0] += cost[index]
+        return run
+
+    faster = runtime._Faster(tuple(variant(i) for i in range(3)))
+    for _ in range(64):
+        faster(1, "args")
+    # call 16 tries variant 1 (slower: the gap doubles), call 48 variant 2 (faster: switch)
+    assert ran[15] == 1 and ran[47] == 2 and set(ran[:47]) - {1} == {0} and faster.current == 2
+    assert ran[48:] == [2] * 15 + [0]  # 16 calls later the next trial: the variant after it
+
+
+@pytest.mark.parametrize("mode, hidden, batch", [("LSTM", 128, 8), ("GRU", 40, 1), ("RNN_TANH", 256, 4),
+                                                 ("GRU", 33, 21), ("RNN_RELU", 64, 30)])
 def test_variants_give_identical_answers(mode, hidden, batch, rng):
-    """One thread or all, the same numbers: calls keep matching bit for bit while the runtime tries
-    the other variant of the projection and the recurrence."""
-    ref, ours = torch_twin(mode, hidden, hidden)
+    """One thread, all split by hidden blocks or all split by batch rows: the same numbers, bit for
+    bit, for every variant of the projection and the recurrence the runtime may choose."""
+    from lucid_tvm import runtime
+
+    ref, ours = torch_twin(mode, hidden, hidden, num_layers=2)
     x = rng.standard_normal((30, batch, hidden)).astype(np.float32)
     first = ours(x)[0].numpy()
-    for _ in range(2 * 16 + 1):
-        np.testing.assert_array_equal(ours(x)[0].numpy(), first)
+    kernel = ours.layers[0]._kernel()
+    plan = runtime._plans.__dict__[kernel.identity]
+    choices = [plan.recur] + [project for project, _, _ in plan.chunks.values()]
+    assert len(plan.recur.variants) == (3 if batch > kernel.schedule["rows"] and kernel.schedule["cores"] > 1 else 2)
+    for chosen in choices:
+        for index in range(len(chosen.variants)):
+            chosen.current, chosen.countdown = index, math.inf  # this variant on every call
+            np.testing.assert_array_equal(ours(x)[0].numpy(), first)
     with torch.no_grad():
         assert_close(first, ref(torch.from_numpy(x))[0])

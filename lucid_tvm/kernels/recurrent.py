@@ -121,7 +121,7 @@ def projection(num_gates, output_size, dtype, lanes, rows, parallel):
     return project
 
 
-def recurrence(mode, hidden_size, dtype, lanes, rows, parallel):
+def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1):
     """PrimFunc ``recur`` running ``n`` steps of one layer-direction (one chunk of a sequence).
 
     Arguments: ``xp (n, B, NB, G, L)`` from :func:`projection`, packed ``w (NB, H, G, L)`` and
@@ -132,19 +132,34 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, parallel):
     both directions of a bidirectional layer share one output), ``t0`` (the chunk's first time
     index) and ``reverse`` (0 or 1). Step s handles time ``t0 + s``, or ``t0 + n-1-s`` in reverse.
 
-    With ``parallel`` the whole chunk is one parallel region: each task always owns the same
-    hidden blocks (so its slice of ``W_hh`` stays in its core's cache) and the tasks meet at one
-    barrier per step. Double-buffering ``h`` makes that single barrier enough.
+    ``split`` says how the work is spread over the thread pool:
+
+    - None: one thread.
+    - ``"hidden"``: the whole chunk is one parallel region; each task always owns the same hidden
+      blocks (so its slice of ``W_hh`` stays in its core's cache) and the tasks meet at one
+      barrier per step. Double-buffering ``h`` makes that single barrier enough.
+    - ``"batch"``: ``parts`` tasks (one per core) each run the whole chunk for their own rows of
+      the batch. Rows are independent sequences, so there is no barrier and no hidden state
+      crosses cores; each core reads all of ``W_hh``, which pays where it fits in the core's cache.
     """
     G, H, L, R = NUM_GATES[mode], hidden_size, lanes, rows
     NB = num_blocks(hidden_size, lanes)
     full_blocks, tail = H // L, H % L
     is_lstm = mode == "LSTM"
-    if parallel:
+    if split not in (None, "hidden", "batch"):
+        raise ValueError(f"split must be None, 'hidden' or 'batch', got {split!r}")
+    if split == "hidden":
         time_steps = functools.partial(T.serial, annotations={"pragma_parallel_launch_point": 1})
         hidden_blocks = functools.partial(T.parallel, annotations={"pragma_parallel_barrier_when_finish": 1})
     else:
         time_steps, hidden_blocks = T.serial, T.serial
+    n_parts = parts if split == "batch" else 1
+
+    def tile_edge(part, n_b, n_tiles):
+        """The first row tile of batch-split ``part`` (``n_tiles`` for ``part == n_parts``): the tile
+        edge nearest to an even share of the batch rows."""
+        nearest = (2 * part * n_b + n_parts * R) // (2 * n_parts * R)
+        return T.if_then_else(part == n_parts, n_tiles, T.min(n_tiles, nearest))
 
     def activation(g, xp, hp, act, tt, b, blk, l):
         return gate(mode, g, xp[tt, b, blk, g, l], hp[b, blk, g, l], lambda k: act[k, l])
@@ -152,10 +167,10 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, parallel):
     tile, remainder = _row_tiles(G, L, R, dtype)
 
     @T.macro
-    def gate_math(width, n_b, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t):
+    def gate_math(width, row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t):
         # Only ``width`` lanes are stored: a tail block's padding would spill into the next columns.
         act = T.alloc_buffer((G, L), dtype, scope="local")
-        for b in range(n_b):
+        for b in range(row0, row0 + n_rows):
             # One statement per gate (a constant `if` picks the gates this mode has).
             for l in T.vectorized(width):
                 act[0, l] = activation(0, xp, hp, act, tt, b, blk, l)
@@ -178,30 +193,43 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, parallel):
                 y[t, b, yoff + blk * L + l] = hnext[b, blk * L + l]
 
     @T.macro
-    def step(n_b, xp, w, rb, hprev, hnext, hp, y, yoff, cst, tt, t):
+    def step(row0, n_rows, xp, w, rb, hprev, hnext, hp, y, yoff, cst, tt, t):
         for blk in hidden_blocks(NB):
-            for bo in range(n_b // R):
-                tile(R, bo * R, blk, hprev, w, rb, hp)
-            rest = T.bind(n_b % R)
-            remainder(rest, n_b - rest, blk, hprev, w, rb, hp)
+            for bo in range(n_rows // R):
+                tile(R, row0 + bo * R, blk, hprev, w, rb, hp)
+            rest = T.bind(n_rows % R)
+            remainder(rest, row0 + n_rows - rest, blk, hprev, w, rb, hp)
             # The gate math exists once (twice with a tail block), not once per tile shape.
             if tail == 0:
-                gate_math(L, n_b, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
+                gate_math(L, row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
             elif blk < full_blocks:
-                gate_math(L, n_b, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
+                gate_math(L, row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
             else:
-                gate_math(tail, n_b, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
+                gate_math(tail, row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
 
     @T.macro
-    def time_loop(n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse):
+    def rows_time_loop(row0, n_rows, n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse):
         for s in time_steps(n_s):
             tt = T.bind(T.if_then_else(reverse != 0, n_s - 1 - s, s))
             hprev = T.decl_buffer((n_b, H), dtype, data=hs.data, elem_offset=s % 2 * n_b * H)
             hnext = T.decl_buffer((n_b, H), dtype, data=hs.data, elem_offset=(s + 1) % 2 * n_b * H)
-            step(n_b, xp, w, rb, hprev, hnext, hp, y, yoff, cst, tt, t0 + tt)
+            step(row0, n_rows, xp, w, rb, hprev, hnext, hp, y, yoff, cst, tt, t0 + tt)
         if n_s % 2 == 1:  # the last step wrote hs[1]; the next chunk starts from hs[0]
-            for b, j in T.grid(n_b, H):
-                hs[0, b, j] = hs[1, b, j]
+            for b, j in T.grid(n_rows, H):
+                hs[0, row0 + b, j] = hs[1, row0 + b, j]
+
+    @T.macro
+    def time_loop(n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse):
+        if n_parts == 1:
+            rows_time_loop(0, n_b, n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse)
+        else:
+            # Parts take whole row tiles where the one-thread variants have them, and the last
+            # part the remainder rows: every value is summed in the same order as there.
+            n_tiles = T.bind(n_b // R)
+            for part in T.parallel(n_parts):
+                first, last = T.bind(tile_edge(part, n_b, n_tiles)), T.bind(tile_edge(part + 1, n_b, n_tiles))
+                n_rows = T.bind((last - first) * R + T.if_then_else(part == n_parts - 1, n_b % R, 0))
+                rows_time_loop(first * R, n_rows, n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse)
 
     if is_lstm:
 
