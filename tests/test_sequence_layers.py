@@ -163,23 +163,29 @@ def test_dropout_is_seedable_and_scaled(rng):
     assert not np.allclose(ours(x)[0].numpy(), first)
 
 
-def test_faster_variant_is_kept_and_the_other_retried(monkeypatch):
-    """runtime._Faster: the first variant runs until a trial of the other one (after 16 calls)
-    measures faster; a trial that loses doubles the gap before the next one (up to 256)."""
+def _faster_on_a_fake_clock(monkeypatch, cost):
+    """A runtime._Faster over one variant per key of ``cost``; each call of a variant records its
+    key in ``ran`` and advances a fake clock by its cost (which the test may change)."""
     from lucid_tvm import runtime
 
     clock = [0.0]
     monkeypatch.setattr(runtime.time, "perf_counter", lambda: clock[0])
-    cost = {"first": 10.0, "second": 1.0}
     ran = []
 
-    def variant(name):
+    def variant(key):
         def run(*args):
-            ran.append(name)
-            clock[0] += cost[name]
+            ran.append(key)
+            clock[0] += cost[key]
         return run
 
-    faster = runtime._Faster((variant("first"), variant("second")))
+    return runtime._Faster(tuple(variant(key) for key in cost)), ran
+
+
+def test_faster_variant_is_kept_and_the_other_retried(monkeypatch):
+    """runtime._Faster: the first variant runs until a trial of the other one (after 16 calls)
+    measures faster; a trial that loses doubles the gap before the next one (up to 256)."""
+    cost = {"first": 10.0, "second": 1.0}
+    faster, ran = _faster_on_a_fake_clock(monkeypatch, cost)
     for _ in range(128):
         faster(1, "args")
     assert ran[:15] == ["first"] * 15 and ran[15] == "second"  # the trial at call 16 wins: switch
@@ -193,20 +199,7 @@ def test_faster_variant_is_kept_and_the_other_retried(monkeypatch):
 def test_faster_tries_every_variant_in_turn(monkeypatch):
     """With three variants each trial runs the next one after the current, so the fastest is found
     even when the second is slower than the first."""
-    from lucid_tvm import runtime
-
-    clock = [0.0]
-    monkeypatch.setattr(runtime.time, "perf_counter", lambda: clock[0])
-    cost = [10.0, 20.0, 1.0]
-    ran = []
-
-    def variant(index):
-        def run(*args):
-            ran.append(index)
-            clock[0] += cost[index]
-        return run
-
-    faster = runtime._Faster(tuple(variant(i) for i in range(3)))
+    faster, ran = _faster_on_a_fake_clock(monkeypatch, {0: 10.0, 1: 20.0, 2: 1.0})
     for _ in range(64):
         faster(1, "args")
     # call 16 tries variant 1 (slower: the gap doubles), call 48 variant 2 (faster: switch)
