@@ -72,9 +72,9 @@ def fit_tanh(p_degree=5, q_degree=3, clamp=TANH_CLAMP):
         return (p / q - f) / f
 
     c = _lawson(design, f, 1 / f, relative_error, lambda c: numerator_and_denominator(c)[1])
-    unscale = lambda coefficients, first: coefficients / clamp ** (2 * np.arange(first, first + len(coefficients)))  # noqa: E731
-    p = unscale(c[:p_degree + 1], 0)
-    q = np.concatenate([[1.0], unscale(c[p_degree + 1:], 1)])
+    # Coefficients of s^k are those of x^(2k) times clamp^(2k).
+    p = c[:p_degree + 1] / clamp ** (2 * np.arange(p_degree + 1))
+    q = np.concatenate([[1.0], c[p_degree + 1:] / clamp ** (2 * np.arange(1, q_degree + 1))])
     p32, q32 = [float(v) for v in p[::-1].astype(np.float32)], [float(v) for v in q[::-1].astype(np.float32)]
     grid = np.linspace(0, clamp, 2_000_001).astype(np.float32)[1:]
     t = grid * grid
