@@ -39,7 +39,7 @@ def spin():
 def block_ms(layer, x, fixed):
     """Times of CALLS - UNTIMED calls after UNTIMED ones, from a fresh workspace and choice."""
     runtime.release_workspaces()
-    runtime._Faster.FIRST_GAP = 10**9 if fixed else 16  # never try the other variant: the fixed rule
+    runtime._Faster.FIRST_GAP = 10**9 if fixed else 16  # never try another variant: the fixed rule
     times = []
     for _ in range(CALLS):
         start = time.perf_counter()
