@@ -25,7 +25,9 @@ import tvm
 from . import __version__, runtime
 from .files import sha256, write_atomic
 
-FORMAT = 1
+# 2: the kernels read the layer's input and write its output in place at any element alignment
+# (format 1 kernels assume 64-byte aligned ones, which the runtime no longer makes: refused).
+FORMAT = 2
 
 
 class ArtifactError(ValueError):
@@ -205,6 +207,10 @@ def read_manifest(path):
     if manifest["format"] > FORMAT:
         raise ArtifactError(f"{path} has manifest format {manifest['format']}, newer than this "
                             f"lucid_tvm {__version__} reads (up to {FORMAT}); upgrade lucid-tvm")
+    if manifest["format"] < FORMAT:
+        raise ArtifactError(f"{path} has manifest format {manifest['format']}, from an older lucid_tvm "
+                            f"whose kernels this one cannot call (it reads format {FORMAT}); export "
+                            "the layer again")
     return manifest
 
 

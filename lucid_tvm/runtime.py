@@ -1,8 +1,10 @@
 """Floor 4: calling the compiled kernels on host arrays.
 
-Arrays reach the kernels zero-copy through DLPack. TVM requires 64-byte aligned, C-contiguous
-buffers (an AVX kernel may fault on a misaligned one), so anything else (views, odd strides,
-unaligned buffers) is copied once into an aligned buffer first; outputs are allocated aligned.
+Arrays reach the kernels zero-copy through DLPack. The layers' inputs and outputs need only be
+C-contiguous arrays of the layer's dtype (:func:`contiguous`): the kernels declare them aligned to
+their element alone. Everything the runtime allocates for the kernels (packed weights, the
+workspace) is 64-byte aligned (:func:`aligned`), which TVM requires of buffers declared the
+default way (an AVX kernel may fault on a misaligned one).
 """
 
 import contextlib
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import tvm
+import tvm_ffi
 
 from .kernels.layout import num_blocks, pack_bias, pack_weight
 from .kernels.spec import LayerSpec
@@ -50,8 +53,24 @@ def aligned(a, dtype):
     return out
 
 
+def contiguous(a, dtype):
+    """``a`` as a C-contiguous array of ``dtype`` with its elements aligned to their size, what
+    the layers' kernels read and write in place; no copy when it already is one."""
+    a = np.asarray(a)
+    if a.dtype == dtype and a.flags.c_contiguous and a.flags.aligned:
+        return a
+    return np.array(a, dtype=dtype, order="C")
+
+
 def _dl(a):
+    """A 64-byte aligned, C-contiguous array as a DLPack tensor (TVM checks both)."""
     return tvm.runtime.from_dlpack(a)
+
+
+def _dl_io(a):
+    """An array from :func:`contiguous` as a DLPack tensor, for the kernels' element-aligned
+    input and output buffers."""
+    return tvm_ffi.from_dlpack(a, require_contiguous=True)
 
 
 def _has(module, name):
@@ -192,11 +211,10 @@ class LayerKernel:
 
         def project(x, w, b, xp, row0=0):
             _note_use(identity)
-            if row0 == 0 and x.shape[0] == rows and xp.shape[0] == rows:
-                function(x, w, b, xp)
-            else:  # the chunk's rows (copied only if unaligned) and as many rows of xp
-                chunk = aligned(np.from_dlpack(x)[row0:row0 + rows], s.dtype)
-                function(_dl(chunk), w, b, _dl(np.from_dlpack(xp)[:rows]))
+            # The chunk's rows and as many rows of xp. A tuned schedule declares its input 64-byte
+            # aligned (the default), so unaligned rows are copied.
+            chunk = aligned(np.from_dlpack(x)[row0:row0 + rows], s.dtype)
+            function(_dl(chunk), w, b, xp if xp.shape[0] == rows else _dl(np.from_dlpack(xp)[:rows]))
 
         return project
 
@@ -240,7 +258,7 @@ class LayerKernel:
         """One direction over a whole sequence.
 
         ``x`` (T, B, I) and the output ``y`` (T, B, YW) (columns ``yoff .. yoff+H`` are written)
-        must come from :func:`aligned` or :func:`aligned_empty` with the layer's dtype. ``h0``
+        are C-contiguous arrays of the layer's dtype, as :func:`contiguous` makes them. ``h0``
         and, for LSTM, ``c0`` are (B, H) arrays or None for zeros; LSTM's final cell state is
         copied into ``cn`` (B, H). The final hidden state is the output row of the last step
         processed.
@@ -248,11 +266,11 @@ class LayerKernel:
         _note_use(self.identity)
         n_t, n_b = x.shape[0], x.shape[1]
         plan = self._plan(n_t, n_b)
-        plan.hs[0] = 0 if h0 is None else h0
+        _load_state(plan.h0, h0)
         if plan.cs is not None:
-            plan.cs[...] = 0 if c0 is None else c0
+            _load_state(plan.cs, c0)
         w_ih, b_ih, w_hh, b_hh = packed
-        x_rows, y = _dl(x.reshape(n_t * n_b, -1)), _dl(y)
+        x_rows, y = _dl_io(x.reshape(n_t * n_b, -1)), _dl_io(y)
         for t0 in reversed(plan.starts) if reverse else plan.starts:
             steps = min(plan.chunk, n_t - t0)
             project, xp_rows, xp_steps = plan.chunks[steps]
@@ -270,6 +288,14 @@ class LayerKernel:
         if plan is None or plan.kernel is not self or plan.shape != (n_t, n_b):
             plan = plans[self.identity] = _Plan(self, n_t, n_b)
         return plan
+
+
+def _load_state(buffer, value):
+    """An initial state into its workspace buffer: ``value`` (B, H), or zeros for None."""
+    if value is None:
+        buffer.fill(0)  # half the time of ``buffer[...] = 0``, on every call of a small layer
+    else:
+        buffer[...] = value
 
 
 class _Faster:
@@ -353,6 +379,7 @@ class _Plan:
         xp = workspace[:self.chunk * step_size].reshape((self.chunk, n_b) + packed_shape)
         self.hp_tensor = _dl(workspace[xp_end:xp_end + step_size].reshape((n_b,) + packed_shape))
         self.hs = workspace[hp_end:hp_end + 2 * state_size].reshape(2, n_b, s.hidden_size)
+        self.h0 = self.hs[0]  # where a chunk starts from
         self.cs = workspace[hs_end:hs_end + state_size].reshape(n_b, s.hidden_size) if is_lstm else None
         self.state = (_dl(self.hs),) if self.cs is None else (_dl(self.hs), _dl(self.cs))
         self.recur = _Faster(kernel.recur_for(n_b))
@@ -392,7 +419,7 @@ class Gemm:
     def __call__(self, x, packed):
         _note_use(self.identity)
         out = aligned_empty((x.shape[0], self.width), self.dtype)
-        self._project(_dl(aligned(x, self.dtype)), *packed,
+        self._project(_dl_io(contiguous(x, self.dtype)), *packed,
                       _dl(out.reshape(x.shape[0], self.blocks, 1, self.lanes)), 0)
         return out
 

@@ -143,6 +143,12 @@ def test_newer_format_is_refused(artifact):
         lucid_tvm.load(artifact)
 
 
+def test_older_format_is_refused(artifact):
+    _edit_manifest(artifact, format=1)  # kernels that assume 64-byte aligned input and output
+    with pytest.raises(lucid_tvm.ArtifactError, match="format 1, from an older lucid_tvm.*export the layer again"):
+        lucid_tvm.load(artifact)
+
+
 def test_other_machine_is_refused(artifact):
     _edit_manifest(artifact, machine="aarch64")
     with pytest.raises(lucid_tvm.ArtifactError, match="compiled for aarch64"):

@@ -8,8 +8,11 @@ A layer-direction runs a sequence chunk by chunk (a chunk is a few steps, see
    block and applies the gate equations of :mod:`.gates`, writing ``h_t`` into the output row of
    step t and into a two-row state buffer that the next step reads.
 
-Sequence length and batch are symbolic: one compiled module serves every T and B. Hidden and
-input sizes, dtype and the knobs below are fixed per module:
+Sequence length and batch are symbolic: one compiled module serves every T and B. The caller's
+arrays, the input ``x`` and the output ``y``, are declared aligned to their element size only, so
+any C-contiguous array is read and written in place (their vector accesses compile to unaligned
+instructions, as fast as aligned ones on aligned data); the weights and the workspace are 64-byte
+aligned. Hidden and input sizes, dtype and the knobs below are fixed per module:
 
 - ``lanes``: SIMD width in elements (hidden units per block),
 - ``rows``: rows (batch entries or time-batch rows) that share one weight load in registers,
@@ -20,6 +23,7 @@ The loop nest here is the CPU schedule itself; the knobs are chosen in :mod:`luc
 
 import functools
 
+import numpy as np
 from tvm.script import tirx as T
 
 from .gates import gate, new_cell, new_hidden
@@ -95,6 +99,7 @@ def projection(num_gates, output_size, dtype, lanes, rows, parallel):
     G, L, R = num_gates, lanes, rows
     NB = num_blocks(output_size, lanes)
     loop = T.parallel if parallel else T.serial
+    element = np.dtype(dtype).itemsize
 
     tile, remainder = _row_tiles(G, L, R, dtype)
 
@@ -102,11 +107,11 @@ def projection(num_gates, output_size, dtype, lanes, rows, parallel):
     def project(x_h: T.handle, w_h: T.handle, b_h: T.handle, xp_h: T.handle, first_row: T.int32):
         T.func_attr({"global_symbol": "project", "tirx.noalias": True})
         n_m, n_k, n_out = T.int32(), T.int32(), T.int32()
-        x = T.match_buffer(x_h, (n_m, n_k), dtype)
+        x = T.match_buffer(x_h, (n_m, n_k), dtype, align=element)
         w = T.match_buffer(w_h, (NB, n_k, G, L), dtype)
         b = T.match_buffer(b_h, (NB, G, L), dtype)
         xp = T.match_buffer(xp_h, (n_out, NB, G, L), dtype)
-        rows_in = T.decl_buffer((n_out, n_k), dtype, data=x.data, elem_offset=first_row * n_k)
+        rows_in = T.decl_buffer((n_out, n_k), dtype, data=x.data, elem_offset=first_row * n_k, align=element)
         # One task per block of weights, running every row against it while the block is in the
         # core's cache, so W is read from memory once per call (as in the recurrence's steps).
         # Tasks of (row tile, block) re-read all of W for every row tile: from DRAM when W does
@@ -144,6 +149,7 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1):
     """
     G, H, L, R = NUM_GATES[mode], hidden_size, lanes, rows
     NB = num_blocks(hidden_size, lanes)
+    element = np.dtype(dtype).itemsize
     full_blocks, tail = H // L, H % L
     is_lstm = mode == "LSTM"
     if split not in (None, "hidden", "batch"):
@@ -245,7 +251,7 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1):
             # The cell state is updated in place: each unit is read and written by one task only.
             cs = T.match_buffer(cs_h, (n_b, H), dtype)
             hp = T.match_buffer(hp_h, (n_b, NB, G, L), dtype)
-            y = T.match_buffer(y_h, (n_t, n_b, yw), dtype)
+            y = T.match_buffer(y_h, (n_t, n_b, yw), dtype, align=element)
             time_loop(n_s, n_b, xp, w, rb, hs, cs, hp, y, yoff, t0, reverse)
 
     else:
@@ -260,7 +266,7 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1):
             rb = T.match_buffer(rb_h, (NB, G, L), dtype)
             hs = T.match_buffer(hs_h, (2, n_b, H), dtype)
             hp = T.match_buffer(hp_h, (n_b, NB, G, L), dtype)
-            y = T.match_buffer(y_h, (n_t, n_b, yw), dtype)
+            y = T.match_buffer(y_h, (n_t, n_b, yw), dtype, align=element)
             time_loop(n_s, n_b, xp, w, rb, hs, None, hp, y, yoff, t0, reverse)
 
     return recur

@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 
 from ..kernels.spec import MODES, NUM_GATES
-from ..runtime import aligned, aligned_empty, layer_kernel, registry_generation
+from ..runtime import contiguous, layer_kernel, registry_generation
 from ..tensor import Tensor, generator, to_numpy
 from . import checks, gpu
 from .activation import ReLU, Tanh
@@ -124,9 +124,9 @@ class _Cell(Module):
             h0, c0 = (self._state(v, n, batch, batched) for v, n in zip(hx, ("h_0", "c_0")))
         else:
             h0, c0 = self._state(hx, "hx", batch, batched), None
-        y = aligned_empty((1, batch, self.hidden_size), self.dtype)
+        y = np.empty((1, batch, self.hidden_size), self.dtype)
         cn = np.empty((batch, self.hidden_size), self.dtype) if self.is_lstm else None
-        self.run_sequence(aligned(x.reshape(1, batch, self.input_size), self.dtype), h0, c0, y, cn=cn)
+        self.run_sequence(contiguous(x.reshape(1, batch, self.input_size), self.dtype), h0, c0, y, cn=cn)
         shape = (batch, self.hidden_size) if batched else (self.hidden_size,)
         h = Tensor(y.reshape(shape))
         return (h, Tensor(cn.reshape(shape))) if self.is_lstm else h
@@ -259,7 +259,7 @@ class RNNBase(Module):
         """Inverted dropout: keep each value with probability 1 - p and scale it by 1 / (1 - p)."""
         keep = generator().random(y.shape) >= self.dropout
         scale = 0.0 if self.dropout >= 1 else 1.0 / (1.0 - self.dropout)
-        return aligned(np.where(keep, y * y.dtype.type(scale), y.dtype.type(0)), y.dtype)
+        return np.where(keep, y * y.dtype.type(scale), y.dtype.type(0))
 
     def forward(self, input, hx=None):
         if gpu.on_cuda(input):  # torch CUDA tensors in and out, on the GPU kernels
@@ -286,9 +286,9 @@ class RNNBase(Module):
 
         h_n = np.empty((self.num_layers * directions, batch, hidden), dtype)
         c_n = np.empty_like(h_n) if self.is_lstm else None
-        layer_input = aligned(x, dtype)
+        layer_input = contiguous(x, dtype)
         for layer in range(self.num_layers):
-            y = aligned_empty((steps, batch, directions * hidden), dtype)
+            y = np.empty((steps, batch, directions * hidden), dtype)
             for direction in range(directions):
                 index = layer * directions + direction
                 cells[index].run_sequence(
