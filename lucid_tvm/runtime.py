@@ -46,7 +46,7 @@ def aligned_empty(shape, dtype):
 def aligned(a, dtype):
     """``a`` as a C-contiguous, 64-byte aligned array of ``dtype``; no copy when it already is one."""
     a = np.asarray(a)
-    if a.dtype == dtype and a.flags.c_contiguous and _address(a) % ALIGNMENT == 0:
+    if a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable and _address(a) % ALIGNMENT == 0:
         return a
     out = aligned_empty(a.shape, dtype)
     np.copyto(out, a, casting="unsafe")
@@ -55,9 +55,10 @@ def aligned(a, dtype):
 
 def contiguous(a, dtype):
     """``a`` as a C-contiguous array of ``dtype`` with its elements aligned to their size, what
-    the layers' kernels read and write in place; no copy when it already is one."""
+    the layers' kernels read and write in place; no copy when it already is one. Read-only arrays
+    are copied too: numpy cannot export them through the DLPack version TVM asks for."""
     a = np.asarray(a)
-    if a.dtype == dtype and a.flags.c_contiguous and a.flags.aligned:
+    if a.dtype == dtype and a.flags.c_contiguous and a.flags.aligned and a.flags.writeable:
         return a
     return np.array(a, dtype=dtype, order="C")
 

@@ -123,6 +123,19 @@ def test_misaligned_buffers(rng):
     assert_close(ours(odd, h)[0], expected)
 
 
+def test_read_only_input(rng):
+    """numpy cannot export a read-only array through DLPack; such input is copied, same answer."""
+    ref, ours = torch_twin("LSTM", I, H)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(x))[0]
+    x.flags.writeable = False
+    h = np.zeros((1, B, H), np.float32)
+    h.flags.writeable = False
+    assert_close(ours(x, (h, h))[0], expected)
+    assert_close(ours(np.frombuffer(x.tobytes(), np.float32).reshape(T, B, I))[0], expected)
+
+
 @pytest.mark.parametrize("mode", ["RNN_TANH", "RNN_RELU", "LSTM", "GRU"])
 def test_nan_propagates_like_torch(mode, rng):
     ref, ours = torch_twin(mode, I, H)
