@@ -9,7 +9,7 @@ every in-place change, so an optimizer step is noticed).
 
 import numpy as np
 
-from ..runtime import Functions, aligned, gemm
+from ..runtime import Functions, aligned, aligned_empty, gemm
 
 
 class _PackedLinear:
@@ -44,7 +44,7 @@ class _PackedLinear:
         ones = np.ones((batch, 1), self.dtype)
         extended = np.concatenate([inputs, ones], axis=1)  # the last column yields db
         wgemm = gemm(width + 1, self.dtype)
-        full = wgemm(aligned(dpre.T, self.dtype), wgemm.pack(extended.T))
+        full = wgemm(dpre.T, wgemm.pack(extended.T))  # the GEMM makes its input contiguous
         return full[:, :width], full[:, width]
 
 
@@ -58,7 +58,7 @@ class StepEngine:
         self.fns = Functions(("tracetorch", kind, out_features, in_features, dtype))
 
     def _empty(self, batch, width=None):
-        return aligned(np.empty((batch, width or self.hidden), self.dtype), self.dtype)
+        return aligned_empty((batch, width or self.hidden), self.dtype)
 
     def forward(self, x, h, c=None):
         """(h_new, c_new or None, saved-for-backward)."""
