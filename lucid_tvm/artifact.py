@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import tvm
 
-from . import __version__, runtime
+from . import __version__, barrier, runtime
 from .files import sha256, write_atomic
 
 # 2: the kernels read the layer's input and write its output in place at any element alignment
@@ -102,16 +102,17 @@ def _write_kernel(built, path, file, machine):
     from tvm.support import cc
 
     if machine == platform.machine():
-        built.export_library(str(path / file))
+        barrier.export_library(built, path / file)
         return file, None
     cross = shutil.which(f"{machine}-linux-gnu-g++")
     if cross:
-        built.export_library(str(path / file), fcompile=cc.cross_compiler(cross))
+        barrier.export_library(built, path / file, fcompile=cc.cross_compiler(cross))
         return file, None
     archive = file.replace(".so", ".tar")
-    built.export_library(str(path / archive))
-    return archive, (f"no {machine}-linux-gnu-g++ here: this archive holds the object files; on a "
-                     f"{machine} machine link them with `g++ -shared -o {Path(file).name} *.o` "
+    barrier.export_library(built, path / archive)
+    return archive, (f"no {machine}-linux-gnu-g++ here: this archive holds the object files and "
+                     f"{barrier.SOURCE.name}; on a {machine} machine link them with "
+                     f"`g++ -O2 -shared -fPIC -o {Path(file).name} *.o {barrier.SOURCE.name}` "
                      f"(or install g++-{machine}-linux-gnu and export again)")
 
 
@@ -152,7 +153,7 @@ def export(module, path, target="llvm", example_input=None):
             if entry.path is not None:
                 shutil.copyfile(entry.path, path / file)
             else:  # built in this process (the kernel cache was not writable)
-                entry.module.export_library(str(path / file))
+                barrier.export_library(entry.module, path / file)
         else:
             found = build.build_for(identity, target)
             if found is None:  # a tuned projection with no record for that target: the default runs
@@ -264,7 +265,7 @@ def load(path):
     for kernel in manifest["kernels"]:
         if not kernel["file"].endswith(".so"):
             raise ArtifactError(f"{path}: {kernel['file']} is not linked: {kernel.get('note', '')}")
-        module = tvm.runtime.load_module(str(path / kernel["file"]))
+        module = barrier.load_module(path / kernel["file"])
         identity = tuple(kernel["identity"])
         runtime.register((runtime.CUDA, identity) if is_cuda else identity,
                          runtime.Compiled(module, kernel["schedule"], path / kernel["file"]))

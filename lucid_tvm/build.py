@@ -23,12 +23,15 @@ from pathlib import Path
 import tvm
 from tvm.target import codegen
 
+from . import barrier
 from .files import sha256, write_atomic
 from .kernels import cuda, recurrent
 from .kernels.spec import LayerSpec
 from .schedule import default_cuda_schedule, default_schedule
 
-_KERNEL_SOURCES = sorted((Path(__file__).parent / "kernels").glob("*.py"))
+_KERNELS = Path(__file__).parent / "kernels"
+# The kernels' Python, and the barrier linked into every library (``barrier.py``).
+_KERNEL_SOURCES = sorted([*_KERNELS.glob("*.py"), *_KERNELS.glob("*.cc")])
 
 
 def host_target():
@@ -303,10 +306,10 @@ def _load_or_build(key, lower, target):
             return cached, path
         module = tvm.tirx.build(lower(), target=target)
         try:
-            write_atomic(path, module.export_library)
+            write_atomic(path, lambda tmp: barrier.export_library(module, tmp))
             write_atomic(digest_path, lambda tmp: Path(tmp).write_text(sha256(path)))
             # Run from the shared library, as a later process would.
-            return tvm.runtime.load_module(str(path)), path
+            return barrier.load_module(path), path
         except OSError as err:
             warnings.warn(f"lucid_tvm: cannot write the kernel cache at {directory} ({err}); "
                           "kernels will be compiled in every process", stacklevel=4)
@@ -321,7 +324,7 @@ def _load_verified(path, digest_path):
     try:
         if digest_path.read_text().strip() != sha256(path):
             raise ValueError("checksum mismatch (truncated or modified file)")
-        return tvm.runtime.load_module(str(path))
+        return barrier.load_module(path)
     except Exception as err:  # noqa: BLE001 - any failure means: rebuild
         warnings.warn(f"lucid_tvm: discarding cached module {path}: {err}; rebuilding it", stacklevel=5)
         return None

@@ -7,8 +7,9 @@ The CPU kernels (``kernels/recurrent.py``) take these knobs; this module picks t
 - ``rows``: rows that share each weight vector load; accumulators take
   ``rows * gates * vectors per block`` registers (see :func:`accumulator_registers`), 4 to 8 rows.
 - ``parallel_step_macs``: from how many multiply-adds per step (batch included) a sequence runs
-  on the whole thread pool, in one parallel region with a barrier per step. A barrier costs about
-  0.4 us here, more than a whole step of a small layer, so small steps run on one thread.
+  on the whole thread pool, in one parallel region with a barrier per step. A barrier costs
+  about 0.1 us here (``barrier.py``), plus the wait for the slower task, which is as much as a
+  whole step of a small layer, so small steps run on one thread.
 - ``parallel_call_macs``: the same for one projection call, where waking the pool costs ~5 us.
 - ``cores``: the target's cores. A third recurrence splits the batch rows into that many parts,
   one per core, each running the whole chunk without barriers (``kernels/recurrent.py``).

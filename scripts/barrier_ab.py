@@ -1,0 +1,125 @@
+"""lucid_tvm's barrier (``kernels/barrier.cc``) against TVM's, on the same compiled kernels.
+
+    python scripts/barrier_ab.py [--calls 200]
+    python scripts/barrier_ab.py --busy    # with one process spinning on a core meanwhile
+
+First a compiled loop whose steps do nothing but meet, linked with and without our barrier. Then
+for each layer: median us per step of a whole call (T steps) on one thread, and split by hidden
+blocks (the variant that meets at a barrier every step) with TVM's ``TVMBackendParallelBarrier``
+and with ours in the library's barrier slot. The three run in turn, call by call, and must give
+the same output bit for bit. ``--busy`` imitates a noisy neighbour on a shared VM (as in
+``variant_choice.py``), where a task waits at the barrier for a partner that lost its core.
+"""
+
+import argparse
+import ctypes
+import functools
+import math
+import multiprocessing
+import os
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import tvm
+from tvm.script import tirx as T
+
+import lucid_tvm.nn as nn
+from lucid_tvm import barrier, runtime
+from lucid_tvm.build import host_target
+
+# (mode, hidden size = input size, batch, steps): layers whose steps last 0.3-30 us.
+SHAPES = [("RNN_TANH", 128, 1, 200), ("RNN_TANH", 256, 1, 150), ("RNN_RELU", 256, 1, 150),
+          ("GRU", 128, 4, 200), ("LSTM", 128, 1, 200), ("GRU", 256, 1, 150), ("LSTM", 256, 1, 150),
+          ("RNN_TANH", 512, 1, 25), ("GRU", 512, 1, 25), ("LSTM", 512, 1, 25)]
+
+
+def spin():
+    while True:
+        pass
+
+
+def empty_steps(steps=10000, calls=30):
+    """Median us per step of a parallel region whose steps only meet, with TVM's barrier and ours."""
+    launch = functools.partial(T.serial, annotations={"pragma_parallel_launch_point": 1})
+    meet = functools.partial(T.parallel, annotations={"pragma_parallel_barrier_when_finish": 1})
+
+    @T.prim_func
+    def meet_only(a: T.Buffer((2, 16), "float32"), n: T.int32):
+        for _ in launch(n):
+            for task in meet(2):
+                a[task, 0] = a[task, 0] + a[1 - task, 1]
+
+    built = tvm.tirx.build(meet_only, target=host_target())
+    functions, times = {}, {"TVM barrier": [], "ours": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        built.export_library(f"{tmp}/tvm.so")
+        barrier.export_library(built, f"{tmp}/ours.so")
+        functions = {"TVM barrier": barrier.load_module(f"{tmp}/tvm.so")["meet_only"],
+                     "ours": barrier.load_module(f"{tmp}/ours.so")["meet_only"]}
+    a = tvm.runtime.tensor(np.zeros((2, 16), np.float32))
+    for _ in range(calls):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function(a, steps)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) / steps * 1e6 for name, t in times.items()}
+
+
+def compare(mode, hidden, batch, steps, calls):
+    layer = nn.RNNBase(mode, hidden, hidden).eval()
+    x = np.random.default_rng(0).standard_normal((steps, batch, hidden)).astype(np.float32)
+    layer(x)
+    kernel = layer.layers[0]._kernel()
+    recur = runtime._plans.__dict__[kernel.identity].recur
+    library = ctypes.CDLL(str(runtime.registered(kernel.identity).path), mode=os.RTLD_NOLOAD | os.RTLD_NOW)
+    slot = ctypes.c_void_p.in_dll(library, "__TVMBackendParallelBarrier")
+    ours = ctypes.cast(library.lucid_tvm_parallel_barrier, ctypes.c_void_p).value
+    tvms = ctypes.cast(ctypes.CDLL(None).TVMBackendParallelBarrier, ctypes.c_void_p).value
+    serial = recur.variants.index(kernel.functions["recur"])
+    hidden_split = recur.variants.index(kernel.functions["recur_parallel"])
+    configs = {"one thread": (serial, ours), "TVM barrier": (hidden_split, tvms), "ours": (hidden_split, ours)}
+    times, outputs = {name: [] for name in configs}, {}
+    recur.countdown = math.inf  # no trials of other variants: each config runs what it names
+    try:
+        for _ in range(calls):
+            for name, (variant, function) in configs.items():
+                recur.current, slot.value = variant, function
+                start = time.perf_counter()
+                out = layer(x)[0].numpy()
+                times[name].append(time.perf_counter() - start)
+                outputs[name] = out
+    finally:
+        slot.value = ours
+    same = all(np.array_equal(out, outputs["one thread"]) for out in outputs.values())
+    return {name: statistics.median(t) / steps * 1e6 for name, t in times.items()}, same
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--busy", action="store_true", help="keep one core busy with another process")
+    args = parser.parse_args()
+    busy = multiprocessing.Process(target=spin, daemon=True) if args.busy else None
+    if busy:
+        busy.start()
+    try:
+        print("one core kept busy by another process" if busy else "a quiet machine")
+        us = empty_steps()
+        print(f"steps that only meet: {us['TVM barrier']:.3f} us per step with TVM's barrier, "
+              f"{us['ours']:.3f} with ours")
+        print(f"median us per step of {args.calls} calls each, the three in turn")
+        print(f"{'layer':22} | {'one thread':>10} | {'TVM barrier':>11} | {'ours':>7} | ours/TVM | same")
+        for mode, hidden, batch, steps in SHAPES:
+            us, same = compare(mode, hidden, batch, steps, args.calls)
+            name = f"{mode} {hidden}/{batch}/{steps}"
+            print(f"{name:22} | {us['one thread']:10.3f} | {us['TVM barrier']:11.3f} | {us['ours']:7.3f} | "
+                  f"{us['ours'] / us['TVM barrier']:8.2f} | {'yes' if same else 'NO'}")
+    finally:
+        if busy:
+            busy.terminate()
+
+
+if __name__ == "__main__":
+    main()
