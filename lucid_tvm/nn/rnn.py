@@ -65,7 +65,7 @@ class _Cell(Module):
 
     @property
     def dtype(self):
-        return self.weight_ih.dtype
+        return self._parameters["weight_ih"].data.dtype  # not self.weight_ih: __getattr__ is slow
 
     @property
     def is_lstm(self):
@@ -128,8 +128,8 @@ class _Cell(Module):
         cn = np.empty((batch, self.hidden_size), self.dtype) if self.is_lstm else None
         self.run_sequence(contiguous(x.reshape(1, batch, self.input_size), self.dtype), h0, c0, y, cn=cn)
         shape = (batch, self.hidden_size) if batched else (self.hidden_size,)
-        h = Tensor(y.reshape(shape))
-        return (h, Tensor(cn.reshape(shape))) if self.is_lstm else h
+        h = Tensor._wrap(y.reshape(shape))
+        return (h, Tensor._wrap(cn.reshape(shape))) if self.is_lstm else h
 
 
 class RNNCell(_Cell):
@@ -233,10 +233,10 @@ class RNNBase(Module):
 
     def _initial_state(self, value, name, batch, batched):
         """``value`` as (num_layers * num_directions, batch, hidden_size), or None (zeros) for None."""
-        owner, stack = type(self).__name__, self.num_layers * self.num_directions
-        shape = (stack, batch, self.hidden_size)
         if value is None:
             return None  # zeros
+        owner, stack = type(self).__name__, self.num_layers * self.num_directions
+        shape = (stack, batch, self.hidden_size)
         state = to_numpy(value, f"{owner} {name}")
         if not batched:
             if state.shape != (stack, self.hidden_size):
@@ -272,7 +272,8 @@ class RNNBase(Module):
         elif self.batch_first:
             x = x.transpose(1, 0, 2)
         steps, batch = x.shape[0], x.shape[1]
-        cells = tuple(self.layers)  # one submodule lookup per call, not one per layer
+        # The cells without ``self.layers`` (Module.__getattr__): half a microsecond per call.
+        cells = tuple(self._modules["layers"]._modules.values())
         dtype, hidden, directions = cells[0].dtype, self.hidden_size, self.num_directions
         if self.is_lstm:
             if hx is None:
@@ -307,8 +308,8 @@ class RNNBase(Module):
         elif self.batch_first:
             output = output.transpose(1, 0, 2)
         if self.is_lstm:
-            return Tensor(output), (Tensor(h_n), Tensor(c_n))
-        return Tensor(output), Tensor(h_n)
+            return Tensor._wrap(output), (Tensor._wrap(h_n), Tensor._wrap(c_n))
+        return Tensor._wrap(output), Tensor._wrap(h_n)
 
 
 class RNN(RNNBase):
