@@ -7,14 +7,20 @@ protocol but spins on the CPU's pause hint first. On the 2-core VM of ``docs/per
 does nothing but meet took 0.23 us with TVM's and 0.09 us with ours, and a parallel step of RNN
 256 at batch 1 went from 1.6-1.8 to 1.4-1.6 us (``scripts/barrier_ab.py``).
 
-The barrier is compiled into every module's shared library (:func:`export_library`). TVM calls
-its backend functions through slots in the library that its loader fills with its own;
+The barrier is compiled into every shared library of kernels (:func:`export_library`: the kernel
+cache and artifacts; a module built in memory because the cache cannot be written keeps TVM's).
+TVM calls its backend functions through slots in the library that its loader fills with its own;
 :func:`load_module` points the barrier slot at ours. A library without ours (an artifact written
-before it existed) keeps TVM's. Only TVM's runtime is needed here.
+before it existed) keeps TVM's; both use the same counters, so they may even meet each other.
+
+Ours relies on TVM's own thread pool, as in the pinned wheel, whose launcher allocates the
+counters. A TVM runtime built from source with OpenMP has none: set ``LUCID_TVM_BARRIER=tvm`` to
+keep TVM's barrier there. Only TVM's runtime is needed here.
 """
 
 import ctypes
 import os
+import warnings
 from pathlib import Path
 
 import tvm
@@ -41,13 +47,21 @@ def load_module(path):
 
 def use_our_barrier(path):
     """Point the barrier slot of the loaded library at ``path`` to the barrier linked into it.
-    False when it has no parallel code or no barrier of ours."""
+    False when it has no parallel code or no barrier of ours, or ``LUCID_TVM_BARRIER=tvm``."""
+    if os.environ.get("LUCID_TVM_BARRIER") == "tvm":
+        return False
     try:
-        # The library TVM has just loaded (RTLD_NOLOAD: never a second copy).
-        library = ctypes.CDLL(str(path), mode=os.RTLD_NOLOAD | os.RTLD_NOW)
+        # The library TVM has just loaded, by the real path TVM opened (RTLD_NOLOAD: never a
+        # second copy).
+        library = ctypes.CDLL(os.path.realpath(path), mode=os.RTLD_NOLOAD | os.RTLD_NOW)
+    except OSError as err:
+        warnings.warn(f"lucid_tvm: cannot reach the loaded library {path} ({err}); its parallel "
+                      "steps keep TVM's barrier", stacklevel=3)
+        return False
+    try:
         slot = ctypes.c_void_p.in_dll(library, _SLOT)
         ours = ctypes.cast(getattr(library, _SYMBOL), ctypes.c_void_p).value
-    except (OSError, ValueError, AttributeError):
+    except (ValueError, AttributeError):  # no parallel code, or written before our barrier
         return False
     slot.value = ours
     return True

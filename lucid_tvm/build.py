@@ -30,8 +30,8 @@ from .kernels.spec import LayerSpec
 from .schedule import default_cuda_schedule, default_schedule
 
 _KERNELS = Path(__file__).parent / "kernels"
-# The kernels' Python, and the barrier linked into every library (``barrier.py``).
-_KERNEL_SOURCES = sorted([*_KERNELS.glob("*.py"), *_KERNELS.glob("*.cc")])
+# The kernels' Python, and the barrier linked into every library with the flags of ``barrier.py``.
+_KERNEL_SOURCES = sorted([*_KERNELS.glob("*.py"), *_KERNELS.glob("*.cc"), Path(barrier.__file__)])
 
 
 def host_target():

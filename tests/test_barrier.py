@@ -33,3 +33,28 @@ def test_library_without_our_barrier_keeps_tvms(tmp_path):
     assert slot is not None  # TVM's loader filled it with its own barrier
     assert not hasattr(library, "lucid_tvm_parallel_barrier")
     assert not barrier.use_our_barrier(path)
+
+
+def _library_with_our_barrier(directory):
+    _, lower, _ = build.lower_identity(("layer", "GRU", 8, 8, "float32"), build.host_target())
+    path = directory / "ours.so"
+    barrier.export_library(build.tvm.tirx.build(lower(), target=build.host_target()), path)
+    return path
+
+
+def test_loaded_through_a_symlink(tmp_path):
+    """TVM opens the library by its real path; ours finds it there too."""
+    link = tmp_path / "link.so"
+    link.symlink_to(_library_with_our_barrier(tmp_path))
+    barrier.load_module(link)
+    slot, library = _barrier_slot(link.resolve())
+    assert slot == ctypes.cast(library.lucid_tvm_parallel_barrier, ctypes.c_void_p).value
+
+
+def test_tvms_barrier_on_request(tmp_path, monkeypatch):
+    """LUCID_TVM_BARRIER=tvm keeps TVM's barrier (for a TVM runtime built with OpenMP)."""
+    monkeypatch.setenv("LUCID_TVM_BARRIER", "tvm")
+    path = _library_with_our_barrier(tmp_path)
+    barrier.load_module(path)
+    slot, library = _barrier_slot(path)
+    assert slot != ctypes.cast(library.lucid_tvm_parallel_barrier, ctypes.c_void_p).value
