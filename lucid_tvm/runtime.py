@@ -248,12 +248,14 @@ class LayerKernel:
     def recur_for(self, batch):
         """The recurrence's variants for ``batch`` rows per step, as :meth:`projection_for`: on one
         thread and split by hidden blocks (the threshold orders these two), then split by batch
-        rows when compiled and the batch is more than one row tile (parts take whole tiles, so a
-        smaller batch would leave all rows to one part)."""
-        s = self.spec
+        rows when compiled and the batch can be split: only rows the one-thread variant sums in
+        full-tile order can go to any part (``kernels/recurrent.py``), which are its full tiles of
+        ``rows`` rows and, below 8 rows a tile, a tile of 4."""
+        s, rows = self.spec, self.schedule["rows"]
         variants = self._variants("recur", batch * s.num_gates * s.hidden_size ** 2, "parallel_step_macs")
         by_rows = self.functions.get("recur_batch_parallel")
-        return variants + (by_rows,) if by_rows is not None and batch > self.schedule["rows"] else variants
+        smallest = 4 if rows < 8 else rows
+        return variants + (by_rows,) if by_rows is not None and batch >= smallest else variants
 
     def run(self, packed, x, h0, c0, y, yoff, reverse, cn):
         """One direction over a whole sequence.

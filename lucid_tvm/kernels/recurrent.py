@@ -35,7 +35,8 @@ def _row_tiles(G, L, R, dtype):
     """Macros for ``out[m, blk] = a[m, :] @ w[blk] + bias[blk]`` over packed weights, the inner
     kernel of both the projection and each recurrent step: ``tile`` does ``nrows`` rows with one
     weight load shared by all of them, ``remainder`` the last ``rest < R <= 8`` rows as tiles of
-    4, 2 and 1 (which covers any rest below 8, hence R in [4, 8])."""
+    4, 2 and 1 (which covers any rest below 8, hence R in [4, 8]), and ``in_order`` does the same
+    summing every row in the order of a full tile (no split k loop, see below)."""
     if not 4 <= R <= 8:
         raise ValueError(f"rows must be in [4, 8], got {R}")
     # Fewer rows than R leave too few independent FMA chains to hide the FMA latency (a batch-1
@@ -86,7 +87,16 @@ def _row_tiles(G, L, R, dtype):
         if rest % 2 == 1:
             tile(1, row0 + rest // 2 * 2, blk, a, w, bias, out)
 
-    return tile, remainder
+    @T.macro
+    def in_order(rest, row0, blk, a, w, bias, out):
+        if rest >= 4:
+            split_tile(4, 1, row0, blk, a, w, bias, out)
+        if rest % 4 >= 2:
+            split_tile(2, 1, row0 + rest // 4 * 4, blk, a, w, bias, out)
+        if rest % 2 == 1:
+            split_tile(1, 1, row0 + rest // 2 * 2, blk, a, w, bias, out)
+
+    return tile, remainder, in_order, ways
 
 
 def projection(num_gates, output_size, dtype, lanes, rows, parallel):
@@ -101,7 +111,7 @@ def projection(num_gates, output_size, dtype, lanes, rows, parallel):
     loop = T.parallel if parallel else T.serial
     element = np.dtype(dtype).itemsize
 
-    tile, remainder = _row_tiles(G, L, R, dtype)
+    tile, remainder, _, _ = _row_tiles(G, L, R, dtype)
 
     @T.prim_func
     def project(x_h: T.handle, w_h: T.handle, b_h: T.handle, xp_h: T.handle, first_row: T.int32):
@@ -161,16 +171,23 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1):
         time_steps, hidden_blocks = T.serial, T.serial
     n_parts = parts if split == "batch" else 1
 
-    def tile_edge(part, n_b, n_tiles):
-        """The first row tile of batch-split ``part`` (``n_tiles`` for ``part == n_parts``): the tile
-        edge nearest to an even share of the batch rows."""
-        nearest = (2 * part * n_b + n_parts * R) // (2 * n_parts * R)
-        return T.if_then_else(part == n_parts, n_tiles, T.min(n_tiles, nearest))
+    tile, remainder, in_order, ways = _row_tiles(G, L, R, dtype)
+
+    def ordered_rows(n_b):
+        """How many of the first rows the one-thread variant sums in full-tile order: its full
+        tiles, and its 4-row tile where that one does not split k (rows < 8). It sums the rest, its
+        last 1-3 rows (up to 7 at rows = 8), with k split."""
+        full = n_b // R * R
+        return full + T.if_then_else(n_b % R >= 4, 4, 0) if ways[4] == 1 else full
+
+    def part_start(part, n_b, ordered):
+        """First row of batch-split ``part`` (``n_b`` for ``part == n_parts``): an even share of the
+        rows, except that the rows summed with k split all go to the last part."""
+        even = (2 * part * n_b + n_parts) // (2 * n_parts)
+        return T.if_then_else(part == n_parts, n_b, T.min(ordered, even))
 
     def activation(g, xp, hp, act, tt, b, blk, l):
         return gate(mode, g, xp[tt, b, blk, g, l], hp[b, blk, g, l], lambda k: act[k, l])
-
-    tile, remainder = _row_tiles(G, L, R, dtype)
 
     @T.macro
     def gate_math(width, row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t):
@@ -199,12 +216,27 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1):
                 y[t, b, yoff + blk * L + l] = hnext[b, blk * L + l]
 
     @T.macro
-    def step(row0, n_rows, xp, w, rb, hprev, hnext, hp, y, yoff, cst, tt, t):
-        for blk in hidden_blocks(NB):
+    def row_tiles(row0, n_rows, n_split, blk, hprev, w, rb, hp):
+        if n_parts == 1:
             for bo in range(n_rows // R):
                 tile(R, row0 + bo * R, blk, hprev, w, rb, hp)
             rest = T.bind(n_rows % R)
             remainder(rest, row0 + n_rows - rest, blk, hprev, w, rb, hp)
+        else:
+            # A part of the batch: first its rows that the one-thread variant sums in full-tile
+            # order, in that order (full tiles, then tiles of 4, 2, 1 that do not split k), then
+            # (the last part only) the ``n_split`` rows it sums with k split, in its tiles.
+            n_ordered = T.bind(n_rows - n_split)
+            for bo in range(n_ordered // R):
+                tile(R, row0 + bo * R, blk, hprev, w, rb, hp)
+            rest = T.bind(n_ordered % R)
+            in_order(rest, row0 + n_ordered - rest, blk, hprev, w, rb, hp)
+            remainder(n_split, row0 + n_ordered, blk, hprev, w, rb, hp)
+
+    @T.macro
+    def step(row0, n_rows, n_split, xp, w, rb, hprev, hnext, hp, y, yoff, cst, tt, t):
+        for blk in hidden_blocks(NB):
+            row_tiles(row0, n_rows, n_split, blk, hprev, w, rb, hp)
             # The gate math exists once (twice with a tail block), not once per tile shape.
             if tail == 0:
                 gate_math(L, row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
@@ -214,12 +246,12 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1):
                 gate_math(tail, row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
 
     @T.macro
-    def rows_time_loop(row0, n_rows, n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse):
+    def rows_time_loop(row0, n_rows, n_split, n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse):
         for s in time_steps(n_s):
             tt = T.bind(T.if_then_else(reverse != 0, n_s - 1 - s, s))
             hprev = T.decl_buffer((n_b, H), dtype, data=hs.data, elem_offset=s % 2 * n_b * H)
             hnext = T.decl_buffer((n_b, H), dtype, data=hs.data, elem_offset=(s + 1) % 2 * n_b * H)
-            step(row0, n_rows, xp, w, rb, hprev, hnext, hp, y, yoff, cst, tt, t0 + tt)
+            step(row0, n_rows, n_split, xp, w, rb, hprev, hnext, hp, y, yoff, cst, tt, t0 + tt)
         if n_s % 2 == 1:  # the last step wrote hs[1]; the next chunk starts from hs[0]
             for b, j in T.grid(n_rows, H):
                 hs[0, row0 + b, j] = hs[1, row0 + b, j]
@@ -227,15 +259,16 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1):
     @T.macro
     def time_loop(n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse):
         if n_parts == 1:
-            rows_time_loop(0, n_b, n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse)
+            rows_time_loop(0, n_b, 0, n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse)
         else:
-            # Parts take whole row tiles where the one-thread variants have them, and the last
-            # part the remainder rows: every value is summed in the same order as there.
-            n_tiles = T.bind(n_b // R)
+            # Even shares of the batch, each row summed in the same order as in the one-thread
+            # variants (see row_tiles), so that every variant gives the same answer.
+            ordered = T.bind(ordered_rows(n_b))
             for part in T.parallel(n_parts):
-                first, last = T.bind(tile_edge(part, n_b, n_tiles)), T.bind(tile_edge(part + 1, n_b, n_tiles))
-                n_rows = T.bind((last - first) * R + T.if_then_else(part == n_parts - 1, n_b % R, 0))
-                rows_time_loop(first * R, n_rows, n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse)
+                first = T.bind(part_start(part, n_b, ordered))
+                n_rows = T.bind(part_start(part + 1, n_b, ordered) - first)
+                n_split = T.bind(T.if_then_else(part == n_parts - 1, n_b - ordered, 0))
+                rows_time_loop(first, n_rows, n_split, n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse)
 
     if is_lstm:
 
