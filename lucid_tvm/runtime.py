@@ -310,44 +310,55 @@ class _Faster:
     step waits at its barrier for a vCPU the host has taken away. On the 2-core VM of
     ``docs/perf`` the parallel recurrence ran up to 2x slower than the serial one for minutes at
     a time, and the crossover moved between 64K and 150K multiply-adds per step. So the schedule's
-    threshold only picks the first; every ``gap`` calls one runs another variant (each in turn),
-    and whichever ran faster is used from then on. The gap doubles while the choice holds (up to
-    ``MAX_GAP`` calls), so trying a clearly slower variant costs little. All variants compute
-    every value in the same order, so the choice never changes an answer. Only a trial and the
-    call before it are timed (that call measures the current variant): the clock costs a small
-    layer's call more than the rest of this.
+    threshold only picks the first; every ``gap`` calls another variant (each in turn) runs for a
+    trial of ``SAMPLES`` calls, and whichever ran faster is used from then on. The gap doubles
+    while the choice holds (up to ``MAX_GAP`` calls), so trying a clearly slower variant costs
+    little. All variants compute every value in the same order, so the choice never changes an
+    answer.
+
+    Only the trial's calls and as many calls before it (the current variant) are timed, since the
+    clock costs a small layer's call more than the rest of this, and each side counts its fastest
+    call. With trials of one call against one, LSTM 64/8/100 stayed on the hidden split for all of
+    600 calls, twice, though the batch split is faster (0.169 ms a call against 0.184,
+    ``scripts/variant_choice.py --each``); with two it ran the batch split from call 12 on.
     """
 
-    FIRST_GAP, MAX_GAP = 16, 256
+    FIRST_GAP, MAX_GAP, SAMPLES = 16, 256, 2
 
     def __init__(self, variants):
         self.variants = variants
-        self.seconds = [math.inf] * len(variants)  # last time per unit of work of each
+        self.seconds = [math.inf] * len(variants)  # fastest time per unit of work in the last round
         self.current = 0
         self.trials = 0  # trials so far: the next one runs the variant after the current
         self.gap = self.FIRST_GAP
         self.countdown = self.gap if len(variants) > 1 else math.inf
 
     def __call__(self, work, *args):
+        # countdown SAMPLES .. 1: the current variant, timed; 0 .. 1 - SAMPLES: the trial's.
         self.countdown -= 1
-        if self.countdown > 1:
+        if self.countdown > self.SAMPLES:
             self.variants[self.current](*args)
             return
-        trial = self.countdown == 0
-        if trial:
+        trial = self.countdown <= 0
+        if self.countdown == 0:
             self.trials += 1
-            index = (self.current + 1 + (self.trials - 1) % (len(self.variants) - 1)) % len(self.variants)
-        else:
-            index = self.current
+        index = self._candidate() if trial else self.current
         start = time.perf_counter()
         self.variants[index](*args)
-        self.seconds[index] = (time.perf_counter() - start) / work
-        if trial:
+        elapsed = (time.perf_counter() - start) / work
+        first = self.countdown in (self.SAMPLES, 0)
+        self.seconds[index] = elapsed if first else min(self.seconds[index], elapsed)
+        if self.countdown == 1 - self.SAMPLES:
             if self.seconds[index] < self.seconds[self.current]:
                 self.current, self.gap, self.trials = index, self.FIRST_GAP, 0
             else:
                 self.gap = min(2 * self.gap, self.MAX_GAP)
             self.countdown = self.gap
+
+    def _candidate(self):
+        """The variant of this trial: the ``trials``-th after the current, skipping the current."""
+        n = len(self.variants)
+        return (self.current + 1 + (self.trials - 1) % (n - 1)) % n
 
 
 # Per thread: the last _Plan of each layer kind. A layer runs its directions and layers one after

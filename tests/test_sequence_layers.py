@@ -182,29 +182,44 @@ def _faster_on_a_fake_clock(monkeypatch, cost):
 
 
 def test_faster_variant_is_kept_and_the_other_retried(monkeypatch):
-    """runtime._Faster: the first variant runs until a trial of the other one (after 16 calls)
+    """runtime._Faster: the first variant runs until a trial of the other one (two calls, after 16)
     measures faster; a trial that loses doubles the gap before the next one (up to 256)."""
     cost = {"first": 10.0, "second": 1.0}
     faster, ran = _faster_on_a_fake_clock(monkeypatch, cost)
     for _ in range(128):
         faster(1, "args")
-    assert ran[:15] == ["first"] * 15 and ran[15] == "second"  # the trial at call 16 wins: switch
-    assert [i + 1 for i, name in enumerate(ran) if i >= 16 and name == "first"] == [32, 64, 128]
-    cost["first"] = 0.5  # the machine changed: the next trial (gap now 128) switches back
+    assert ran[:15] == ["first"] * 15 and ran[15:17] == ["second"] * 2  # the trial wins: switch
+    # The trials of "first" lose: 16, then 32 calls after each (and 64 after the second).
+    assert [i + 1 for i, name in enumerate(ran) if i >= 17 and name == "first"] == [33, 34, 66, 67]
+    cost["first"] = 0.5  # the machine changed: the next trial (calls 131-132) switches back
     for _ in range(128):
         faster(1, "args")
-    assert ran[-128:] == ["second"] * 127 + ["first"] and faster.current == 0
+    assert ran[128:130] == ["second"] * 2 and ran[130:132] == ["first"] * 2 and faster.current == 0
+    assert [i + 1 for i, name in enumerate(ran) if i >= 132 and name == "second"] == [148, 149, 181, 182, 246, 247]
 
 
 def test_faster_tries_every_variant_in_turn(monkeypatch):
     """With three variants each trial runs the next one after the current, so the fastest is found
     even when the second is slower than the first."""
     faster, ran = _faster_on_a_fake_clock(monkeypatch, {0: 10.0, 1: 20.0, 2: 1.0})
-    for _ in range(64):
+    for _ in range(80):
         faster(1, "args")
-    # call 16 tries variant 1 (slower: the gap doubles), call 48 variant 2 (faster: switch)
-    assert ran[15] == 1 and ran[47] == 2 and set(ran[:47]) - {1} == {0} and faster.current == 2
-    assert ran[48:] == [2] * 15 + [0]  # 16 calls later the next trial: the variant after it
+    # calls 16-17 try variant 1 (slower: the gap doubles), calls 49-50 variant 2 (faster: switch)
+    assert ran[15:17] == [1, 1] and ran[48:50] == [2, 2] and set(ran[:48]) - {1} == {0}
+    assert faster.current == 2 and ran[50:] == [2] * 15 + [0, 0] + [2] * 13  # then tries variant 0
+
+
+def test_faster_counts_the_fastest_call_of_each_side(monkeypatch):
+    """One slow call (a neighbour taking the core) on either side does not decide a trial."""
+    cost = {"first": 10.0, "second": 8.0}
+    faster, ran = _faster_on_a_fake_clock(monkeypatch, cost)
+    for _ in range(15):
+        faster(1, "args")
+    cost["second"] = 30.0  # the trial's first call is slow, its second is not
+    faster(1, "args")
+    cost["second"] = 8.0
+    faster(1, "args")
+    assert ran[15:17] == ["second"] * 2 and faster.current == 1
 
 
 @pytest.mark.parametrize("mode, hidden, batch", [("LSTM", 128, 8), ("GRU", 40, 1), ("RNN_TANH", 256, 4),
