@@ -79,22 +79,21 @@ def _row_tiles(G, L, R, dtype):
         split_tile(nrows, ways[nrows], row0, blk, a, w, bias, out)
 
     @T.macro
-    def remainder(rest, row0, blk, a, w, bias, out):
+    def tiles_of_4_2_1(rest, row0, blk, a, w, bias, out, split_k):
         if rest >= 4:
-            tile(4, row0, blk, a, w, bias, out)
+            split_tile(4, ways[4] if split_k else 1, row0, blk, a, w, bias, out)
         if rest % 4 >= 2:
-            tile(2, row0 + rest // 4 * 4, blk, a, w, bias, out)
+            split_tile(2, ways[2] if split_k else 1, row0 + rest // 4 * 4, blk, a, w, bias, out)
         if rest % 2 == 1:
-            tile(1, row0 + rest // 2 * 2, blk, a, w, bias, out)
+            split_tile(1, ways[1] if split_k else 1, row0 + rest // 2 * 2, blk, a, w, bias, out)
+
+    @T.macro
+    def remainder(rest, row0, blk, a, w, bias, out):
+        tiles_of_4_2_1(rest, row0, blk, a, w, bias, out, True)
 
     @T.macro
     def in_order(rest, row0, blk, a, w, bias, out):
-        if rest >= 4:
-            split_tile(4, 1, row0, blk, a, w, bias, out)
-        if rest % 4 >= 2:
-            split_tile(2, 1, row0 + rest // 4 * 4, blk, a, w, bias, out)
-        if rest % 2 == 1:
-            split_tile(1, 1, row0 + rest // 2 * 2, blk, a, w, bias, out)
+        tiles_of_4_2_1(rest, row0, blk, a, w, bias, out, False)
 
     return tile, remainder, in_order, ways
 
@@ -217,7 +216,7 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1):
 
     @T.macro
     def row_tiles(row0, n_rows, n_split, blk, hprev, w, rb, hp):
-        if n_parts == 1:
+        if n_parts == 1:  # (the general form below covers one part too, with tiles it never runs)
             for bo in range(n_rows // R):
                 tile(R, row0 + bo * R, blk, hprev, w, rb, hp)
             rest = T.bind(n_rows % R)
