@@ -45,22 +45,28 @@ def load_module(path):
     return module
 
 
+def barrier_slot(path):
+    """``(slot, ours)`` of the loaded library at ``path``: its barrier slot (a ctypes pointer,
+    whose ``value`` the parallel steps call) and the address of our barrier in it. OSError when
+    the library is not loaded; ValueError or AttributeError when it has no parallel code or no
+    barrier of ours."""
+    # The library TVM has loaded, by the real path TVM opened (RTLD_NOLOAD: never a second copy).
+    library = ctypes.CDLL(os.path.realpath(path), mode=os.RTLD_NOLOAD | os.RTLD_NOW)
+    ours = ctypes.cast(getattr(library, _SYMBOL), ctypes.c_void_p).value
+    return ctypes.c_void_p.in_dll(library, _SLOT), ours
+
+
 def use_our_barrier(path):
     """Point the barrier slot of the loaded library at ``path`` to the barrier linked into it.
     False when it has no parallel code or no barrier of ours, or ``LUCID_TVM_BARRIER=tvm``."""
     if os.environ.get("LUCID_TVM_BARRIER") == "tvm":
         return False
     try:
-        # The library TVM has just loaded, by the real path TVM opened (RTLD_NOLOAD: never a
-        # second copy).
-        library = ctypes.CDLL(os.path.realpath(path), mode=os.RTLD_NOLOAD | os.RTLD_NOW)
+        slot, ours = barrier_slot(path)
     except OSError as err:
         warnings.warn(f"lucid_tvm: cannot reach the loaded library {path} ({err}); its parallel "
                       "steps keep TVM's barrier", stacklevel=3)
         return False
-    try:
-        slot = ctypes.c_void_p.in_dll(library, _SLOT)
-        ours = ctypes.cast(getattr(library, _SYMBOL), ctypes.c_void_p).value
     except (ValueError, AttributeError):  # no parallel code, or written before our barrier
         return False
     slot.value = ours

@@ -16,7 +16,6 @@ import ctypes
 import functools
 import math
 import multiprocessing
-import os
 import statistics
 import tempfile
 import time
@@ -73,9 +72,7 @@ def compare(mode, hidden, batch, steps, calls):
     layer(x)
     kernel = layer.layers[0]._kernel()
     recur = runtime._plans.__dict__[kernel.identity].recur
-    library = ctypes.CDLL(str(runtime.registered(kernel.identity).path), mode=os.RTLD_NOLOAD | os.RTLD_NOW)
-    slot = ctypes.c_void_p.in_dll(library, "__TVMBackendParallelBarrier")
-    ours = ctypes.cast(library.lucid_tvm_parallel_barrier, ctypes.c_void_p).value
+    slot, ours = barrier.barrier_slot(runtime.registered(kernel.identity).path)
     tvms = ctypes.cast(ctypes.CDLL(None).TVMBackendParallelBarrier, ctypes.c_void_p).value
     serial = recur.variants.index(kernel.functions["recur"])
     hidden_split = recur.variants.index(kernel.functions["recur_parallel"])
