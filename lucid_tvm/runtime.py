@@ -371,6 +371,22 @@ def release_workspaces():
     _plans.__dict__.clear()
 
 
+def between_layers(slot, shape, dtype):
+    """This thread's buffer for a stacked layer's output that only the next layer reads (``slot``
+    0 or 1, alternate layers), kept for the next call of the same shape like the workspaces.
+
+    Allocated and freed on every call, such a buffer and the output, freed together when the
+    caller drops the output, made glibc give their memory back to the system (they passed its
+    trim threshold), and the page faults of the next call took as long as the layers: RNN
+    40->128, batch 32, 100 steps, 2 layers, 1.86 ms and 878 page faults a call, 0.98 ms and none
+    with the buffer kept."""
+    key = ("between layers", slot)
+    kept = _plans.__dict__.get(key)
+    if kept is None or kept.shape != shape or kept.dtype != dtype:
+        kept = _plans.__dict__[key] = np.empty(shape, dtype)
+    return kept
+
+
 class _Plan:
     """Everything a sequence of one shape needs besides its input, weights and outputs: the
     workspace as DLPack views, the kernel variants for its batch, and the chunking.

@@ -145,9 +145,11 @@ def test_bad_input_raises_and_never_crashes():
 
 
 def test_threads_match_serial_calls(rng):
-    layers = [torch_twin(mode, 5, 24)[1] for mode in ("LSTM", "GRU", "RNN_TANH")]
+    # The stacked one keeps a buffer between its layers per thread (runtime.between_layers).
+    layers = [torch_twin(mode, 5, 24, num_layers=layers)[1]
+              for mode, layers in (("LSTM", 1), ("GRU", 1), ("RNN_TANH", 1), ("GRU", 3))]
     inputs = [rng.standard_normal((6, 3, 5)).astype(np.float32) for _ in range(12)]
-    jobs = [(layers[i % 3], x) for i, x in enumerate(inputs)]
+    jobs = [(layers[i % len(layers)], x) for i, x in enumerate(inputs)]
     serial = [layer(x)[0].numpy() for layer, x in jobs]
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
         for _ in range(3):

@@ -135,6 +135,40 @@ def test_workspace_kept_between_calls(mode, rng):
         assert_close(ours(x)[0], ref(torch.from_numpy(x))[0])
 
 
+def test_stacked_layers_return_new_outputs(rng):
+    """The layers before the last write into buffers that each thread keeps for its next call
+    (``runtime.between_layers``); what a call returns is still its own, untouched by later calls."""
+    ref, ours = torch_twin("GRU", 6, 9, num_layers=3)
+    xs = [rng.standard_normal((7, 2, 6)).astype(np.float32) for _ in range(3)]
+    outputs = [ours(x) for x in xs]
+    for x, (y, h_n) in zip(xs, outputs):
+        with torch.no_grad():
+            ref_y, ref_h = ref(torch.from_numpy(x))
+        assert_close(y, ref_y)
+        assert_close(h_n, ref_h)
+
+
+def test_between_layers_buffers_are_kept_per_thread_slot_and_shape():
+    import threading
+
+    from lucid_tvm import runtime
+
+    runtime.release_workspaces()
+    kept = runtime.between_layers(0, (3, 2, 4), np.dtype(np.float32))
+    assert runtime.between_layers(0, (3, 2, 4), np.dtype(np.float32)) is kept
+    assert runtime.between_layers(1, (3, 2, 4), np.dtype(np.float32)) is not kept
+    others = []
+    thread = threading.Thread(target=lambda: others.append(runtime.between_layers(0, (3, 2, 4), np.dtype(np.float32))))
+    thread.start()
+    thread.join()
+    assert others[0] is not kept
+    assert runtime.between_layers(0, (3, 2, 4), np.dtype(np.float64)).dtype == np.float64
+    assert runtime.between_layers(0, (5, 2, 4), np.dtype(np.float32)).shape == (5, 2, 4)
+    kept = runtime.between_layers(0, (5, 2, 4), np.dtype(np.float32))
+    runtime.release_workspaces()
+    assert runtime.between_layers(0, (5, 2, 4), np.dtype(np.float32)) is not kept
+
+
 def test_dropout_only_in_training(rng):
     ref, ours = torch_twin("LSTM", I, H, num_layers=3, dropout=1.0)
     x = rng.standard_normal((T, B, I)).astype(np.float32)

@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 
 from ..kernels.spec import MODES, NUM_GATES
-from ..runtime import contiguous, layer_kernel, registry_generation
+from ..runtime import between_layers, contiguous, layer_kernel, registry_generation
 from ..tensor import Tensor, generator, to_numpy
 from . import checks, gpu
 from .activation import ReLU, Tanh
@@ -289,7 +289,9 @@ class RNNBase(Module):
         c_n = np.empty_like(h_n) if self.is_lstm else None
         layer_input = contiguous(x, dtype)
         for layer in range(self.num_layers):
-            y = np.empty((steps, batch, directions * hidden), dtype)
+            shape = (steps, batch, directions * hidden)
+            # Only the last layer's output is the caller's; the others go to kept buffers.
+            y = np.empty(shape, dtype) if layer == self.num_layers - 1 else between_layers(layer % 2, shape, dtype)
             for direction in range(directions):
                 index = layer * directions + direction
                 cells[index].run_sequence(
