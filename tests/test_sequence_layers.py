@@ -135,6 +135,29 @@ def test_workspace_kept_between_calls(mode, rng):
         assert_close(ours(x)[0], ref(torch.from_numpy(x))[0])
 
 
+def test_one_plan_per_batch_serves_every_length(rng):
+    """Sequences of varying length with one batch size share a plan (its workspace grows to the
+    longest chunk, the variants learned are kept) and each gets the right answer."""
+    from lucid_tvm import runtime
+
+    ref, ours = torch_twin("LSTM", 6, 10, bidirectional=True)
+    kernel = ours.layers[0]._kernel()
+    plans = []
+    # One row per step: chunks of 256 steps. Growing from 3 steps, a shorter chunk in a larger
+    # workspace, and lengths with a last chunk of 1 and of 44 steps.
+    for steps in (3, 300, 7, 257, 1, 300):
+        x = rng.standard_normal((steps, 1, 6)).astype(np.float32)
+        with torch.no_grad():
+            assert_close(ours(x)[0], ref(torch.from_numpy(x))[0])
+        plans.append(runtime._plans.__dict__[kernel.identity])
+    assert all(plan is plans[0] for plan in plans)
+    assert plans[0].capacity == 256
+    x = rng.standard_normal((5, 2, 6)).astype(np.float32)  # another batch size: its own plan
+    with torch.no_grad():
+        assert_close(ours(x)[0], ref(torch.from_numpy(x))[0])
+    assert runtime._plans.__dict__[kernel.identity].batch == 2
+
+
 def test_stacked_layers_return_new_outputs(rng):
     """The layers before the last write into buffers that each thread keeps for its next call
     (``runtime.between_layers``); what a call returns is still its own, untouched by later calls."""
@@ -269,7 +292,7 @@ def test_variants_give_identical_answers(mode, hidden, batch, rng):
     first = ours(x)[0].numpy()
     kernel = ours.layers[0]._kernel()
     plan = runtime._plans.__dict__[kernel.identity]
-    choices = [plan.recur] + [project for project, _, _ in plan.chunks.values()]
+    choices = [plan.recur] + list(plan.projections.values())
     # The batch split is offered from 4 rows (below 8 rows a tile), else from one full tile.
     rows = kernel.schedule["rows"]
     splits_batch = batch >= (4 if rows < 8 else rows) and kernel.schedule["cores"] > 1
