@@ -63,7 +63,8 @@ _SOURCES_DIGEST = _sources_digest()
 def cache_key(description, target):
     """Hash of everything that decides a module's machine code."""
     text = json.dumps(
-        {"module": description, "target": str(target), "tvm": tvm.__version__, "kernels": _SOURCES_DIGEST},
+        {"module": description, "target": str(target), "tvm": tvm.__version__, "kernels": _SOURCES_DIGEST,
+         "passes": _pass_config(target)},
         sort_keys=True,
     )
     return hashlib.sha256(text.encode()).hexdigest()[:32]
@@ -194,7 +195,7 @@ def build_for(identity, target):
     if lowered is None:
         return None
     _, lower, schedule = lowered
-    return tvm.tirx.build(lower(), target=target), schedule
+    return _compile(lower(), target), schedule
 
 
 def parse_target(value):
@@ -291,6 +292,18 @@ def _use_nvcc():
     tvm_ffi.register_global_func("tvm_callback_cuda_postproc", _nvcc_fatbin, override=True)
 
 
+def _pass_config(target):
+    """TVM pass options for ``target`` (part of the cache key). CPUs go without TVM's
+    StorageRewrite: it drops the annotation that keeps the kernels' per-tile scratch on the stack
+    (``kernels/recurrent.py``), and merges nothing our kernels need merged."""
+    return {"tirx.disable_storage_rewrite": target.kind.name == "llvm"}
+
+
+def _compile(mod, target):
+    with tvm.transform.PassContext(config=_pass_config(target)):
+        return tvm.tirx.build(mod, target=target)
+
+
 def compile_cached(description, lower, target):
     """(module, file or None) for ``description``: from the disk cache, or built by ``lower()``."""
     return _load_or_build(cache_key(description, target), lower, target)
@@ -304,7 +317,7 @@ def _load_or_build(key, lower, target):
         cached = _load_verified(path, digest_path)
         if cached is not None:
             return cached, path
-        module = tvm.tirx.build(lower(), target=target)
+        module = _compile(lower(), target)
         try:
             write_atomic(path, lambda tmp: barrier.export_library(module, tmp))
             write_atomic(digest_path, lambda tmp: Path(tmp).write_text(sha256(path)))

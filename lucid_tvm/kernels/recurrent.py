@@ -30,6 +30,12 @@ from .gates import gate, new_cell, new_hidden
 from .layout import num_blocks
 from .spec import NUM_GATES
 
+# Per-tile scratch (accumulators, gate values) on the stack. TVM 0.27 turns every "local"
+# allocation on a CPU (and "global" ones of 1 KB or more) into a TVMBackendAllocWorkspace /
+# FreeWorkspace pair where the buffer is declared; inside the parallel steps that is once per
+# hidden block and step.
+ON_STACK = {"disable_lower_builtin": True}
+
 
 def _row_tiles(G, L, R, dtype):
     """Macros for ``out[m, blk] = a[m, :] @ w[blk] + bias[blk]`` over packed weights, the inner
@@ -46,7 +52,7 @@ def _row_tiles(G, L, R, dtype):
 
     @T.macro
     def split_tile(nrows, S, row0, blk, a, w, bias, out):
-        acc = T.alloc_buffer((S, R, G, L), dtype, scope="local")
+        acc = T.alloc_buffer((S, R, G, L), dtype, scope="local", annotations=ON_STACK)
         for r, g in T.grid(nrows, G):
             for l in T.vectorized(L):
                 acc[0, r, g, l] = bias[blk, g, l]
@@ -191,7 +197,7 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1):
     @T.macro
     def gate_math(width, row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t):
         # Only ``width`` lanes are stored: a tail block's padding would spill into the next columns.
-        act = T.alloc_buffer((G, L), dtype, scope="local")
+        act = T.alloc_buffer((G, L), dtype, scope="local", annotations=ON_STACK)
         for b in range(row0, row0 + n_rows):
             # One statement per gate (a constant `if` picks the gates this mode has).
             for l in T.vectorized(width):
