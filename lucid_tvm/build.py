@@ -195,7 +195,7 @@ def build_for(identity, target):
     if lowered is None:
         return None
     _, lower, schedule = lowered
-    return _compile(lower(), target), schedule
+    return compile_module(lower(), target), schedule
 
 
 def parse_target(value):
@@ -299,7 +299,8 @@ def _pass_config(target):
     return {"tirx.disable_storage_rewrite": target.kind.name == "llvm"}
 
 
-def _compile(mod, target):
+def compile_module(mod, target):
+    """``mod`` (an IRModule of TIR) compiled for ``target`` as the kernels are."""
     with tvm.transform.PassContext(config=_pass_config(target)):
         return tvm.tirx.build(mod, target=target)
 
@@ -317,7 +318,7 @@ def _load_or_build(key, lower, target):
         cached = _load_verified(path, digest_path)
         if cached is not None:
             return cached, path
-        module = _compile(lower(), target)
+        module = compile_module(lower(), target)
         try:
             write_atomic(path, lambda tmp: barrier.export_library(module, tmp))
             write_atomic(digest_path, lambda tmp: Path(tmp).write_text(sha256(path)))

@@ -24,7 +24,8 @@ import tvm
 from tvm.script import tirx as T
 
 from lucid_tvm import runtime
-from lucid_tvm.build import host_target
+from lucid_tvm.build import compile_module, host_target
+from lucid_tvm.kernels.recurrent import ON_STACK
 from lucid_tvm.schedule import vector_lanes
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "perf" / "machine.json"
@@ -48,7 +49,7 @@ def read_kernel(cores, lanes, per_task, repeats):
     @T.prim_func
     def read(buf: T.Buffer((cores, vectors, lanes), "float32"), out: T.Buffer((cores, lanes), "float32")):
         for task in T.parallel(cores):
-            acc = T.alloc_buffer((8, lanes), "float32", scope="local")
+            acc = T.alloc_buffer((8, lanes), "float32", scope="local", annotations=ON_STACK)
             for r in T.unroll(8):
                 for l in T.vectorized(lanes):
                     acc[r, l] = T.float32(0)
@@ -77,7 +78,7 @@ def measure():
     target = host_target()
     cores = int(os.environ.get("TVM_NUM_THREADS") or len(os.sched_getaffinity(0)))
     lanes = vector_lanes(target, "float32")
-    build = lambda f: tvm.tirx.build(tvm.IRModule({"main": f}), target=target)["main"]  # noqa: E731
+    build = lambda f: compile_module(tvm.IRModule({"main": f}), target)["main"]  # noqa: E731
     out = tvm.runtime.empty((cores, lanes), "float32")
 
     # An LSTM layer's input projection: 6 rows x 4 gates = 24 accumulators per tile.

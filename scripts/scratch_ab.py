@@ -33,7 +33,7 @@ def builds(spec, directory):
     lowered = build.lower_layer(spec, default_schedule(target, NUM_GATES[spec.mode], spec.hidden_size, spec.dtype))
     modules = {}
     for name, compile in (("workspaces", lambda: tvm.tirx.build(lowered, target=target)),
-                          ("stack", lambda: build._compile(lowered, target))):
+                          ("stack", lambda: build.compile_module(lowered, target))):
         path = f"{directory}/{spec.mode}{spec.hidden_size}_{name}.so"
         barrier.export_library(compile(), path)
         modules[name] = barrier.load_module(path)
