@@ -6,9 +6,12 @@ How: small TIR kernels compiled for this CPU, run on every core at once (one tas
 
 - FMA peak: the best rate of lucid_tvm's packed GEMM (an LSTM layer's input projection, M x 512
   x 2048, 24 accumulators per tile), whose inner loop is nothing but vector FMAs. (A synthetic loop of dependent
-  FMAs on a local buffer reached only 40% of it: LLVM kept that buffer in memory.)
-- Read bandwidth: each task sums its own buffer over and over with 8 vector accumulators. The
-  buffer per task is sized to sit in that core's L2, in the shared L3, or in DRAM.
+  FMAs on a local buffer reached only 40% of it: LLVM kept that buffer in memory, which is what TVM
+  does with a "local" buffer unless told otherwise; see "Scratch on the stack" in docs/design.md.)
+- Read bandwidth: each task sums its own buffer over and over with 8 vector accumulators, kept in
+  registers (as TVM workspaces, every add went through memory and the L2 figure came out at 259
+  GB/s against 448-479). The buffer per task is sized to sit in that core's L2, in the shared L3,
+  or in DRAM.
 
 Each kernel runs several times; the best time counts (the machine's limit, not its noise).
 ``bench.py`` turns these into a lower bound per benchmark shape.
