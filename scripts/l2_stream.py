@@ -7,7 +7,9 @@ loop split 4 ways into 16 accumulators kept in registers), on every core, each o
 weights (sized to sit in its L2), read again and again. Only the multiplier changes: ``h[k]``
 broadcast from memory (what the recurrence does), ``h[k]`` stored pre-broadcast as a vector, a
 value computed from ``k``, and a constant. The best of 7 calls, as GB/s read by all cores, to
-compare with the L2 bandwidth ``machine_limits.py`` measures by adding the weights up.
+compare with the L2 bandwidth ``machine_limits.py`` measures by adding the weights up. (With other
+block lengths and k splits the same loop moved between 250 and 480 GB/s with either multiplier;
+see "Numbers and where they leave room" in ``docs/design.md``.)
 """
 
 import argparse
