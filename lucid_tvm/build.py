@@ -27,7 +27,7 @@ from . import barrier
 from .files import sha256, write_atomic
 from .kernels import cuda, recurrent
 from .kernels.spec import LayerSpec
-from .schedule import default_cuda_schedule, default_schedule
+from .schedule import default_cuda_schedule, default_schedule, pass_config
 
 _KERNELS = Path(__file__).parent / "kernels"
 # The kernels' Python, and the barrier linked into every library with the flags of ``barrier.py``.
@@ -64,7 +64,7 @@ def cache_key(description, target):
     """Hash of everything that decides a module's machine code."""
     text = json.dumps(
         {"module": description, "target": str(target), "tvm": tvm.__version__, "kernels": _SOURCES_DIGEST,
-         "passes": _pass_config(target)},
+         "passes": pass_config(target)},
         sort_keys=True,
     )
     return hashlib.sha256(text.encode()).hexdigest()[:32]
@@ -292,16 +292,9 @@ def _use_nvcc():
     tvm_ffi.register_global_func("tvm_callback_cuda_postproc", _nvcc_fatbin, override=True)
 
 
-def _pass_config(target):
-    """TVM pass options for ``target`` (part of the cache key). CPUs go without TVM's
-    StorageRewrite: it drops the annotation that keeps the kernels' per-tile scratch on the stack
-    (``kernels/recurrent.py``), and merges nothing our kernels need merged."""
-    return {"tirx.disable_storage_rewrite": target.kind.name == "llvm"}
-
-
 def compile_module(mod, target):
     """``mod`` (an IRModule of TIR) compiled for ``target`` as the kernels are."""
-    with tvm.transform.PassContext(config=_pass_config(target)):
+    with tvm.transform.PassContext(config=pass_config(target)):
         return tvm.tirx.build(mod, target=target)
 
 

@@ -78,6 +78,13 @@ def default_schedule(target, num_gates, hidden_size, dtype):
     )
 
 
+def pass_config(target):
+    """TVM pass options the kernels compile with for ``target`` (part of the kernel cache key).
+    CPUs go without TVM's StorageRewrite: it drops the annotation that keeps the kernels' per-tile
+    scratch on the stack (``kernels/recurrent.py``), and merges nothing our kernels need merged."""
+    return {"tirx.disable_storage_rewrite": target.kind.name == "llvm"}
+
+
 # The input projection runs a chunk of steps at a time, so the workspace holds at most
 # max(CHUNK_ROWS, B) rows of G*H, not the whole sequence; 256 rows keep the GEMM efficient.
 CHUNK_ROWS = 256
