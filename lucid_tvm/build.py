@@ -27,7 +27,7 @@ from . import barrier
 from .files import sha256, write_atomic
 from .kernels import cuda, recurrent
 from .kernels.spec import LayerSpec
-from .schedule import default_cuda_schedule, default_schedule, pass_config
+from .schedule import compile_module, default_cuda_schedule, default_schedule, pass_config
 
 _KERNELS = Path(__file__).parent / "kernels"
 # The kernels' Python, and the barrier linked into every library with the flags of ``barrier.py``.
@@ -290,12 +290,6 @@ def _use_nvcc():
     import tvm_ffi
 
     tvm_ffi.register_global_func("tvm_callback_cuda_postproc", _nvcc_fatbin, override=True)
-
-
-def compile_module(mod, target):
-    """``mod`` (an IRModule of TIR) compiled for ``target`` as the kernels are."""
-    with tvm.transform.PassContext(config=pass_config(target)):
-        return tvm.tirx.build(mod, target=target)
 
 
 def compile_cached(description, lower, target):

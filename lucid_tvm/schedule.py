@@ -24,6 +24,7 @@ The GPU kernels (``kernels/cuda.py``) take the knobs of :class:`CudaSchedule`.
 from dataclasses import dataclass
 
 import numpy as np
+import tvm
 from tvm.target import codegen
 
 # Below this many multiply-adds per step, one thread beats two meeting at a barrier every step.
@@ -83,6 +84,13 @@ def pass_config(target):
     CPUs go without TVM's StorageRewrite: it drops the annotation that keeps the kernels' per-tile
     scratch on the stack (``kernels/recurrent.py``), and merges nothing our kernels need merged."""
     return {"tirx.disable_storage_rewrite": target.kind.name == "llvm"}
+
+
+def compile_module(mod, target):
+    """``mod`` (an IRModule of TIR) compiled for ``target`` as the kernels are, tuning candidates
+    included."""
+    with tvm.transform.PassContext(config=pass_config(target)):
+        return tvm.tirx.build(mod, target=target)
 
 
 # The input projection runs a chunk of steps at a time, so the workspace holds at most

@@ -39,7 +39,7 @@ from .kernels import recurrent
 from .kernels.layout import num_blocks
 from .kernels.projection_te import projection_te
 from .kernels.spec import LayerSpec
-from .schedule import chunk_steps, default_schedule, pass_config
+from .schedule import chunk_steps, compile_module, default_schedule
 
 MEASUREMENTS = "measurements.json"
 # A tuned schedule is used only when it measured at least this much faster than the default
@@ -264,9 +264,7 @@ def _measure_here(workload, directory, target, rpc_config):
     target = tvm.target.Target(target)
     schedule = _database(Path(directory)).query_schedule(workload.module(), target, "main")
     default_mod = _default_module(workload, target)
-    with tvm.transform.PassContext(config=pass_config(target)):  # both as the runtime builds them
-        tuned = tvm.tirx.build(schedule.mod, target=target)
-        default = tvm.tirx.build(default_mod, target=target)
+    tuned, default = compile_module(schedule.mod, target), compile_module(default_mod, target)
     # The default kernel takes the chunk's first row as a trailing int once it has one.
     extra = [0] * (len(default_mod["project"].params) - 4)
     session = rpc_config.connect_server() if rpc_config is not None else None
@@ -300,8 +298,7 @@ def _build_candidate(mod, target, _params):
     costs about 20 s in each fresh builder process (LocalBuilder starts new ones per batch)."""
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
-    with tvm.transform.PassContext(config=pass_config(target)):  # as the runtime builds the winner
-        return tvm.tirx.build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+    return compile_module(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target)
 
 
 @contextlib.contextmanager

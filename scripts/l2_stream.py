@@ -20,8 +20,9 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-from lucid_tvm.build import compile_module, host_target
+from lucid_tvm.build import host_target
 from lucid_tvm.kernels.recurrent import ON_STACK
+from lucid_tvm.schedule import compile_module
 
 GATES, SPLIT, REPEATS = 4, 4, 200
 MULTIPLIERS = {"h[k] broadcast from memory": 0, "h[k] pre-broadcast vector": 1,

@@ -27,9 +27,9 @@ import tvm
 from tvm.script import tirx as T
 
 from lucid_tvm import runtime
-from lucid_tvm.build import compile_module, host_target
+from lucid_tvm.build import host_target
 from lucid_tvm.kernels.recurrent import ON_STACK
-from lucid_tvm.schedule import vector_lanes
+from lucid_tvm.schedule import compile_module, vector_lanes
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "perf" / "machine.json"
 

@@ -19,7 +19,7 @@ import tvm
 
 from lucid_tvm import barrier, build, runtime
 from lucid_tvm.kernels.spec import LayerSpec, NUM_GATES
-from lucid_tvm.schedule import default_schedule
+from lucid_tvm.schedule import compile_module, default_schedule
 
 SHAPES = ["LSTM:32:1:200", "GRU:64:1:200", "RNN_TANH:256:1:150", "LSTM:256:1:150", "GRU:128:4:1000",
           "LSTM:128:4:200", "RNN_TANH:128:32:100", "LSTM:1024:1:25", "GRU:512:64:25"]
@@ -33,7 +33,7 @@ def builds(spec, directory):
     lowered = build.lower_layer(spec, default_schedule(target, NUM_GATES[spec.mode], spec.hidden_size, spec.dtype))
     modules = {}
     for name, compile in (("workspaces", lambda: tvm.tirx.build(lowered, target=target)),
-                          ("stack", lambda: build.compile_module(lowered, target))):
+                          ("stack", lambda: compile_module(lowered, target))):
         path = f"{directory}/{spec.mode}{spec.hidden_size}_{name}.so"
         barrier.export_library(compile(), path)
         modules[name] = barrier.load_module(path)

@@ -1,6 +1,7 @@
 """What the compiled CPU kernels must not contain, checked on the LLVM IR TVM generates."""
 
 from lucid_tvm import build
+from lucid_tvm.schedule import compile_module
 
 
 def test_tile_scratch_stays_on_the_stack():
@@ -11,4 +12,4 @@ def test_tile_scratch_stays_on_the_stack():
     _, lower, _ = build.lower_identity(("layer", "LSTM", 8, 8, "float32"), target)
     with_default_passes = build.tvm.tirx.build(lower(), target=target).inspect_source("ll")
     assert "TVMBackendAllocWorkspace" in with_default_passes  # what this test guards against
-    assert "TVMBackendAllocWorkspace" not in build.compile_module(lower(), target).inspect_source("ll")
+    assert "TVMBackendAllocWorkspace" not in compile_module(lower(), target).inspect_source("ll")

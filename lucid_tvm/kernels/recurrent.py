@@ -33,7 +33,8 @@ from .spec import NUM_GATES
 # Per-tile scratch (accumulators, gate values) on the stack. TVM 0.27 turns every "local"
 # allocation on a CPU (and "global" ones of 1 KB or more) into a TVMBackendAllocWorkspace /
 # FreeWorkspace pair where the buffer is declared; inside the parallel steps that is once per
-# hidden block and step.
+# hidden block and step. (The annotation survives only without StorageRewrite:
+# ``schedule.pass_config``.)
 ON_STACK = {"disable_lower_builtin": True}
 
 
