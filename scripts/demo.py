@@ -1,12 +1,17 @@
 """The main job: compile lucid.nn recurrent layers for this CPU, run them, check them against a
 numpy reference, and time them."""
 
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
+# OpenBLAS's threads (under the numpy reference) keep spinning for a while after each matmul, and
+# a parallel step waits at its barrier for the core they hold: the next layer's medians came out
+# up to 15x slower. As in bench.py, they go idle after 2^20 cycles. Set before numpy loads.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 import lucid_tvm as lucid  # noqa: E402
