@@ -7,9 +7,13 @@ loop split 4 ways into 16 accumulators kept in registers), on every core, each o
 weights (sized to sit in its L2), read again and again. Only the multiplier changes: ``h[k]``
 broadcast from memory (what the recurrence does), ``h[k]`` stored pre-broadcast as a vector, a
 value computed from ``k``, and a constant. The best of 7 calls, as GB/s read by all cores, to
-compare with the L2 bandwidth ``machine_limits.py`` measures by adding the weights up. (With other
-block lengths and k splits the same loop moved between 250 and 480 GB/s with either multiplier;
-see "Numbers and where they leave room" in ``docs/design.md``.)
+compare with the L2 bandwidth ``machine_limits.py`` measures by adding the weights up.
+
+A second table keeps ``h[k]`` broadcast from memory and changes how many vectors (gates of 16
+lanes) each ``h[k]`` multiplies, the k loop still split 4 ways: on Zen 5, 1 to 3 vectors (a GRU
+block) streamed at 490-520 GB/s and 4 to 8 (an LSTM block, an RNN block of 64 lanes) at 260-320.
+Reading the recurrence's blocks in pieces of 2 vectors did not carry that over to the layers; see
+"Numbers and where they leave room" in ``docs/design.md``.
 """
 
 import argparse
@@ -25,12 +29,13 @@ from lucid_tvm.kernels.recurrent import ON_STACK
 from lucid_tvm.schedule import compile_module
 
 GATES, SPLIT, REPEATS = 4, 4, 200
+VECTORS_PER_K = (1, 2, 3, 4, 5, 6, 8)
 MULTIPLIERS = {"h[k] broadcast from memory": 0, "h[k] pre-broadcast vector": 1,
                "computed from k": 2, "constant": 3}
 
 
-def stream_kernel(kind, cores, blocks, k_size, lanes):
-    G, S = GATES, SPLIT
+def stream_kernel(kind, cores, blocks, k_size, lanes, gates=GATES):
+    G, S = gates, SPLIT
 
     @T.prim_func
     def stream(w: T.Buffer((cores, blocks, k_size, G, lanes), "float32"), h: T.Buffer((cores, k_size), "float32"),
@@ -61,29 +66,36 @@ def stream_kernel(kind, cores, blocks, k_size, lanes):
     return stream
 
 
+def read_rate(kind, gates, cores, kib_per_core, target, lanes=16, k_size=256):
+    """GB/s read by all cores, the best of 7 calls."""
+    blocks = max(1, kib_per_core * 1024 // (k_size * gates * lanes * 4))
+    arrays = (tvm.runtime.tensor(np.ones((cores, blocks, k_size, gates, lanes), np.float32)),
+              tvm.runtime.tensor(np.ones((cores, k_size), np.float32)),
+              tvm.runtime.tensor(np.ones((cores, k_size, lanes), np.float32)),
+              tvm.runtime.empty((cores, blocks, gates, lanes), "float32"))
+    kernel = stream_kernel(kind, cores, blocks, k_size, lanes, gates)
+    function = compile_module(tvm.IRModule({"main": kernel}), target)["main"]
+    function(*arrays)
+    best = float("inf")
+    for _ in range(7):
+        start = time.perf_counter()
+        function(*arrays)
+        best = min(best, time.perf_counter() - start)
+    return cores * blocks * k_size * gates * lanes * 4 * REPEATS / best / 1e9
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kib-per-core", type=int, default=512)
     args = parser.parse_args()
     target = host_target()
     cores = int(os.environ.get("TVM_NUM_THREADS") or len(os.sched_getaffinity(0)))
-    lanes, k_size = 16, 256
-    blocks = max(1, args.kib_per_core * 1024 // (k_size * GATES * lanes * 4))
-    arrays = (tvm.runtime.tensor(np.ones((cores, blocks, k_size, GATES, lanes), np.float32)),
-              tvm.runtime.tensor(np.ones((cores, k_size), np.float32)),
-              tvm.runtime.tensor(np.ones((cores, k_size, lanes), np.float32)),
-              tvm.runtime.empty((cores, blocks, GATES, lanes), "float32"))
-    nbytes = cores * blocks * k_size * GATES * lanes * 4 * REPEATS
-    print(f"{cores} cores, {nbytes // cores // REPEATS >> 10} KiB of weights per core:")
+    print(f"{cores} cores, about {args.kib_per_core} KiB of weights per core, {GATES} vectors per k:")
     for name, kind in MULTIPLIERS.items():
-        function = compile_module(tvm.IRModule({"main": stream_kernel(kind, cores, blocks, k_size, lanes)}), target)["main"]
-        function(*arrays)
-        best = float("inf")
-        for _ in range(7):
-            start = time.perf_counter()
-            function(*arrays)
-            best = min(best, time.perf_counter() - start)
-        print(f"  multiplier {name:28s} {nbytes / best / 1e9:6.0f} GB/s")
+        print(f"  multiplier {name:28s} {read_rate(kind, GATES, cores, args.kib_per_core, target):6.0f} GB/s")
+    print("h[k] broadcast from memory, by vectors per k:")
+    for vectors in VECTORS_PER_K:
+        print(f"  {vectors} vectors per k {read_rate(0, vectors, cores, args.kib_per_core, target):6.0f} GB/s")
 
 
 if __name__ == "__main__":
