@@ -11,14 +11,13 @@ compare with the L2 bandwidth ``machine_limits.py`` measures by adding the weigh
 
 A second table keeps ``h[k]`` broadcast from memory and changes how many vectors (gates of 16
 lanes) each ``h[k]`` multiplies, the k loop still split 4 ways: on Zen 5, 1 to 3 vectors (a GRU
-block) streamed at 490-520 GB/s and 4 to 8 (an LSTM block, an RNN block of 64 lanes) at 260-320.
+block) streamed at 490-523 GB/s and 4 to 8 (an LSTM block, an RNN block of 64 lanes) at 264-320.
 Reading the recurrence's blocks in pieces of 2 vectors did not carry that over to the layers; see
 "Numbers and where they leave room" in ``docs/design.md``.
 """
 
 import argparse
 import os
-import time
 
 import numpy as np
 import tvm
@@ -27,6 +26,7 @@ from tvm.script import tirx as T
 from lucid_tvm.build import host_target
 from lucid_tvm.kernels.recurrent import ON_STACK
 from lucid_tvm.schedule import compile_module
+from machine_limits import best_time
 
 GATES, SPLIT, REPEATS = 4, 4, 200
 VECTORS_PER_K = (1, 2, 3, 4, 5, 6, 8)
@@ -75,13 +75,7 @@ def read_rate(kind, gates, cores, kib_per_core, target, lanes=16, k_size=256):
               tvm.runtime.empty((cores, blocks, gates, lanes), "float32"))
     kernel = stream_kernel(kind, cores, blocks, k_size, lanes, gates)
     function = compile_module(tvm.IRModule({"main": kernel}), target)["main"]
-    function(*arrays)
-    best = float("inf")
-    for _ in range(7):
-        start = time.perf_counter()
-        function(*arrays)
-        best = min(best, time.perf_counter() - start)
-    return cores * blocks * k_size * gates * lanes * 4 * REPEATS / best / 1e9
+    return cores * blocks * k_size * gates * lanes * 4 * REPEATS / best_time(function, arrays) / 1e9
 
 
 def main():

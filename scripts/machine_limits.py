@@ -67,7 +67,7 @@ def read_kernel(cores, lanes, per_task, repeats):
     return read, 4 * vectors // 8 * 8 * lanes * repeats * cores
 
 
-def _best_time(function, args, runs=7):
+def best_time(function, args, runs=7):
     function(*args)
     best = float("inf")
     for _ in range(runs):
@@ -93,7 +93,7 @@ def measure():
         x = runtime.aligned(rng.standard_normal((rows, 512)), "float32")
         xp = runtime.aligned_empty((rows, kernel.blocks, 4, kernel.lanes), "float32")
         args = (runtime._dl(x), w_ih, b_ih, runtime._dl(xp), 0)
-        peak = max(peak, 2 * rows * 512 * 2048 / _best_time(kernel.functions["project_parallel"], args, runs=40))
+        peak = max(peak, 2 * rows * 512 * 2048 / best_time(kernel.functions["project_parallel"], args, runs=40))
 
     l2, l3 = _cache_sizes()
     bandwidth = {}
@@ -102,7 +102,7 @@ def measure():
         per_task = per_task_bytes // 4 // (8 * lanes) * (8 * lanes)
         read, nbytes = read_kernel(cores, lanes, per_task, repeats)
         buf = tvm.runtime.tensor(np.ones((cores, per_task // lanes, lanes), np.float32))
-        bandwidth[level] = nbytes / _best_time(build(read), (buf, out), runs=5 if level != "DRAM" else 3)
+        bandwidth[level] = nbytes / best_time(build(read), (buf, out), runs=5 if level != "DRAM" else 3)
     return {
         "cpu": str(target.attrs["mcpu"]),
         "cores": cores,
