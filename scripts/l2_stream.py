@@ -17,7 +17,6 @@ Reading the recurrence's blocks in pieces of 2 vectors did not carry that over t
 """
 
 import argparse
-import os
 
 import numpy as np
 import tvm
@@ -26,7 +25,7 @@ from tvm.script import tirx as T
 from lucid_tvm.build import host_target
 from lucid_tvm.kernels.recurrent import ON_STACK
 from lucid_tvm.schedule import compile_module
-from machine_limits import best_time
+from machine_limits import best_time, worker_count
 
 GATES, SPLIT, REPEATS = 4, 4, 200
 VECTORS_PER_K = (1, 2, 3, 4, 5, 6, 8)
@@ -83,7 +82,7 @@ def main():
     parser.add_argument("--kib-per-core", type=int, default=512)
     args = parser.parse_args()
     target = host_target()
-    cores = int(os.environ.get("TVM_NUM_THREADS") or len(os.sched_getaffinity(0)))
+    cores = worker_count()
     print(f"{cores} cores, about {args.kib_per_core} KiB of weights per core, {GATES} vectors per k:")
     for name, kind in MULTIPLIERS.items():
         print(f"  multiplier {name:28s} {read_rate(kind, GATES, cores, args.kib_per_core, target):6.0f} GB/s")

@@ -67,6 +67,11 @@ def read_kernel(cores, lanes, per_task, repeats):
     return read, 4 * vectors // 8 * 8 * lanes * repeats * cores
 
 
+def worker_count():
+    """Tasks the kernels run on: TVM's worker threads (``lucid_tvm`` sets them to the usable CPUs)."""
+    return int(os.environ.get("TVM_NUM_THREADS") or len(os.sched_getaffinity(0)))
+
+
 def best_time(function, args, runs=7):
     function(*args)
     best = float("inf")
@@ -79,7 +84,7 @@ def best_time(function, args, runs=7):
 
 def measure():
     target = host_target()
-    cores = int(os.environ.get("TVM_NUM_THREADS") or len(os.sched_getaffinity(0)))
+    cores = worker_count()
     lanes = vector_lanes(target, "float32")
     build = lambda f: compile_module(tvm.IRModule({"main": f}), target)["main"]  # noqa: E731
     out = tvm.runtime.empty((cores, lanes), "float32")
@@ -118,7 +123,7 @@ def load_or_measure():
     """The saved limits when they were measured on this kind of machine, else new ones."""
     if OUT.exists():
         limits = json.loads(OUT.read_text())
-        cores = int(os.environ.get("TVM_NUM_THREADS") or len(os.sched_getaffinity(0)))
+        cores = worker_count()
         if limits["cpu"] == str(host_target().attrs["mcpu"]) and limits["cores"] == cores:
             return limits
     return save(measure())
