@@ -79,7 +79,7 @@ def lower_layer(spec, schedule):
     for parallel, suffix in ((False, ""), (True, "_parallel")):
         functions["project" + suffix] = recurrent.projection(s.num_gates, s.hidden_size, s.dtype, *knobs, parallel)
         functions["recur" + suffix] = recurrent.recurrence(s.mode, s.hidden_size, s.dtype, *knobs,
-                                                           "hidden" if parallel else None)
+                                                           "hidden" if parallel else None, schedule.cores)
     if schedule.cores > 1:
         functions["recur_batch_parallel"] = recurrent.recurrence(s.mode, s.hidden_size, s.dtype, *knobs,
                                                                  "batch", schedule.cores)

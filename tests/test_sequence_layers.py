@@ -279,8 +279,9 @@ def test_faster_counts_the_fastest_call_of_each_side(monkeypatch):
     assert ran[15:17] == ["second"] * 2 and faster.current == 1
 
 
+# GRU 40 and 33: 3 blocks, so the hidden split's two tasks own 1 and 2; LSTM 12: one block, one task.
 @pytest.mark.parametrize("mode, hidden, batch", [("LSTM", 128, 8), ("GRU", 40, 1), ("RNN_TANH", 256, 4),
-                                                 ("GRU", 33, 21), ("RNN_RELU", 64, 30)])
+                                                 ("GRU", 33, 21), ("RNN_RELU", 64, 30), ("LSTM", 12, 3)])
 def test_variants_give_identical_answers(mode, hidden, batch, rng):
     """One thread, all split by hidden blocks or all split by batch rows: the same numbers, bit for
     bit, for every variant of the projection and the recurrence the runtime may choose."""

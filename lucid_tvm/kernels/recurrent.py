@@ -156,9 +156,10 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1):
     ``split`` says how the work is spread over the thread pool:
 
     - None: one thread.
-    - ``"hidden"``: the whole chunk is one parallel region; each task always owns the same hidden
-      blocks (so its slice of ``W_hh`` stays in its core's cache) and the tasks meet at one
-      barrier per step. Double-buffering ``h`` makes that single barrier enough.
+    - ``"hidden"``: the whole chunk is one parallel region of ``parts`` tasks (one per core, at
+      most one per block); each task always owns the same range of hidden blocks (so its slice of
+      ``W_hh`` stays in its core's cache) and the tasks meet at one barrier per step.
+      Double-buffering ``h`` makes that single barrier enough.
     - ``"batch"``: ``parts`` tasks (one per core) each run the whole chunk for their own rows of
       the batch. Rows are independent sequences, so there is no barrier and no hidden state
       crosses cores; each core reads all of ``W_hh``, which pays where it fits in the core's cache.
@@ -172,10 +173,11 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1):
         raise ValueError(f"split must be None, 'hidden' or 'batch', got {split!r}")
     if split == "hidden":
         time_steps = functools.partial(T.serial, annotations={"pragma_parallel_launch_point": 1})
-        hidden_blocks = functools.partial(T.parallel, annotations={"pragma_parallel_barrier_when_finish": 1})
+        hidden_tasks = functools.partial(T.parallel, annotations={"pragma_parallel_barrier_when_finish": 1})
     else:
-        time_steps, hidden_blocks = T.serial, T.serial
+        time_steps, hidden_tasks = T.serial, T.serial
     n_parts = parts if split == "batch" else 1
+    n_tasks = min(parts, NB) if split == "hidden" else 1
 
     tile, remainder, in_order, ways = _row_tiles(G, L, R, dtype)
 
@@ -240,16 +242,25 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1):
             remainder(n_split, row0 + n_ordered, blk, hprev, w, rb, hp)
 
     @T.macro
-    def step(row0, n_rows, n_split, xp, w, rb, hprev, hnext, hp, y, yoff, cst, tt, t):
-        for blk in hidden_blocks(NB):
-            row_tiles(row0, n_rows, n_split, blk, hprev, w, rb, hp)
-            # The gate math exists once (twice with a tail block), not once per tile shape.
-            if tail == 0:
-                gate_math(L, row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
-            elif blk < full_blocks:
-                gate_math(L, row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
-            else:
-                gate_math(tail, row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
+    def step(row0, n_rows, n_split, xp, w, rb, hprev, hnext, hp, y, yoff, cst, tt, t, odd):
+        # Each task (one unless split by hidden blocks) runs its own range of blocks, forwards
+        # on even steps and backwards on odd ones: a range larger than the core's cache then
+        # starts where the last step left off, on the blocks still cached. In one direction
+        # every step, least-recently-used eviction drops each block just before it is read
+        # again, and the whole range comes from the next level every step.
+        for task in hidden_tasks(n_tasks):
+            first = T.bind(task * NB // n_tasks)
+            count = T.bind((task + 1) * NB // n_tasks - first)
+            for j in range(count):
+                blk = T.bind(first + T.if_then_else(odd, count - 1 - j, j))
+                row_tiles(row0, n_rows, n_split, blk, hprev, w, rb, hp)
+                # The gate math exists once (twice with a tail block), not once per tile shape.
+                if tail == 0:
+                    gate_math(L, row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
+                elif blk < full_blocks:
+                    gate_math(L, row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
+                else:
+                    gate_math(tail, row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
 
     @T.macro
     def rows_time_loop(row0, n_rows, n_split, n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse):
@@ -257,7 +268,7 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1):
             tt = T.bind(T.if_then_else(reverse != 0, n_s - 1 - s, s))
             hprev = T.decl_buffer((n_b, H), dtype, data=hs.data, elem_offset=s % 2 * n_b * H)
             hnext = T.decl_buffer((n_b, H), dtype, data=hs.data, elem_offset=(s + 1) % 2 * n_b * H)
-            step(row0, n_rows, n_split, xp, w, rb, hprev, hnext, hp, y, yoff, cst, tt, t0 + tt)
+            step(row0, n_rows, n_split, xp, w, rb, hprev, hnext, hp, y, yoff, cst, tt, t0 + tt, s % 2 == 1)
         if n_s % 2 == 1:  # the last step wrote hs[1]; the next chunk starts from hs[0]
             for b, j in T.grid(n_rows, H):
                 hs[0, row0 + b, j] = hs[1, row0 + b, j]
