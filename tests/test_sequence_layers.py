@@ -158,6 +158,25 @@ def test_one_plan_per_batch_serves_every_length(rng):
     assert runtime._plans.__dict__[kernel.identity].batch == 2
 
 
+def test_variant_choices_outlive_a_plan_of_another_batch(rng):
+    """A layer kind alternating batch sizes remakes its plan each time, but keeps what its timing
+    trials learned for each batch (and each projection's row count) rather than starting over."""
+    from lucid_tvm import runtime
+
+    ref, ours = torch_twin("GRU", 6, 10)
+    kernel = ours.layers[0]._kernel()
+    seen = {}
+    for batch in (1, 3, 1, 3):
+        x = rng.standard_normal((5, batch, 6)).astype(np.float32)
+        with torch.no_grad():
+            assert_close(ours(x)[0], ref(torch.from_numpy(x))[0])
+        plan = runtime._plans.__dict__[kernel.identity]
+        assert plan.batch == batch
+        choices = (plan.recur, plan.projections[5])
+        assert seen.setdefault(batch, choices) == choices
+    assert seen[1][0] is not seen[3][0]
+
+
 def test_stacked_layers_return_new_outputs(rng):
     """The layers before the last write into buffers that each thread keeps for its next call
     (``runtime.between_layers``); what a call returns is still its own, untouched by later calls."""
