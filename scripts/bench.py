@@ -107,22 +107,24 @@ def make_ort(module, x, threads):
 
 def lower_bound_ms(case, limits):
     """The least time this machine allows: per layer, the input projection at the FMA peak, plus
-    per step the recurrent weights read from the cache level that holds each core's slice (its own
-    L2 when the slice fits, else the shared L3, else DRAM) or the step's FMAs, whichever is longer."""
+    per step the recurrent weights read from the cache levels that hold them, or the step's FMAs,
+    whichever is longer. Each core keeps up to 3/4 of its own L2 of its slice (all of it when it
+    fits, else the part the recurrence's back-and-forth block order leaves cached from the last
+    step), the shared L3 up to 3/4 of itself of the rest, and DRAM the remainder."""
     gates = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}[case.mode]
     peak, bandwidth = limits["fma_peak_flops"], limits["bandwidth_bytes_per_s"]
+    cores = limits["cores"]
+    capacity = {"L2": 0.75 * cores * limits["l2_bytes_per_core"], "L3": 0.75 * limits["l3_bytes"],
+                "DRAM": float("inf")}
     total = 0.0
     for layer in range(case.layers):
         inputs = case.input_size if layer == 0 else case.hidden
         projection = 2 * case.steps * case.batch * inputs * gates * case.hidden / peak
-        weights = 4 * gates * case.hidden * case.hidden
-        if weights / limits["cores"] <= 0.75 * limits["l2_bytes_per_core"]:
-            level = "L2"
-        elif weights <= 0.75 * limits["l3_bytes"]:
-            level = "L3"
-        else:
-            level = "DRAM"
-        step = max(weights / bandwidth[level], 2 * case.batch * gates * case.hidden * case.hidden / peak)
+        left, read = 4 * gates * case.hidden * case.hidden, 0.0  # bytes of W_hh; seconds to read them
+        for level in ("L2", "L3", "DRAM"):
+            held = min(left, capacity[level])
+            read, left = read + held / bandwidth[level], left - held
+        step = max(read, 2 * case.batch * gates * case.hidden * case.hidden / peak)
         total += projection + case.steps * step
     return total * 1e3
 
