@@ -425,7 +425,6 @@ class _Plan:
     def __init__(self, kernel, batch):
         self.kernel, self.batch = kernel, batch
         self.recur = _choice((kernel, "recur", batch), lambda: kernel.recur_for(batch))
-        self.projections = {}  # by chunk length (steps): the projection's variants
         self.capacity = 0  # steps of xp the workspace holds
         self.views = {}  # by chunk length: its projection and views of xp in this workspace
         self.steps, self.chunking = None, None  # the last sequence length, and its chunks
@@ -445,11 +444,8 @@ class _Plan:
         """For a chunk of ``steps``: its projection (kept across workspaces) and views of xp."""
         entry = self.views.get(steps)
         if entry is None:
-            project = self.projections.get(steps)
-            if project is None:
-                rows = steps * self.batch
-                project = self.projections[steps] = _choice(
-                    (self.kernel, "project", rows), lambda: self.kernel.projection_for(rows))
+            rows = steps * self.batch
+            project = _choice((self.kernel, "project", rows), lambda: self.kernel.projection_for(rows))
             xp = self.xp[:steps]
             entry = self.views[steps] = (project, _dl(xp.reshape((-1,) + xp.shape[2:])), _dl(xp))
         return entry

@@ -172,7 +172,7 @@ def test_variant_choices_outlive_a_plan_of_another_batch(rng):
             assert_close(ours(x)[0], ref(torch.from_numpy(x))[0])
         plan = runtime._plans.__dict__[kernel.identity]
         assert plan.batch == batch
-        choices = (plan.recur, plan.projections[5])
+        choices = (plan.recur, plan.views[5][0])
         assert seen.setdefault(batch, choices) == choices
     assert seen[1][0] is not seen[3][0]
 
@@ -312,7 +312,7 @@ def test_variants_give_identical_answers(mode, hidden, batch, rng):
     first = ours(x)[0].numpy()
     kernel = ours.layers[0]._kernel()
     plan = runtime._plans.__dict__[kernel.identity]
-    choices = [plan.recur] + list(plan.projections.values())
+    choices = [plan.recur] + [project for project, _, _ in plan.views.values()]
     # The batch split is offered from 4 rows (below 8 rows a tile), else from one full tile.
     rows = kernel.schedule["rows"]
     splits_batch = batch >= (4 if rows < 8 else rows) and kernel.schedule["cores"] > 1
