@@ -40,7 +40,9 @@ def builds(spec, directory):
     return modules
 
 
-def compare(case, calls, directory):
+def compare(case, calls, directory, builds=builds):
+    """Prints a table row for ``case`` (MODE:H:B:T): the two modules ``builds(spec, directory)``
+    returns (before, after), called in turn."""
     mode, hidden, batch, steps = case.split(":")
     hidden, batch, steps = int(hidden), int(batch), int(steps)
     spec, gates = LayerSpec(mode, hidden, hidden, "float32"), NUM_GATES[mode]
@@ -63,7 +65,7 @@ def compare(case, calls, directory):
     def recur(module, name):
         module[name](xp_steps, weights[2], weights[3], *plan.state, plan.hp_tensor, out, 0, 0, 0)
 
-    project(modules["stack"], "project")
+    project(list(modules.values())[-1], "project")  # the "after" build projects the chunk for both
     answers = {}
     for built, module in modules.items():
         for name in recurrences:
