@@ -12,7 +12,8 @@ compare with the L2 bandwidth ``machine_limits.py`` measures by adding the weigh
 A second table keeps ``h[k]`` broadcast from memory and changes how many vectors (gates of 16
 lanes) each ``h[k]`` multiplies, the k loop still split 4 ways: on Zen 5, 1 to 3 vectors (a GRU
 block) streamed at 490-523 GB/s and 4 to 8 (an LSTM block, an RNN block of 64 lanes) at 264-320.
-Reading the recurrence's blocks in pieces of 2 vectors did not carry that over to the layers; see
+Reading the recurrence's blocks in pieces of 2 vectors did not carry that over to the layers, and the
+k split this loop reads fastest with is not the one the layers step fastest with (2 ways); see
 "Numbers and where they leave room" in ``docs/design.md``.
 """
 
