@@ -49,12 +49,10 @@ def _row_tiles(G, L, R, dtype):
     # Fewer rows than R leave too few independent FMA chains to hide the FMA latency (a batch-1
     # LSTM step has 4): the k loop is then split S ways into separate accumulators (interleaved,
     # so w is still read in order), keeping about as many accumulators as a full tile. Except a
-    # 1-row tile whose h[k] multiplies 3 or more AVX-512 vectors of weights (192 bytes): it splits
-    # k only 2 ways. At batch 1 that tile streams W_hh from L2 or L3, one weight vector per FMA,
-    # and on Zen 5 its step ran 5-35% faster with 2 ways than with 4 (LSTM 256-1024, RNN 256-1024
-    # of 64 lanes, GRU 256-1024; LSTM 32-64 and GRU 64-100, from L1, the same or faster), where 3
-    # ways gained less and lost 50% on RNN 512 split by hidden blocks. RNN 32 (2 vectors) lost 17%
-    # with 2 ways: with 4 accumulators its L1-resident step waits on the FMA latency.
+    # 1-row tile whose h[k] multiplies 3 or more AVX-512 vectors of weights (192 bytes): at batch 1
+    # it streams W_hh from L2 or L3, and on Zen 5 it did so 5-35% faster split 2 ways than 4 (3 ways
+    # and 1 way were slower; numbers in docs/design.md). With 2 vectors (RNN 32) 2 ways leave 4
+    # accumulators, and its L1-resident step waits on the FMA latency: it keeps 4 ways.
     ways = {nrows: min(4, R // nrows) for nrows in (R, 4, 2, 1)}
     if G * L * np.dtype(dtype).itemsize >= 192:
         ways[1] = 2
