@@ -73,7 +73,8 @@ def cache_key(description, target):
 def lower_layer(spec, schedule):
     """The IRModule of one layer-direction: ``project`` and ``recur``, each on one thread and on
     all (``*_parallel``, the recurrence split by hidden blocks), and with several cores
-    ``recur_batch_parallel`` (the recurrence split by batch rows)."""
+    ``recur_batch_parallel`` (the recurrence split by batch rows) and ``recur_projecting`` (the
+    recurrence on one thread while another projects the chunk's next steps)."""
     s, knobs = spec, (schedule.lanes, schedule.rows)
     functions = {}
     for parallel, suffix in ((False, ""), (True, "_parallel")):
@@ -83,6 +84,8 @@ def lower_layer(spec, schedule):
     if schedule.cores > 1:
         functions["recur_batch_parallel"] = recurrent.recurrence(s.mode, s.hidden_size, s.dtype, *knobs,
                                                                  "batch", schedule.cores)
+        functions["recur_projecting"] = recurrent.recurrence(s.mode, s.hidden_size, s.dtype, *knobs,
+                                                             "projection", schedule.cores)
     return tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in functions.items()})
 
 

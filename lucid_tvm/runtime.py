@@ -22,7 +22,7 @@ import tvm_ffi
 
 from .kernels.layout import num_blocks, pack_bias, pack_weight
 from .kernels.spec import LayerSpec
-from .schedule import chunk_steps
+from .schedule import PROJECTING_ROWS, chunk_steps
 
 ALIGNMENT = 64
 
@@ -174,7 +174,8 @@ class LayerKernel:
         self.module, self.lanes = entry.module, entry.schedule["lanes"]
         self.schedule = entry.schedule
         self.functions = {name: self.module[name] for name in
-                          ("project", "recur", "project_parallel", "recur_parallel", "recur_batch_parallel")
+                          ("project", "recur", "project_parallel", "recur_parallel", "recur_batch_parallel",
+                           "recur_projecting")
                           if _has(self.module, name)}
         self.blocks = num_blocks(spec.hidden_size, self.lanes)
         self._projections = {}
@@ -245,17 +246,66 @@ class LayerKernel:
         limit = self.schedule.get(threshold)
         return (parallel, serial) if limit is None or macs >= limit else (serial, parallel)
 
-    def recur_for(self, batch):
-        """The recurrence's variants for ``batch`` rows per step, as :meth:`projection_for`: on one
-        thread and split by hidden blocks (the threshold orders these two), then split by batch
-        rows when compiled and the batch can be split: only rows the one-thread variant sums in
-        full-tile order can go to any part (``kernels/recurrent.py``), which are its full tiles of
-        ``rows`` rows and, below 8 rows a tile, a tile of 4."""
+    def recurrences(self, batch):
+        """Names of the recurrence's variants for ``batch`` rows per step: on one thread and split
+        by hidden blocks (the threshold orders these two), then split by batch rows when compiled
+        and the batch can be split: only rows the one-thread variant sums in full-tile order can
+        go to any part (``kernels/recurrent.py``), which are its full tiles of ``rows`` rows and,
+        below 8 rows a tile, a tile of 4. Where one thread comes first and there are several cores,
+        ``recur_projecting`` comes before them all: it runs the recurrence on one thread while
+        another core projects the next few steps. Not where the hidden split comes first: there it
+        was slower (RNN 256/1/150: 245 us a call against 182), yet won timing trials run while
+        another process held a core, and the bench then ran RNN_TANH 256/1 28% slower. Nor where
+        the chunk's projection is a tuned schedule rather than the default it runs."""
         s, rows = self.spec, self.schedule["rows"]
-        variants = self._variants("recur", batch * s.num_gates * s.hidden_size ** 2, "parallel_step_macs")
-        by_rows = self.functions.get("recur_batch_parallel")
-        smallest = 4 if rows < 8 else rows
-        return variants + (by_rows,) if by_rows is not None and batch >= smallest else variants
+        macs, limit = batch * s.num_gates * s.hidden_size ** 2, self.schedule.get("parallel_step_macs")
+        one_thread_first = limit is not None and macs < limit
+        names = ["recur", "recur_parallel"] if one_thread_first else ["recur_parallel", "recur"]
+        if "recur_batch_parallel" in self.functions and batch >= (4 if rows < 8 else rows):
+            names.append("recur_batch_parallel")
+        if one_thread_first and "recur_projecting" in self.functions and self._projects_by_default():
+            names.insert(0, "recur_projecting")
+        return tuple(name for name in names if name in self.functions)
+
+    def chunk_runners(self, batch):
+        """One way to run a chunk per name of :meth:`recurrences`, as variants for :class:`_Faster`
+        (each with its ``name``), called ``(steps, project, x_rows, w_ih, b_ih, row0, xp_rows,
+        xp_steps, w_hh, b_hh, state, hp, y, yoff, t0, reverse)`` with the chunk's projection
+        ``project`` (:meth:`projection_for`) and the arguments of the kernels."""
+        def separately(name):
+            recur = self.functions[name]
+
+            def run(steps, project, x_rows, w_ih, b_ih, row0, xp_rows, xp_steps, w_hh, b_hh, state, hp, y, yoff,
+                    t0, reverse):
+                project(steps, x_rows, w_ih, b_ih, xp_rows, row0)
+                recur(xp_steps, w_hh, b_hh, *state, hp, y, yoff, t0, reverse)
+            run.name = name
+            return run
+
+        def projecting(name):
+            recur = self.functions[name]
+            # Steps per part: the fewest with at least PROJECTING_ROWS rows whose rows are a multiple
+            # of the tile's, so that the parts' projections sum each row as one call over the chunk.
+            tile = self.schedule["rows"] // math.gcd(self.schedule["rows"], batch)
+            part = -(-PROJECTING_ROWS // (tile * batch)) * tile
+
+            def run(steps, project, x_rows, w_ih, b_ih, row0, xp_rows, xp_steps, w_hh, b_hh, state, hp, y, yoff,
+                    t0, reverse):
+                recur(x_rows, w_ih, b_ih, row0, part, xp_steps, w_hh, b_hh, *state, hp, y, yoff, t0, reverse)
+            run.name = name
+            return run
+
+        return tuple((projecting if name == "recur_projecting" else separately)(name)
+                     for name in self.recurrences(batch))
+
+    def _projects_by_default(self):
+        """Whether every chunk's projection is the default ``project``: no tuned schedule of it is
+        registered (from an artifact) or in this CPU's tuning database."""
+        s = self.spec
+        with _registry_lock:
+            tuned = any(key[0] == "projection" and key[1:4] == (s.mode, s.input_size, s.hidden_size)
+                        and key[5] == s.dtype for key in _registry)
+        return not tuned and not self._tuned_rows()
 
     def run(self, packed, x, h0, c0, y, yoff, reverse, cn):
         """One direction over a whole sequence.
@@ -278,8 +328,8 @@ class LayerKernel:
         for t0 in reversed(starts) if reverse else starts:
             steps = min(chunk, n_t - t0)
             project, xp_rows, xp_steps = plan.chunk(steps)
-            project(steps, x_rows, w_ih, b_ih, xp_rows, t0 * n_b)
-            plan.recur(steps, xp_steps, w_hh, b_hh, *plan.state, plan.hp_tensor, y, yoff, t0, int(reverse))
+            plan.run_chunk(steps, steps, project, x_rows, w_ih, b_ih, t0 * n_b, xp_rows, xp_steps, w_hh, b_hh, plan.state,
+                           plan.hp_tensor, y, yoff, t0, int(reverse))
         if plan.cs is not None:
             cn[...] = plan.cs
 
@@ -424,7 +474,7 @@ class _Plan:
 
     def __init__(self, kernel, batch):
         self.kernel, self.batch = kernel, batch
-        self.recur = _choice((kernel, "recur", batch), lambda: kernel.recur_for(batch))
+        self.run_chunk = _choice((kernel, "chunk", batch), lambda: kernel.chunk_runners(batch))
         self.capacity = 0  # steps of xp the workspace holds
         self.views = {}  # by chunk length: its projection and views of xp in this workspace
         self.steps, self.chunking = None, None  # the last sequence length, and its chunks

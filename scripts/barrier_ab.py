@@ -71,11 +71,11 @@ def compare(mode, hidden, batch, steps, calls):
     x = np.random.default_rng(0).standard_normal((steps, batch, hidden)).astype(np.float32)
     layer(x)
     kernel = layer.layers[0]._kernel()
-    recur = runtime._plans.__dict__[kernel.identity].recur
+    recur = runtime._plans.__dict__[kernel.identity].run_chunk
+    names = [runner.name for runner in recur.variants]
     slot, ours = barrier.barrier_slot(runtime.registered(kernel.identity).path)
     tvms = ctypes.cast(ctypes.CDLL(None).TVMBackendParallelBarrier, ctypes.c_void_p).value
-    serial = recur.variants.index(kernel.functions["recur"])
-    hidden_split = recur.variants.index(kernel.functions["recur_parallel"])
+    serial, hidden_split = names.index("recur"), names.index("recur_parallel")
     configs = {"one thread": (serial, ours), "TVM barrier": (hidden_split, tvms), "ours": (hidden_split, ours)}
     times, outputs = {name: [] for name in configs}, {}
     recur.countdown = math.inf  # no trials of other variants: each config runs what it names

@@ -7,7 +7,8 @@ fixed threshold, on layers near the threshold: median ms per call, the two alter
 
 ``--busy`` imitates a noisy neighbour on a shared VM, where a parallel step waits at its barrier
 for the core the other process holds. ``--each`` times each compiled variant of the recurrence
-(one thread, split by hidden blocks, split by batch rows) in the real call path, one call of each
+(one thread, split by hidden blocks, split by batch rows, one thread while another core
+projects) in the real call path, one call of each
 in turn, on the shapes of ``EACH_SHAPES``.
 """
 
@@ -28,7 +29,8 @@ SHAPES = [("LSTM", 32, 16, 100), ("LSTM", 96, 2, 100), ("GRU", 160, 1, 150), ("L
 CALLS, UNTIMED = 60, 20
 EACH_SHAPES = [("RNN_TANH", 40, 128, 32, 100), ("LSTM", 40, 128, 32, 100), ("GRU", 40, 128, 32, 100),
                ("LSTM", 64, 64, 8, 100), ("RNN_TANH", 256, 256, 16, 150), ("LSTM", 256, 256, 16, 150),
-               ("GRU", 512, 512, 64, 25)]
+               ("GRU", 512, 512, 64, 25), ("LSTM", 32, 32, 1, 200), ("GRU", 64, 64, 1, 200), ("LSTM", 33, 33, 3, 50),
+               ("RNN_TANH", 32, 32, 1, 200)]
 
 
 def spin():
@@ -57,8 +59,8 @@ def each_variant(calls=40):
         x = rng.standard_normal((steps, batch, input_size)).astype(np.float32)
         layer(x)
         kernel = layer.layers[0]._kernel()
-        recur = runtime._plans.__dict__[kernel.identity].recur
-        names = [next(n for n, f in kernel.functions.items() if f is v) for v in recur.variants]
+        recur = runtime._plans.__dict__[kernel.identity].run_chunk
+        names = [runner.name for runner in recur.variants]
         times = {name: [] for name in names}
         for _ in range(calls):
             for index, name in enumerate(names):
@@ -67,7 +69,7 @@ def each_variant(calls=40):
                 layer(x)
                 times[name].append(time.perf_counter() - start)
         print(f"{mode:8s} {input_size:4d}->{hidden:4d} B={batch:2d} T={steps:3d} | " +
-              " | ".join(f"{name} {statistics.median(t) * 1e3:7.3f}" for name, t in times.items()))
+              " | ".join(f"{name} {statistics.median(t) * 1e3:8.4f}" for name, t in times.items()))
 
 
 def main():

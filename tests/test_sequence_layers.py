@@ -172,7 +172,7 @@ def test_variant_choices_outlive_a_plan_of_another_batch(rng):
             assert_close(ours(x)[0], ref(torch.from_numpy(x))[0])
         plan = runtime._plans.__dict__[kernel.identity]
         assert plan.batch == batch
-        choices = (plan.recur, plan.views[5][0])
+        choices = (plan.run_chunk, plan.views[5][0])
         assert seen.setdefault(batch, choices) == choices
     assert seen[1][0] is not seen[3][0]
 
@@ -302,8 +302,9 @@ def test_faster_counts_the_fastest_call_of_each_side(monkeypatch):
 @pytest.mark.parametrize("mode, hidden, batch", [("LSTM", 128, 8), ("GRU", 40, 1), ("RNN_TANH", 256, 4),
                                                  ("GRU", 33, 21), ("RNN_RELU", 64, 30), ("LSTM", 12, 3)])
 def test_variants_give_identical_answers(mode, hidden, batch, rng):
-    """One thread, all split by hidden blocks or all split by batch rows: the same numbers, bit for
-    bit, for every variant of the projection and the recurrence the runtime may choose."""
+    """One thread, all split by hidden blocks or all split by batch rows, or one thread while
+    another core projects: the same numbers, bit for bit, for every variant of the projection and
+    the recurrence the runtime may choose."""
     from lucid_tvm import runtime
 
     ref, ours = torch_twin(mode, hidden, hidden, num_layers=2, bidirectional=True)
@@ -312,12 +313,19 @@ def test_variants_give_identical_answers(mode, hidden, batch, rng):
     first = ours(x)[0].numpy()
     kernel = ours.layers[0]._kernel()
     plan = runtime._plans.__dict__[kernel.identity]
-    choices = [plan.recur] + [project for project, _, _ in plan.views.values()]
-    # The batch split is offered from 4 rows (below 8 rows a tile), else from one full tile.
-    rows = kernel.schedule["rows"]
-    splits_batch = batch >= (4 if rows < 8 else rows) and kernel.schedule["cores"] > 1
-    assert len(plan.recur.variants) == (3 if splits_batch else 2)
-    for chosen in choices:
+    runners = plan.run_chunk
+    # The batch split is offered from 4 rows (below 8 rows a tile), else from one full tile; with
+    # several cores and small steps, the recurrence that projects as it goes.
+    rows, cores = kernel.schedule["rows"], kernel.schedule["cores"]
+    splits_batch = batch >= (4 if rows < 8 else rows) and cores > 1
+    small_steps = batch * kernel.spec.num_gates * hidden ** 2 < kernel.schedule["parallel_step_macs"]
+    assert {runner.name for runner in runners.variants} == (
+        {"recur", "recur_parallel"} | ({"recur_batch_parallel"} if splits_batch else set())
+        | ({"recur_projecting"} if cores > 1 and small_steps else set()))
+    # Each projection variant under a recurrence that calls it, then each way to run a chunk.
+    separately = next(i for i, runner in enumerate(runners.variants) if runner.name != "recur_projecting")
+    runners.current, runners.countdown = separately, math.inf
+    for chosen in [project for project, _, _ in plan.views.values()] + [runners]:
         for index in range(len(chosen.variants)):
             chosen.current, chosen.countdown = index, math.inf  # this variant on every call
             np.testing.assert_array_equal(ours(x)[0].numpy(), first)

@@ -8,6 +8,10 @@ A layer-direction runs a sequence chunk by chunk (a chunk is a few steps, see
    block and applies the gate equations of :mod:`.gates`, writing ``h_t`` into the output row of
    step t and into a two-row state buffer that the next step reads.
 
+Or one call that does both, ``recur`` with ``split="projection"``: where the recurrence runs on one
+thread, another core projects the chunk's next few steps meanwhile, which takes the projection
+off the critical path of a small layer.
+
 Sequence length and batch are symbolic: one compiled module serves every T and B. The caller's
 arrays, the input ``x`` and the output ``y``, are declared aligned to their element size only, so
 any C-contiguous array is read and written in place (their vector accesses compile to unaligned
@@ -108,7 +112,17 @@ def _row_tiles(G, L, R, dtype):
     def in_order(rest, row0, blk, a, w, bias, out):
         tiles_of_4_2_1(rest, row0, blk, a, w, bias, out, False)
 
-    return tile, remainder, in_order, ways
+    @T.macro
+    def all_rows(n_out, blk, a, w, bias, out):
+        # Full tiles from row 0, then the last ``n_out % R`` rows: each row's sums are in the same
+        # order however the rows are split into calls, as long as every part but the last has a
+        # multiple of R rows.
+        rest = T.bind(n_out % R)
+        for tile_index in range(n_out // R):
+            tile(R, tile_index * R, blk, a, w, bias, out)
+        remainder(rest, n_out - rest, blk, a, w, bias, out)
+
+    return tile, remainder, in_order, all_rows, ways
 
 
 def projection(num_gates, output_size, dtype, lanes, rows, parallel):
@@ -123,7 +137,7 @@ def projection(num_gates, output_size, dtype, lanes, rows, parallel):
     loop = T.parallel if parallel else T.serial
     element = np.dtype(dtype).itemsize
 
-    tile, remainder, _, _ = _row_tiles(G, L, R, dtype)
+    _, _, _, all_rows, _ = _row_tiles(G, L, R, dtype)
 
     @T.prim_func
     def project(x_h: T.handle, w_h: T.handle, b_h: T.handle, xp_h: T.handle, first_row: T.int32):
@@ -139,11 +153,8 @@ def projection(num_gates, output_size, dtype, lanes, rows, parallel):
         # Tasks of (row tile, block) re-read all of W for every row tile: from DRAM when W does
         # not stay in L3 (W_ih beside W_hh at hidden size 1024), and even from cache they took
         # 10-25% longer, on every shape measured.
-        rest = T.bind(n_out % R)
         for blk in loop(NB):
-            for tile_index in range(n_out // R):
-                tile(R, tile_index * R, blk, rows_in, w, b, xp)
-            remainder(rest, n_out - rest, blk, rows_in, w, b, xp)
+            all_rows(n_out, blk, rows_in, w, b, xp)
 
     return project
 
@@ -169,14 +180,20 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1):
     - ``"batch"``: ``parts`` tasks (one per core) each run the whole chunk for their own rows of
       the batch. Rows are independent sequences, so there is no barrier and no hidden state
       crosses cores; each core reads all of ``W_hh``, which pays where it fits in the core's cache.
+    - ``"projection"``: one task runs the steps on one thread, as with None, while another
+      projects the next part of the chunk (of ``sub`` steps) into ``xp``; they meet once per part.
+      The function then takes the projection's arguments first: ``x (M, K)``, packed ``w_ih`` and
+      ``b_ih``, ``first_row`` (the chunk's first row of x) and ``sub``, whose rows
+      (``sub * B``) must be a multiple of ``rows`` for its answers to be those of ``project``
+      (numbers in docs/design.md).
     """
     G, H, L, R = NUM_GATES[mode], hidden_size, lanes, rows
     NB = num_blocks(hidden_size, lanes)
     element = np.dtype(dtype).itemsize
     full_blocks, tail = H // L, H % L
     is_lstm = mode == "LSTM"
-    if split not in (None, "hidden", "batch"):
-        raise ValueError(f"split must be None, 'hidden' or 'batch', got {split!r}")
+    if split not in (None, "hidden", "batch", "projection"):
+        raise ValueError(f"split must be None, 'hidden', 'batch' or 'projection', got {split!r}")
     if split == "hidden":
         time_steps = functools.partial(T.serial, annotations={"pragma_parallel_launch_point": 1})
         hidden_tasks = functools.partial(T.parallel, annotations={"pragma_parallel_barrier_when_finish": 1})
@@ -185,7 +202,7 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1):
     n_parts = parts if split == "batch" else 1
     n_tasks = min(parts, NB) if split == "hidden" else 1
 
-    tile, remainder, in_order, ways = _row_tiles(G, L, R, dtype)
+    tile, remainder, in_order, all_rows, ways = _row_tiles(G, L, R, dtype)
 
     def ordered_rows(n_b):
         """How many of the first rows the one-thread variant sums in full-tile order: its full
@@ -269,15 +286,54 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1):
                     gate_math(tail, row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
 
     @T.macro
-    def rows_time_loop(row0, n_rows, n_split, n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse):
-        for s in time_steps(n_s):
+    def run_steps(first_s, n_run, row0, n_rows, n_split, n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse):
+        # Steps first_s .. first_s + n_run - 1 of the chunk's n_s.
+        for i in time_steps(n_run):
+            s = T.bind(first_s + i)
             tt = T.bind(T.if_then_else(reverse != 0, n_s - 1 - s, s))
             hprev = T.decl_buffer((n_b, H), dtype, data=hs.data, elem_offset=s % 2 * n_b * H)
             hnext = T.decl_buffer((n_b, H), dtype, data=hs.data, elem_offset=(s + 1) % 2 * n_b * H)
             step(row0, n_rows, n_split, xp, w, rb, hprev, hnext, hp, y, yoff, cst, tt, t0 + tt, s % 2 == 1)
+
+    @T.macro
+    def end_of_chunk(row0, n_rows, n_s, hs):
         if n_s % 2 == 1:  # the last step wrote hs[1]; the next chunk starts from hs[0]
             for b, j in T.grid(n_rows, H):
                 hs[0, row0 + b, j] = hs[1, row0 + b, j]
+
+    @T.macro
+    def rows_time_loop(row0, n_rows, n_split, n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse):
+        run_steps(0, n_s, row0, n_rows, n_split, n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse)
+        end_of_chunk(row0, n_rows, n_s, hs)
+
+    @T.macro
+    def projecting_time_loop(x, wi, bi, first_row, sub, n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0,
+                             reverse):
+        # Round c: task 0 projects part c of the chunk's steps (in the order the recurrence takes
+        # them) while task 1 runs the steps of part c - 1, then both meet. Part j is the steps
+        # j * sub .. min((j + 1) * sub, n_s) - 1 in time order; sub * n_b is a multiple of R, so
+        # every row is projected exactly as ``project`` does it over the whole chunk.
+        n_sub = T.bind((n_s + sub - 1) // sub)
+        n_k = T.bind(x.shape[1])
+        for c in T.serial(n_sub + 1, annotations={"pragma_parallel_launch_point": 1}):
+            for task in T.parallel(2, annotations={"pragma_parallel_barrier_when_finish": 1}):
+                if task == 0:
+                    if c < n_sub:
+                        j = T.bind(T.if_then_else(reverse != 0, n_sub - 1 - c, c))
+                        n_out = T.bind((T.min(j * sub + sub, n_s) - j * sub) * n_b)
+                        rows_in = T.decl_buffer((n_out, n_k), dtype, data=x.data,
+                                                elem_offset=(first_row + j * sub * n_b) * n_k, align=element)
+                        rows_out = T.decl_buffer((n_out, NB, G, L), dtype, data=xp.data,
+                                                 elem_offset=j * sub * n_b * NB * G * L)
+                        for blk in range(NB):
+                            all_rows(n_out, blk, rows_in, wi, bi, rows_out)
+                elif c > 0:
+                    j = T.bind(T.if_then_else(reverse != 0, n_sub - c, c - 1))
+                    lo = T.bind(j * sub)
+                    hi = T.bind(T.min(lo + sub, n_s))
+                    run_steps(T.if_then_else(reverse != 0, n_s - hi, lo), hi - lo, 0, n_b, 0, n_s, n_b, xp, w, rb,
+                              hs, cst, hp, y, yoff, t0, reverse)
+        end_of_chunk(0, n_b, n_s, hs)
 
     @T.macro
     def time_loop(n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse):
@@ -293,7 +349,46 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1):
                 n_split = T.bind(T.if_then_else(part == n_parts - 1, n_b - ordered, 0))
                 rows_time_loop(first, n_rows, n_split, n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse)
 
-    if is_lstm:
+    if split == "projection" and is_lstm:
+
+        @T.prim_func
+        def recur(x_h: T.handle, wi_h: T.handle, bi_h: T.handle, first_row: T.int32, sub: T.int32,
+                  xp_h: T.handle, w_h: T.handle, rb_h: T.handle, hs_h: T.handle, cs_h: T.handle,
+                  hp_h: T.handle, y_h: T.handle, yoff: T.int32, t0: T.int32, reverse: T.int32):
+            T.func_attr({"global_symbol": "recur", "tirx.noalias": True})
+            n_s, n_b, n_t, yw, n_m, n_k = T.int32(), T.int32(), T.int32(), T.int32(), T.int32(), T.int32()
+            x = T.match_buffer(x_h, (n_m, n_k), dtype, align=element)
+            wi = T.match_buffer(wi_h, (NB, n_k, G, L), dtype)
+            bi = T.match_buffer(bi_h, (NB, G, L), dtype)
+            xp = T.match_buffer(xp_h, (n_s, n_b, NB, G, L), dtype)
+            w = T.match_buffer(w_h, (NB, H, G, L), dtype)
+            rb = T.match_buffer(rb_h, (NB, G, L), dtype)
+            hs = T.match_buffer(hs_h, (2, n_b, H), dtype)
+            cs = T.match_buffer(cs_h, (n_b, H), dtype)
+            hp = T.match_buffer(hp_h, (n_b, NB, G, L), dtype)
+            y = T.match_buffer(y_h, (n_t, n_b, yw), dtype, align=element)
+            projecting_time_loop(x, wi, bi, first_row, sub, n_s, n_b, xp, w, rb, hs, cs, hp, y, yoff, t0, reverse)
+
+    elif split == "projection":
+
+        @T.prim_func
+        def recur(x_h: T.handle, wi_h: T.handle, bi_h: T.handle, first_row: T.int32, sub: T.int32,
+                  xp_h: T.handle, w_h: T.handle, rb_h: T.handle, hs_h: T.handle,
+                  hp_h: T.handle, y_h: T.handle, yoff: T.int32, t0: T.int32, reverse: T.int32):
+            T.func_attr({"global_symbol": "recur", "tirx.noalias": True})
+            n_s, n_b, n_t, yw, n_m, n_k = T.int32(), T.int32(), T.int32(), T.int32(), T.int32(), T.int32()
+            x = T.match_buffer(x_h, (n_m, n_k), dtype, align=element)
+            wi = T.match_buffer(wi_h, (NB, n_k, G, L), dtype)
+            bi = T.match_buffer(bi_h, (NB, G, L), dtype)
+            xp = T.match_buffer(xp_h, (n_s, n_b, NB, G, L), dtype)
+            w = T.match_buffer(w_h, (NB, H, G, L), dtype)
+            rb = T.match_buffer(rb_h, (NB, G, L), dtype)
+            hs = T.match_buffer(hs_h, (2, n_b, H), dtype)
+            hp = T.match_buffer(hp_h, (n_b, NB, G, L), dtype)
+            y = T.match_buffer(y_h, (n_t, n_b, yw), dtype, align=element)
+            projecting_time_loop(x, wi, bi, first_row, sub, n_s, n_b, xp, w, rb, hs, None, hp, y, yoff, t0, reverse)
+
+    elif is_lstm:
 
         @T.prim_func
         def recur(xp_h: T.handle, w_h: T.handle, rb_h: T.handle, hs_h: T.handle, cs_h: T.handle,
