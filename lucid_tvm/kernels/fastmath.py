@@ -7,7 +7,9 @@ below 1e-6 wherever the result is a normal float (``tests/test_fastmath.py``, ag
 float64); NaN propagates. Other dtypes keep TVM's intrinsics.
 
 The gate math of a small layer is bound by these instructions (with a batch) or by their latency
-(two of them in a row per LSTM step), so they are as short as the accuracy allows. The
+(two of them in a row per LSTM step), so they are as short as the accuracy allows, and their
+polynomials are evaluated by Estrin's scheme rather than Horner's rule (a shorter chain of
+dependent operations; up to 5% off a small layer's step, ``docs/design.md``). The
 coefficients come from ``scripts/fit_fastmath.py`` (near-minimax relative error):
 
 - sigmoid: ``1 / (1 + exp(-x))``. exp: ``x = n ln2 + r`` with ``|r| <= ln2 / 2``, a degree-5
@@ -43,11 +45,23 @@ def _f(value):
     return tirx.const(value, "float32")
 
 
-def _horner(coefficients, x):
-    result = _f(coefficients[0])
-    for c in coefficients[1:]:
-        result = result * x + _f(c)
-    return result
+def _estrin(coefficients, x):
+    """The polynomial of highest-power-first ``coefficients`` at ``x`` (a variable), by Estrin's
+    scheme: pairs ``c_2i + c_2i+1 x`` side by side, then Horner's rule in ``x^2`` over them. A
+    degree-5 polynomial is then a chain of 3 dependent operations (``x^2`` and two multiply-adds)
+    instead of Horner's 5, and in the gate math of a small layer's step that chain is the critical
+    path."""
+    low_first = coefficients[::-1]
+    pairs = [_f(low_first[i]) + _f(low_first[i + 1]) * x if i + 1 < len(low_first) else _f(low_first[i])
+             for i in range(0, len(low_first), 2)]
+
+    def in_x2(x2):
+        result = pairs[-1]
+        for pair in pairs[-2::-1]:
+            result = result * x2 + pair
+        return result
+
+    return let(x * x, in_x2)
 
 
 def let(value, body):
@@ -68,7 +82,7 @@ def _exp32(x):
         def split(n):
             def reduced(r):
                 bits = tirx.shift_left(n.astype("int32") + tirx.const(127, "int32"), tirx.const(23, "int32"))
-                return _horner(_EXP_POLY, r) * tirx.reinterpret("float32", bits)
+                return _estrin(_EXP_POLY, r) * tirx.reinterpret("float32", bits)
 
             return let(x - n * _f(_LN2_HI) - n * _f(_LN2_LO), reduced)
 
@@ -91,7 +105,7 @@ def tanh(x):
 
     def on(v):
         def clamped(c):
-            rational = let(c * c, lambda t: c * _horner(_TANH_P, t) / _horner(_TANH_Q, t))
+            rational = let(c * c, lambda t: c * _estrin(_TANH_P, t) / _estrin(_TANH_Q, t))
             return tirx.Select(c == v, rational, c * _f(1.0 / _TANH_CLAMP))  # +-1 past the clamp
 
         return _keep_nan(v, let(tirx.max(tirx.min(v, _f(_TANH_CLAMP)), _f(-_TANH_CLAMP)), clamped))
