@@ -76,16 +76,18 @@ def lower_layer(spec, schedule):
     ``recur_batch_parallel`` (the recurrence split by batch rows) and ``recur_projecting`` (the
     recurrence on one thread while another projects the chunk's next steps)."""
     s, knobs = spec, (schedule.lanes, schedule.rows)
+
+    def recurrence(split):
+        return recurrent.recurrence(s.mode, s.hidden_size, s.dtype, *knobs, split, schedule.cores,
+                                    schedule.tiles_first)
+
     functions = {}
     for parallel, suffix in ((False, ""), (True, "_parallel")):
         functions["project" + suffix] = recurrent.projection(s.num_gates, s.hidden_size, s.dtype, *knobs, parallel)
-        functions["recur" + suffix] = recurrent.recurrence(s.mode, s.hidden_size, s.dtype, *knobs,
-                                                           "hidden" if parallel else None, schedule.cores)
+        functions["recur" + suffix] = recurrence("hidden" if parallel else None)
     if schedule.cores > 1:
-        functions["recur_batch_parallel"] = recurrent.recurrence(s.mode, s.hidden_size, s.dtype, *knobs,
-                                                                 "batch", schedule.cores)
-        functions["recur_projecting"] = recurrent.recurrence(s.mode, s.hidden_size, s.dtype, *knobs,
-                                                             "projection", schedule.cores)
+        functions["recur_batch_parallel"] = recurrence("batch")
+        functions["recur_projecting"] = recurrence("projection")
     return tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in functions.items()})
 
 

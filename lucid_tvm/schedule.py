@@ -6,6 +6,11 @@ The CPU kernels (``kernels/recurrent.py``) take these knobs; this module picks t
   float32 on AVX-512, 8 on AVX2); layers with few gates get wider blocks.
 - ``rows``: rows that share each weight vector load; accumulators take
   ``rows * gates * vectors per block`` registers (see :func:`accumulator_registers`), 4 to 8 rows.
+- ``tiles_first``: a step runs every hidden block's ``h @ W_hh^T`` before any block's gate math
+  where ``W_hh`` fits in the core's L1 cache (``L1_BYTES``): such a step waits on its chain of
+  dependent operations, and the gate math of one block then overlaps the next block's. Where the
+  step streams ``W_hh`` from L2 or beyond, block by block overlaps one block's loads with the
+  previous block's gate math (numbers in ``docs/design.md``).
 - ``parallel_step_macs``: from how many multiply-adds per step (batch included) a sequence runs
   on the whole thread pool, in one parallel region with a barrier per step. A barrier costs
   about 0.1 us here (``barrier.py``), plus the wait for the slower task, which is as much as a
@@ -31,6 +36,8 @@ from tvm.target import codegen
 PARALLEL_STEP_MACS = 64 * 1024
 # Below this many multiply-adds per projection call, one thread beats waking the pool (~5 us).
 PARALLEL_CALL_MACS = 512 * 1024
+# A core's L1 data cache, at least (Zen 5 and recent Intel cores have 48 KB, many others 32 KB).
+L1_BYTES = 32 * 1024
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,7 @@ class CpuSchedule:
     parallel_step_macs: int
     parallel_call_macs: int
     cores: int = 1
+    tiles_first: bool = False
 
 
 def vector_bits(target):
@@ -70,12 +78,15 @@ def default_schedule(target, num_gates, hidden_size, dtype):
     # Few gates leave accumulators unused: a block then spans several vectors (up to 4), so one
     # broadcast input value feeds more FMAs. Never wider than the layer itself.
     vectors = max(1, min(4, registers // (6 * gates), -(-hidden_size // simd)))
+    lanes = simd * vectors
+    recurrent_weight_bytes = gates * hidden_size * -(-hidden_size // lanes) * lanes * np.dtype(dtype).itemsize
     return CpuSchedule(
-        lanes=simd * vectors,
+        lanes=lanes,
         rows=min(8, max(4, registers // (gates * vectors))),
         parallel_step_macs=PARALLEL_STEP_MACS,
         parallel_call_macs=PARALLEL_CALL_MACS,
         cores=max(1, int(target.attrs.get("num-cores", 1))),
+        tiles_first=recurrent_weight_bytes <= L1_BYTES,
     )
 
 

@@ -21,6 +21,8 @@ aligned. Hidden and input sizes, dtype and the knobs below are fixed per module:
 - ``lanes``: SIMD width in elements (hidden units per block),
 - ``rows``: rows (batch entries or time-batch rows) that share one weight load in registers,
 - ``parallel``: split hidden blocks across the thread pool (per GEMM, and in every time step).
+- ``tiles_first``: the order of a step's work: every block's ``h @ W_hh^T``, then every block's
+  gate math; or block by block (see ``step``).
 
 The loop nest here is the CPU schedule itself; the knobs are chosen in :mod:`lucid_tvm.schedule`.
 """
@@ -159,7 +161,7 @@ def projection(num_gates, output_size, dtype, lanes, rows, parallel):
     return project
 
 
-def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1):
+def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles_first=False):
     """PrimFunc ``recur`` running ``n`` steps of one layer-direction (one chunk of a sequence).
 
     Arguments: ``xp (n, B, NB, G, L)`` from :func:`projection`, packed ``w (NB, H, G, L)`` and
@@ -265,25 +267,40 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1):
             remainder(n_split, row0 + n_ordered, blk, hprev, w, rb, hp)
 
     @T.macro
+    def block_gates(row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t):
+        # The gate math exists once (twice with a tail block), not once per tile shape.
+        if tail == 0:
+            gate_math(L, row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
+        elif blk < full_blocks:
+            gate_math(L, row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
+        else:
+            gate_math(tail, row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
+
+    @T.macro
     def step(row0, n_rows, n_split, xp, w, rb, hprev, hnext, hp, y, yoff, cst, tt, t, odd):
         # Each task (one unless split by hidden blocks) runs its own range of blocks, forwards
         # on even steps and backwards on odd ones: a range larger than the core's cache then
         # starts where the last step left off, on the blocks still cached. In one direction
         # every step, least-recently-used eviction drops each block just before it is read
         # again, and the whole range comes from the next level every step.
+        # ``tiles_first``: every block's h @ W_hh^T first, then every block's gate math, so that
+        # the gate math of one block overlaps that of the next; else block by block, so that the
+        # weights streamed in for one block's tile overlap the previous block's gate math.
         for task in hidden_tasks(n_tasks):
             first = T.bind(task * NB // n_tasks)
             count = T.bind((task + 1) * NB // n_tasks - first)
-            for j in range(count):
-                blk = T.bind(first + T.if_then_else(odd, count - 1 - j, j))
-                row_tiles(row0, n_rows, n_split, blk, hprev, w, rb, hp)
-                # The gate math exists once (twice with a tail block), not once per tile shape.
-                if tail == 0:
-                    gate_math(L, row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
-                elif blk < full_blocks:
-                    gate_math(L, row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
-                else:
-                    gate_math(tail, row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
+            if tiles_first:
+                for j in range(count):
+                    blk = T.bind(first + T.if_then_else(odd, count - 1 - j, j))
+                    row_tiles(row0, n_rows, n_split, blk, hprev, w, rb, hp)
+                for j in range(count):
+                    blk = T.bind(first + T.if_then_else(odd, count - 1 - j, j))
+                    block_gates(row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
+            else:
+                for j in range(count):
+                    blk = T.bind(first + T.if_then_else(odd, count - 1 - j, j))
+                    row_tiles(row0, n_rows, n_split, blk, hprev, w, rb, hp)
+                    block_gates(row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
 
     @T.macro
     def run_steps(first_s, n_run, row0, n_rows, n_split, n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse):
