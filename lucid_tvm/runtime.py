@@ -307,14 +307,14 @@ class LayerKernel:
                         and key[5] == s.dtype for key in _registry)
         return not tuned and not self._tuned_rows()
 
-    def run(self, packed, x, h0, c0, y, yoff, reverse, cn):
+    def run(self, packed, x, h0, c0, y, yoff, reverse, hn, cn):
         """One direction over a whole sequence.
 
         ``x`` (T, B, I) and the output ``y`` (T, B, YW) (columns ``yoff .. yoff+H`` are written)
         are C-contiguous arrays of the layer's dtype, as :func:`contiguous` makes them. ``h0``
-        and, for LSTM, ``c0`` are (B, H) arrays or None for zeros; LSTM's final cell state is
-        copied into ``cn`` (B, H). The final hidden state is the output row of the last step
-        processed.
+        and, for LSTM, ``c0`` are (B, H) arrays or None for zeros. The final hidden state (the
+        output row of the last step processed) and LSTM's final cell state are copied into ``hn``
+        and ``cn`` (B, H), each unless None.
         """
         _note_use(self.identity)
         n_t, n_b = x.shape[0], x.shape[1]
@@ -330,7 +330,9 @@ class LayerKernel:
             project, xp_rows, xp_steps = plan.chunk(steps)
             plan.run_chunk(steps, steps, project, x_rows, w_ih, b_ih, t0 * n_b, xp_rows, xp_steps, w_hh, b_hh, plan.state,
                            plan.hp_tensor, y, yoff, t0, int(reverse))
-        if plan.cs is not None:
+        if hn is not None:
+            hn[...] = plan.h0
+        if cn is not None:
             cn[...] = plan.cs
 
     def _plan(self, n_b):

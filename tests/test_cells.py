@@ -87,3 +87,23 @@ def test_parameter_update_is_seen(rng):
         assert_close(cell(x), ref(torch.from_numpy(x)))
     with pytest.raises(ValueError, match="read-only"):
         cell.weight_ih.numpy()[0, 0] = 1.0
+
+
+def test_parameter_swap_and_module_dtype_are_seen(rng):
+    """A Parameter object moved in from another module (no data written), and a module converted
+    to float64, are seen on the next call, whether the layer runs as a cell or a sequence module."""
+    seq = nn.LSTM(I, H)
+    donor = nn.LSTM(I, H)
+    x = rng.standard_normal((4, B, I)).astype(np.float32)
+    seq(x)
+    seq.layers[0].weight_hh = donor.layers[0].weight_hh  # the same array in two modules, no write
+    ref = torch.nn.LSTM(I, H)
+    cell = seq.layers[0]
+    ref.load_state_dict({f"{name}_l0": torch.from_numpy(np.array(getattr(cell, name).numpy()))
+                         for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")})
+    with torch.no_grad():
+        assert_close(seq(x)[0], ref(torch.from_numpy(x))[0])
+    seq.double()
+    assert seq(x.astype(np.float64))[0].dtype == np.float64
+    with torch.no_grad():
+        assert_close(seq(x.astype(np.float64))[0], ref.double()(torch.from_numpy(x).double())[0], np.float64)

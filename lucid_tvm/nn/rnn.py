@@ -59,6 +59,7 @@ class _Cell(Module):
         self.bias_hh = uniform(gates) if self.bias else None
         self._packed, self._packed_key = None, None
         self._kernel_for, self._kernel_key = None, None
+        self._prepared, self._prepared_at = None, None
 
     def extra_repr(self):
         return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
@@ -94,10 +95,16 @@ class _Cell(Module):
             self._packed_key = key
         return self._packed
 
-    def run_sequence(self, x, h0, c0, y, yoff=0, reverse=False, cn=None):
-        """Run over ``x`` (T, B, I); see :meth:`lucid_tvm.runtime.LayerKernel.run`."""
-        kernel = self._kernel()
-        kernel.run(self._packed_weights(kernel), x, h0, c0, y, yoff, reverse, cn)
+    def run_sequence(self, x, h0, c0, y, yoff=0, reverse=False, hn=None, cn=None):
+        """Run over ``x`` (T, B, I); see :meth:`lucid_tvm.runtime.LayerKernel.run`. The kernel and
+        the packed weights are looked up again only after a parameter write anywhere or a kernel
+        registration (two integers to compare on every call of a small layer)."""
+        now = (Parameter.writes, registry_generation())
+        if self._prepared_at != now:
+            kernel = self._kernel()
+            self._prepared, self._prepared_at = (kernel, self._packed_weights(kernel)), now
+        kernel, packed = self._prepared
+        kernel.run(packed, x, h0, c0, y, yoff, reverse, hn, cn)
 
     def _state(self, value, name, batch, batched):
         owner = type(self).__name__
@@ -296,9 +303,7 @@ class RNNBase(Module):
                 index = layer * directions + direction
                 cells[index].run_sequence(
                     layer_input, None if h0 is None else h0[index], None if c0 is None else c0[index],
-                    y, direction * hidden, direction == 1, None if c_n is None else c_n[index])
-                last = 0 if direction == 1 else steps - 1
-                h_n[index] = y[last, :, direction * hidden:(direction + 1) * hidden]
+                    y, direction * hidden, direction == 1, h_n[index], None if c_n is None else c_n[index])
             if self.training and self.dropout > 0 and layer < self.num_layers - 1:
                 y = self._dropout(y)
             layer_input = y
