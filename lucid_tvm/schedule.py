@@ -32,6 +32,8 @@ import numpy as np
 import tvm
 from tvm.target import codegen
 
+from .kernels.layout import num_blocks
+
 # Below this many multiply-adds per step, one thread beats two meeting at a barrier every step.
 PARALLEL_STEP_MACS = 64 * 1024
 # Below this many multiply-adds per projection call, one thread beats waking the pool (~5 us).
@@ -79,7 +81,7 @@ def default_schedule(target, num_gates, hidden_size, dtype):
     # broadcast input value feeds more FMAs. Never wider than the layer itself.
     vectors = max(1, min(4, registers // (6 * gates), -(-hidden_size // simd)))
     lanes = simd * vectors
-    recurrent_weight_bytes = gates * hidden_size * -(-hidden_size // lanes) * lanes * np.dtype(dtype).itemsize
+    recurrent_weight_bytes = gates * hidden_size * num_blocks(hidden_size, lanes) * lanes * np.dtype(dtype).itemsize
     return CpuSchedule(
         lanes=lanes,
         rows=min(8, max(4, registers // (gates * vectors))),

@@ -5,8 +5,9 @@
 Both are near-minimax in relative error: weighted least squares on Chebyshev-spaced points,
 reweighted by Lawson's rule toward the points of largest error (and, for the rational tanh, by the
 last denominator, as in Sanathanan-Koerner). It prints each fit's error in float64 and when
-evaluated in float32 as the kernels do (Estrin's scheme) with float32 coefficients, and the coefficients, highest
-power first, as fastmath.py lists them. The kernels' accuracy is tested in tests/test_fastmath.py.
+evaluated in float32 as the kernels do (Estrin's scheme) with float32 coefficients, and the
+coefficients, highest power first, as fastmath.py lists them. The kernels' accuracy is tested in
+tests/test_fastmath.py.
 """
 
 import numpy as np

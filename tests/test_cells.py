@@ -91,7 +91,7 @@ def test_parameter_update_is_seen(rng):
 
 def test_parameter_swap_and_module_dtype_are_seen(rng):
     """A Parameter object moved in from another module (no data written), and a module converted
-    to float64, are seen on the next call, whether the layer runs as a cell or a sequence module."""
+    to float64, are seen on the next call of a sequence module (cells run the same path)."""
     seq = nn.LSTM(I, H)
     donor = nn.LSTM(I, H)
     x = rng.standard_normal((4, B, I)).astype(np.float32)

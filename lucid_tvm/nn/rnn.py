@@ -58,7 +58,6 @@ class _Cell(Module):
         self.bias_ih = uniform(gates) if self.bias else None
         self.bias_hh = uniform(gates) if self.bias else None
         self._packed, self._packed_key = None, None
-        self._kernel_for, self._kernel_key = None, None
         self._prepared, self._prepared_at = None, None
 
     def extra_repr(self):
@@ -73,14 +72,9 @@ class _Cell(Module):
         return self.mode == "LSTM"
 
     def _kernel(self):
-        """The layer kernel for this cell's sizes and dtype, looked up once per dtype and
-        registry change (the lookup costs more than a small layer's step)."""
+        """The layer kernel for this cell's sizes and dtype (``run_sequence`` keeps it between calls)."""
         dtype = self._parameters["weight_ih"].data.dtype
-        key = (dtype, registry_generation())
-        if self._kernel_key != key:
-            self._kernel_for = layer_kernel(self.mode, self.input_size, self.hidden_size, dtype.name)
-            self._kernel_key = key
-        return self._kernel_for
+        return layer_kernel(self.mode, self.input_size, self.hidden_size, dtype.name)
 
     def _packed_weights(self, kernel):
         p = self._parameters
