@@ -317,19 +317,18 @@ class LayerKernel:
         and ``cn`` (B, H), each unless None.
         """
         _note_use(self.identity)
-        n_t, n_b = x.shape[0], x.shape[1]
+        n_t, n_b, _ = x.shape
         plan = self._plan(n_b)
-        chunk, starts = plan.fit(n_t)
+        chunks = plan.chunks(n_t, reverse)  # first: it may grow the workspace
         _load_state(plan.h0, h0)
         if plan.cs is not None:
             _load_state(plan.cs, c0)
         w_ih, b_ih, w_hh, b_hh = packed
         x_rows, y = _dl_io(x.reshape(n_t * n_b, -1)), _dl_io(y)
-        for t0 in reversed(starts) if reverse else starts:
-            steps = min(chunk, n_t - t0)
-            project, xp_rows, xp_steps = plan.chunk(steps)
-            plan.run_chunk(steps, steps, project, x_rows, w_ih, b_ih, t0 * n_b, xp_rows, xp_steps, w_hh, b_hh, plan.state,
-                           plan.hp_tensor, y, yoff, t0, int(reverse))
+        run_chunk, state, hp = plan.run_chunk, plan.state, plan.hp_tensor
+        for steps, t0, project, xp_rows, xp_steps in chunks:
+            run_chunk(steps, steps, project, x_rows, w_ih, b_ih, t0 * n_b, xp_rows, xp_steps, w_hh, b_hh, state, hp, y,
+                      yoff, t0, int(reverse))
         if hn is not None:
             hn[...] = plan.h0
         if cn is not None:
@@ -479,18 +478,25 @@ class _Plan:
         self.run_chunk = _choice((kernel, "chunk", batch), lambda: kernel.chunk_runners(batch))
         self.capacity = 0  # steps of xp the workspace holds
         self.views = {}  # by chunk length: its projection and views of xp in this workspace
-        self.steps, self.chunking = None, None  # the last sequence length, and its chunks
+        self.last_call, self.last_chunks = None, ()  # (length, direction) of the last call, its chunks
 
     def fit(self, n_steps):
         """Steps per chunk and the chunks' first steps for a sequence of ``n_steps``, with a
-        workspace that holds one chunk (the last length's answer is kept: a small layer's call
-        is a few microseconds)."""
-        if n_steps != self.steps:
-            chunk = chunk_steps(n_steps, self.batch)
-            if chunk > self.capacity:
-                self._allocate(chunk)
-            self.steps, self.chunking = n_steps, (chunk, range(0, n_steps, chunk))
-        return self.chunking
+        workspace that holds one chunk."""
+        chunk = chunk_steps(n_steps, self.batch)
+        if chunk > self.capacity:
+            self._allocate(chunk)
+        return chunk, range(0, n_steps, chunk)
+
+    def chunks(self, n_steps, reverse):
+        """``(steps, t0, project, xp_rows, xp_steps)`` of each chunk of a sequence of ``n_steps``,
+        in the order a direction runs them (see :meth:`fit` and :meth:`chunk`). The last call's
+        answer is kept: a small layer's call is a few microseconds."""
+        if self.last_call != (n_steps, reverse):
+            chunk, starts = self.fit(n_steps)
+            chunks = tuple((min(chunk, n_steps - t0), t0) + self.chunk(min(chunk, n_steps - t0)) for t0 in starts)
+            self.last_call, self.last_chunks = (n_steps, reverse), chunks[::-1] if reverse else chunks
+        return self.last_chunks
 
     def chunk(self, steps):
         """For a chunk of ``steps``: its projection (kept across workspaces) and views of xp."""
@@ -521,6 +527,7 @@ class _Plan:
         self.cs = workspace[hs_end:hs_end + state_size].reshape(n_b, s.hidden_size) if is_lstm else None
         self.state = (_dl(self.hs),) if self.cs is None else (_dl(self.hs), _dl(self.cs))
         self.capacity, self.views = steps, {}
+        self.last_call, self.last_chunks = None, ()  # views of the old workspace
 
 
 @functools.lru_cache(maxsize=None)

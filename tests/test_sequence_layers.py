@@ -137,7 +137,8 @@ def test_workspace_kept_between_calls(mode, rng):
 
 def test_one_plan_per_batch_serves_every_length(rng):
     """Sequences of varying length with one batch size share a plan (its workspace grows to the
-    longest chunk, the variants learned are kept) and each gets the right answer."""
+    longest chunk, the variants learned are kept) and each gets the right answer, from the
+    initial states it was given (loaded into the workspace after it grew)."""
     from lucid_tvm import runtime
 
     ref, ours = torch_twin("LSTM", 6, 10, bidirectional=True)
@@ -147,8 +148,12 @@ def test_one_plan_per_batch_serves_every_length(rng):
     # workspace, and lengths with a last chunk of 1 and of 44 steps.
     for steps in (3, 300, 7, 257, 1, 300):
         x = rng.standard_normal((steps, 1, 6)).astype(np.float32)
+        h0, c0 = rng.standard_normal((2, 2, 1, 10)).astype(np.float32)
+        output, (h_n, c_n) = ours(x, (h0, c0))
         with torch.no_grad():
-            assert_close(ours(x)[0], ref(torch.from_numpy(x))[0])
+            ref_output, (ref_h_n, ref_c_n) = ref(torch.from_numpy(x), (torch.from_numpy(h0), torch.from_numpy(c0)))
+        for mine, theirs in ((output, ref_output), (h_n, ref_h_n), (c_n, ref_c_n)):
+            assert_close(mine, theirs)
         plans.append(runtime._plans.__dict__[kernel.identity])
     assert all(plan is plans[0] for plan in plans)
     assert plans[0].capacity == 256

@@ -276,9 +276,9 @@ class RNNBase(Module):
         # The cells without ``self.layers`` (Module.__getattr__): half a microsecond per call.
         cells = tuple(self._modules["layers"]._modules.values())
         dtype, hidden, directions = cells[0].dtype, self.hidden_size, self.num_directions
-        if self.is_lstm:
-            if hx is None:
-                hx = (None, None)
+        if hx is None:
+            h0 = c0 = None  # zeros
+        elif self.is_lstm:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                 raise ValueError(f"{owner}: expected hx as a tuple (h_0, c_0), got {type(hx).__name__}")
             h0 = self._initial_state(hx[0], "h_0", batch, batched)
