@@ -494,8 +494,11 @@ class _Plan:
         answer is kept: a small layer's call is a few microseconds."""
         if self.last_call != (n_steps, reverse):
             chunk, starts = self.fit(n_steps)
-            chunks = tuple((min(chunk, n_steps - t0), t0) + self.chunk(min(chunk, n_steps - t0)) for t0 in starts)
-            self.last_call, self.last_chunks = (n_steps, reverse), chunks[::-1] if reverse else chunks
+            chunks = []
+            for t0 in starts:
+                steps = min(chunk, n_steps - t0)
+                chunks.append((steps, t0) + self.chunk(steps))
+            self.last_call, self.last_chunks = (n_steps, reverse), tuple(reversed(chunks) if reverse else chunks)
         return self.last_chunks
 
     def chunk(self, steps):
