@@ -20,7 +20,7 @@ import numpy as np
 import tvm
 import tvm_ffi
 
-from .kernels.layout import num_blocks, pack_bias, pack_weight
+from .kernels.layout import num_blocks, pack_bias, pack_weight, packed_row_bytes
 from .kernels.spec import LayerSpec
 from .schedule import PROJECTING_ROWS, chunk_steps
 
@@ -178,6 +178,7 @@ class LayerKernel:
                            "recur_projecting")
                           if _has(self.module, name)}
         self.blocks = num_blocks(spec.hidden_size, self.lanes)
+        self.row_bytes = packed_row_bytes(spec.num_gates, spec.hidden_size, self.lanes, spec.dtype)
         self._projections = {}
         self._tuned = None
 
@@ -465,7 +466,8 @@ class _Plan:
     The workspace is one 64-byte aligned allocation holding a chunk of projected steps ``xp``
     (not the whole sequence), one step's ``h @ W_hh^T + b_hh`` (``hp``), the double-buffered
     hidden state ``hs`` and LSTM's cell state ``cs``, each starting 64-byte aligned: at most
-    ``max(256, B) * G * H_padded`` values, plus one step. It grows to the longest chunk seen.
+    ``max(256 rows, 512 KB of rows, B rows)`` of ``G * H_padded`` values (``schedule.chunk_steps``),
+    plus one step. It grows to the longest chunk seen.
 
     The variant chosen depends on the batch, not on the length, so sequences of varying length
     keep what was learned (and skip this setup): a plan per length tried the first variant anew
@@ -483,7 +485,7 @@ class _Plan:
     def fit(self, n_steps):
         """Steps per chunk and the chunks' first steps for a sequence of ``n_steps``, with a
         workspace that holds one chunk."""
-        chunk = chunk_steps(n_steps, self.batch)
+        chunk = chunk_steps(n_steps, self.batch, self.kernel.row_bytes)
         if chunk > self.capacity:
             self._allocate(chunk)
         return chunk, range(0, n_steps, chunk)

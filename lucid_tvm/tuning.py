@@ -36,7 +36,7 @@ import tvm
 
 from .files import write_atomic
 from .kernels import recurrent
-from .kernels.layout import num_blocks
+from .kernels.layout import num_blocks, packed_row_bytes
 from .kernels.projection_te import projection_te
 from .kernels.spec import LayerSpec
 from .schedule import chunk_steps, compile_module, default_schedule
@@ -125,9 +125,10 @@ def tuned_rows(spec, target):
                      if name.startswith("rows") and name.endswith(suffix) and entry.get("use"))
 
 
-def chunk_rows(batch, seq_len):
-    """The row counts of the projection chunks of a sequence: full chunks and the last one."""
-    steps = chunk_steps(seq_len, batch)
+def chunk_rows(batch, seq_len, row_bytes):
+    """The row counts of the projection chunks of a sequence (of projected rows ``row_bytes``
+    long): full chunks and the last one."""
+    steps = chunk_steps(seq_len, batch, row_bytes)
     rows = {steps * batch}
     if seq_len % steps:
         rows.add(seq_len % steps * batch)
@@ -145,7 +146,9 @@ def layer_workloads(mode, input_size, hidden_size, batch, seq_len, dtype, target
     for layer in range(num_layers):
         size = input_size if layer == 0 else hidden_size * (2 if bidirectional else 1)
         spec = LayerSpec(mode, size, hidden_size, np.dtype(dtype).name)
-        for rows in chunk_rows(batch, seq_len):
+        lanes = projection_workload(spec, 1, target).lanes
+        row_bytes = packed_row_bytes(spec.num_gates, hidden_size, lanes, spec.dtype)
+        for rows in chunk_rows(batch, seq_len, row_bytes):
             workload = projection_workload(spec, rows, target)
             if workload not in found:
                 found.append(workload)

@@ -96,14 +96,16 @@ def test_wide_layers_use_the_parallel_path(mode, rng):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("input_size,hidden_size,steps,batch", [
-    (5, 7, 300, 1),  # two chunks of 256 and 44 steps
-    (6, 7, 61, 9),  # chunks of 28, 28 and 5 steps: odd chunks end on the other state buffer
-    (33, 300, 13, 40),  # parallel steps with a ragged tail block, chunks of 6, 6 and 1
+    (33, 300, 500, 1),  # two chunks: 256 and 244 steps (RNN: 409 and 91)
+    (33, 300, 61, 9),  # chunks of 28, 28 and 5 steps (RNN: 45, 16): odd chunks end on the other state buffer
+    (33, 300, 13, 40),  # parallel steps with a ragged tail block, chunks of 6, 6 and 1 (RNN: 10, 3)
 ])
 def test_long_sequences_run_in_chunks(mode, input_size, hidden_size, steps, batch, rng):
+    from lucid_tvm import runtime
     from lucid_tvm.schedule import chunk_steps
 
-    assert chunk_steps(steps, batch) < steps
+    kernel = runtime.layer_kernel(mode, input_size, hidden_size, "float32")
+    assert chunk_steps(steps, batch, kernel.row_bytes) < steps
     ref, ours = torch_twin(mode, input_size, hidden_size, num_layers=2, bidirectional=True)
     x = rng.standard_normal((steps, batch, input_size)).astype(np.float32)
     with torch.no_grad():
@@ -140,13 +142,15 @@ def test_one_plan_per_batch_serves_every_length(rng):
     longest chunk, the variants learned are kept) and each gets the right answer, from the
     initial states it was given (loaded into the workspace after it grew)."""
     from lucid_tvm import runtime
+    from lucid_tvm.schedule import chunk_steps
 
     ref, ours = torch_twin("LSTM", 6, 10, bidirectional=True)
     kernel = ours.layers[0]._kernel()
+    chunk = chunk_steps(10**6, 1, kernel.row_bytes)  # one row per step
     plans = []
-    # One row per step: chunks of 256 steps. Growing from 3 steps, a shorter chunk in a larger
-    # workspace, and lengths with a last chunk of 1 and of 44 steps.
-    for steps in (3, 300, 7, 257, 1, 300):
+    # Growing from 3 steps, a shorter chunk in a larger workspace, and lengths with a last chunk
+    # of 1 and of 44 steps.
+    for steps in (3, chunk + 44, 7, chunk + 1, 1, chunk + 44):
         x = rng.standard_normal((steps, 1, 6)).astype(np.float32)
         h0, c0 = rng.standard_normal((2, 2, 1, 10)).astype(np.float32)
         output, (h_n, c_n) = ours(x, (h0, c0))
@@ -156,7 +160,7 @@ def test_one_plan_per_batch_serves_every_length(rng):
             assert_close(mine, theirs)
         plans.append(runtime._plans.__dict__[kernel.identity])
     assert all(plan is plans[0] for plan in plans)
-    assert plans[0].capacity == 256
+    assert plans[0].capacity == chunk
     x = rng.standard_normal((5, 2, 6)).astype(np.float32)  # another batch size: its own plan
     with torch.no_grad():
         assert_close(ours(x)[0], ref(torch.from_numpy(x))[0])

@@ -33,9 +33,11 @@ def test_hardware_key_names_kind_model_and_cores():
 
 
 def test_workloads_follow_the_projection_chunks():
-    assert tuning.chunk_rows(1, 150) == [150]
-    assert tuning.chunk_rows(16, 150) == [96, 256]  # 9 chunks of 16 steps, then 6 steps
-    assert tuning.chunk_rows(64, 25) == [64, 256]
+    lstm_128 = 4 * 128 * 4  # bytes of a projected row: 256 rows a chunk
+    assert tuning.chunk_rows(1, 150, lstm_128) == [150]
+    assert tuning.chunk_rows(16, 150, lstm_128) == [96, 256]  # 9 chunks of 16 steps, then 6 steps
+    assert tuning.chunk_rows(64, 25, lstm_128) == [64, 256]
+    assert tuning.chunk_rows(32, 100, 128 * 4) == [128, 1024]  # RNN 128: 512 KB of rows, 3 chunks of 32 steps
     workloads = tuning.layer_workloads("LSTM", 40, 128, 32, 100, "float32", host_target(), num_layers=2)
     assert [(w.rows, w.input_size, w.output_size, w.num_gates) for w in workloads] == \
         [(128, 40, 128, 4), (256, 40, 128, 4), (128, 128, 128, 4), (256, 128, 128, 4)]

@@ -14,6 +14,12 @@ def num_blocks(hidden_size, lanes):
     return -(-hidden_size // lanes)
 
 
+def packed_row_bytes(num_gates, hidden_size, lanes, dtype):
+    """Bytes of one row of packed outputs (a step's projection or ``h @ W_hh^T`` for one batch
+    entry): every gate of every block, the padding included."""
+    return num_blocks(hidden_size, lanes) * num_gates * lanes * np.dtype(dtype).itemsize
+
+
 def pack_weight(w, num_gates, hidden_size, lanes, dtype):
     """(G*H, K) -> (NB, K, G, L), zero padded past H."""
     k = w.shape[1]
