@@ -466,8 +466,8 @@ class _Plan:
     The workspace is one 64-byte aligned allocation holding a chunk of projected steps ``xp``
     (not the whole sequence), one step's ``h @ W_hh^T + b_hh`` (``hp``), the double-buffered
     hidden state ``hs`` and LSTM's cell state ``cs``, each starting 64-byte aligned: at most
-    ``max(256 rows, 512 KB of rows, B rows)`` of ``G * H_padded`` values (``schedule.chunk_steps``),
-    plus one step. It grows to the longest chunk seen.
+    256 to 1024 rows (as many as fit 512 KB), or B rows if more, of ``G * H_padded`` values
+    (``schedule.chunk_steps``), plus one step. It grows to the longest chunk seen.
 
     The variant chosen depends on the batch, not on the length, so sequences of varying length
     keep what was learned (and skip this setup): a plan per length tried the first variant anew

@@ -107,12 +107,13 @@ def compile_module(mod, target):
 
 
 # The input projection runs a chunk of steps at a time, so the workspace holds one chunk of
-# projected rows, not the whole sequence: 256 rows keep the GEMM efficient, or as many as fill
-# CHUNK_BYTES where rows are short (small hidden sizes), since every chunk costs two kernel calls
-# and a parallel launch each: RNN 40->128 at batch 32 and 100 steps ran 13 chunks of 8 steps
-# before, 4 of 32 now (docs/design.md). At least one step.
+# projected rows, not the whole sequence: 256 rows keep the GEMM efficient, and short rows (small
+# hidden sizes) go up to as many as fill CHUNK_BYTES, at most MAX_CHUNK_ROWS, since every chunk
+# costs two kernel calls and a parallel launch each: RNN 40->128 at batch 32 and 100 steps ran 13
+# chunks of 8 steps before, 4 of 32 now (docs/design.md). At least one step.
 CHUNK_ROWS = 256
 CHUNK_BYTES = 512 * 1024
+MAX_CHUNK_ROWS = 1024
 
 
 # The recurrence that projects as it goes (``recur_projecting``) does it in parts of this many
@@ -124,7 +125,7 @@ PROJECTING_ROWS = 16
 def chunk_steps(n_steps, batch, row_bytes):
     """Steps per projection chunk for a sequence of ``n_steps`` and ``batch`` rows per step,
     each projected row ``row_bytes`` long (all gates of all packed blocks)."""
-    rows = max(CHUNK_ROWS, CHUNK_BYTES // row_bytes)
+    rows = min(MAX_CHUNK_ROWS, max(CHUNK_ROWS, CHUNK_BYTES // row_bytes))
     return max(1, min(n_steps, rows // max(batch, 1)))
 
 
