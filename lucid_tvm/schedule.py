@@ -32,7 +32,7 @@ import numpy as np
 import tvm
 from tvm.target import codegen
 
-from .kernels.layout import num_blocks
+from .kernels.layout import packed_row_bytes
 
 # Below this many multiply-adds per step, one thread beats two meeting at a barrier every step.
 PARALLEL_STEP_MACS = 64 * 1024
@@ -81,7 +81,7 @@ def default_schedule(target, num_gates, hidden_size, dtype):
     # broadcast input value feeds more FMAs. Never wider than the layer itself.
     vectors = max(1, min(4, registers // (6 * gates), -(-hidden_size // simd)))
     lanes = simd * vectors
-    recurrent_weight_bytes = gates * hidden_size * num_blocks(hidden_size, lanes) * lanes * np.dtype(dtype).itemsize
+    recurrent_weight_bytes = hidden_size * packed_row_bytes(gates, hidden_size, lanes, dtype)  # W_hh packed
     return CpuSchedule(
         lanes=lanes,
         rows=min(8, max(4, registers // (gates * vectors))),
