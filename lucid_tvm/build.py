@@ -79,7 +79,7 @@ def lower_layer(spec, schedule):
 
     def recurrence(split):
         return recurrent.recurrence(s.mode, s.hidden_size, s.dtype, *knobs, split, schedule.cores,
-                                    schedule.tiles_first)
+                                    schedule.tiles_first, schedule.pieces)
 
     functions = {}
     for parallel, suffix in ((False, ""), (True, "_parallel")):

@@ -11,6 +11,12 @@ The CPU kernels (``kernels/recurrent.py``) take these knobs; this module picks t
   dependent operations, and the gate math of one block then overlaps the next block's. Where the
   step streams ``W_hh`` from L2 or beyond, block by block overlaps one block's loads with the
   previous block's gate math (numbers in ``docs/design.md``).
+- ``pieces``: a block of ``W_hh`` larger than half the L1 is read in pieces of at most that, and
+  the blocks a step reads first read the piece the last step left in L1 first (``recurrence``
+  in ``kernels/recurrent.py``). Only blocks whose ``h[k]`` multiplies 4 or more vectors (RNN,
+  LSTM): those stream from L2 well below its bandwidth, so a piece read from L1 pays (RNN 256 at
+  batch 1, blocks of 64 KB: 11-13% faster a step split by hidden blocks with pieces of 16 KB,
+  4% with 8 KB); GRU's 3 vectors stream near it, and its steps ran 2-4% slower (docs/design.md).
 - ``parallel_step_macs``: from how many multiply-adds per step (batch included) a sequence runs
   on the whole thread pool, in one parallel region with a barrier per step. A barrier costs
   about 0.1 us here (``barrier.py``), plus the wait for the slower task, which is as much as a
@@ -50,6 +56,7 @@ class CpuSchedule:
     parallel_call_macs: int
     cores: int = 1
     tiles_first: bool = False
+    pieces: int = 1
 
 
 def vector_bits(target):
@@ -82,6 +89,7 @@ def default_schedule(target, num_gates, hidden_size, dtype):
     vectors = max(1, min(4, registers // (6 * gates), -(-hidden_size // simd)))
     lanes = simd * vectors
     recurrent_weight_bytes = hidden_size * packed_row_bytes(gates, hidden_size, lanes, dtype)  # W_hh packed
+    block_bytes = hidden_size * gates * lanes * np.dtype(dtype).itemsize
     return CpuSchedule(
         lanes=lanes,
         rows=min(8, max(4, registers // (gates * vectors))),
@@ -89,6 +97,7 @@ def default_schedule(target, num_gates, hidden_size, dtype):
         parallel_call_macs=PARALLEL_CALL_MACS,
         cores=max(1, int(target.attrs.get("num-cores", 1))),
         tiles_first=recurrent_weight_bytes <= L1_BYTES,
+        pieces=-(-block_bytes // (L1_BYTES // 2)) if gates * vectors >= 4 else 1,
     )
 
 

@@ -23,6 +23,7 @@ aligned. Hidden and input sizes, dtype and the knobs below are fixed per module:
 - ``parallel``: split hidden blocks across the thread pool (per GEMM, and in every time step).
 - ``tiles_first``: the order of a step's work: every block's ``h @ W_hh^T``, then every block's
   gate math; or block by block (see ``step``).
+- ``pieces``: ranges of k a block's ``W_hh`` is read in when it is turned (see ``recurrence``).
 
 The loop nest here is the CPU schedule itself; the knobs are chosen in :mod:`lucid_tvm.schedule`.
 """
@@ -30,6 +31,7 @@ The loop nest here is the CPU schedule itself; the knobs are chosen in :mod:`luc
 import functools
 
 import numpy as np
+from tvm import tirx
 from tvm.script import tirx as T
 
 from .gates import gate, new_cell, new_hidden
@@ -44,12 +46,13 @@ from .spec import NUM_GATES
 ON_STACK = {"disable_lower_builtin": True}
 
 
-def _row_tiles(G, L, R, dtype):
+def _row_tiles(G, L, R, dtype, pieces=1):
     """Macros for ``out[m, blk] = a[m, :] @ w[blk] + bias[blk]`` over packed weights, the inner
     kernel of both the projection and each recurrent step: ``tile`` does ``nrows`` rows with one
     weight load shared by all of them, ``remainder`` the last ``rest < R <= 8`` rows as tiles of
     4, 2 and 1 (which covers any rest below 8, hence R in [4, 8]), and ``in_order`` does the same
-    summing every row in the order of a full tile (no split k loop, see below)."""
+    summing every row in the order of a full tile (no split k loop, see below). Each takes
+    ``turn``: read the block in ``pieces`` ranges of k, last first (the recurrence's odd steps)."""
     if not 4 <= R <= 8:
         raise ValueError(f"rows must be in [4, 8], got {R}")
     # Fewer rows than R leave too few independent FMA chains to hide the FMA latency (a batch-1
@@ -64,7 +67,15 @@ def _row_tiles(G, L, R, dtype):
         ways[1] = 2
 
     @T.macro
-    def split_tile(nrows, S, row0, blk, a, w, bias, out):
+    def accumulate(nrows, S, ko, row0, blk, a, w, acc):
+        for r in T.unroll(nrows):
+            for s in T.unroll(S):
+                for g in T.unroll(G):
+                    for l in T.vectorized(L):
+                        acc[s, r, g, l] = acc[s, r, g, l] + a[row0 + r, ko * S + s] * w[blk, ko * S + s, g, l]
+
+    @T.macro
+    def split_tile(nrows, S, row0, blk, a, w, bias, out, turn):
         acc = T.alloc_buffer((S, R, G, L), dtype, scope="local", annotations=ON_STACK)
         for r, g in T.grid(nrows, G):
             for l in T.vectorized(L):
@@ -72,12 +83,22 @@ def _row_tiles(G, L, R, dtype):
             for s in range(1, S):
                 for l in T.vectorized(L):
                     acc[s, r, g, l] = T.cast(0, dtype)
-        for ko in range(a.shape[1] // S):
-            for r in T.unroll(nrows):
-                for s in T.unroll(S):
-                    for g in T.unroll(G):
-                        for l in T.vectorized(L):
-                            acc[s, r, g, l] = acc[s, r, g, l] + a[row0 + r, ko * S + s] * w[blk, ko * S + s, g, l]
+        # A turned block (see ``recurrence``) is read in ``pieces`` ranges of k, last range first,
+        # each upwards, which the hardware prefetcher streams. Only tiles of few rows (those that
+        # split k) turn: they stream W_hh from L2, where wider tiles wait on their FMAs. The piece
+        # bounds are constants once the piece loop is unrolled: a loop over pieces with bounds
+        # computed at run time, even read in order, made LSTM 128's one-thread step 11% slower.
+        if pieces == 1 or S == 1:
+            for ko in range(a.shape[1] // S):
+                accumulate(nrows, S, ko, row0, blk, a, w, acc)
+        elif turn:
+            for piece in T.unroll(pieces):
+                for ko in range((pieces - 1 - piece) * (a.shape[1] // S) // pieces,
+                                (pieces - piece) * (a.shape[1] // S) // pieces):
+                    accumulate(nrows, S, ko, row0, blk, a, w, acc)
+        else:
+            for ko in range(a.shape[1] // S):
+                accumulate(nrows, S, ko, row0, blk, a, w, acc)
         if S > 1:
             for kr in range(a.shape[1] % S):
                 k = T.bind(a.shape[1] // S * S + kr)
@@ -94,25 +115,25 @@ def _row_tiles(G, L, R, dtype):
                 out[row0 + r, blk, g, l] = acc[0, r, g, l]
 
     @T.macro
-    def tile(nrows, row0, blk, a, w, bias, out):
-        split_tile(nrows, ways[nrows], row0, blk, a, w, bias, out)
+    def tile(nrows, row0, blk, a, w, bias, out, turn):
+        split_tile(nrows, ways[nrows], row0, blk, a, w, bias, out, turn)
 
     @T.macro
-    def tiles_of_4_2_1(rest, row0, blk, a, w, bias, out, split_k):
+    def tiles_of_4_2_1(rest, row0, blk, a, w, bias, out, split_k, turn):
         if rest >= 4:
-            split_tile(4, ways[4] if split_k else 1, row0, blk, a, w, bias, out)
+            split_tile(4, ways[4] if split_k else 1, row0, blk, a, w, bias, out, turn)
         if rest % 4 >= 2:
-            split_tile(2, ways[2] if split_k else 1, row0 + rest // 4 * 4, blk, a, w, bias, out)
+            split_tile(2, ways[2] if split_k else 1, row0 + rest // 4 * 4, blk, a, w, bias, out, turn)
         if rest % 2 == 1:
-            split_tile(1, ways[1] if split_k else 1, row0 + rest // 2 * 2, blk, a, w, bias, out)
+            split_tile(1, ways[1] if split_k else 1, row0 + rest // 2 * 2, blk, a, w, bias, out, turn)
 
     @T.macro
-    def remainder(rest, row0, blk, a, w, bias, out):
-        tiles_of_4_2_1(rest, row0, blk, a, w, bias, out, True)
+    def remainder(rest, row0, blk, a, w, bias, out, turn):
+        tiles_of_4_2_1(rest, row0, blk, a, w, bias, out, True, turn)
 
     @T.macro
-    def in_order(rest, row0, blk, a, w, bias, out):
-        tiles_of_4_2_1(rest, row0, blk, a, w, bias, out, False)
+    def in_order(rest, row0, blk, a, w, bias, out, turn):
+        tiles_of_4_2_1(rest, row0, blk, a, w, bias, out, False, turn)
 
     @T.macro
     def all_rows(n_out, blk, a, w, bias, out):
@@ -121,8 +142,8 @@ def _row_tiles(G, L, R, dtype):
         # multiple of R rows.
         rest = T.bind(n_out % R)
         for tile_index in range(n_out // R):
-            tile(R, tile_index * R, blk, a, w, bias, out)
-        remainder(rest, n_out - rest, blk, a, w, bias, out)
+            tile(R, tile_index * R, blk, a, w, bias, out, False)
+        remainder(rest, n_out - rest, blk, a, w, bias, out, False)
 
     return tile, remainder, in_order, all_rows, ways
 
@@ -161,7 +182,7 @@ def projection(num_gates, output_size, dtype, lanes, rows, parallel):
     return project
 
 
-def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles_first=False):
+def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles_first=False, pieces=1):
     """PrimFunc ``recur`` running ``n`` steps of one layer-direction (one chunk of a sequence).
 
     Arguments: ``xp (n, B, NB, G, L)`` from :func:`projection`, packed ``w (NB, H, G, L)`` and
@@ -204,7 +225,21 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
     n_parts = parts if split == "batch" else 1
     n_tasks = min(parts, NB) if split == "hidden" else 1
 
-    tile, remainder, in_order, all_rows, ways = _row_tiles(G, L, R, dtype)
+    tile, remainder, in_order, all_rows, ways = _row_tiles(G, L, R, dtype, pieces)
+
+    # The blocks at either end of a hidden-split task's range: each step reads its range in the
+    # other direction from the last (see ``step``), so the block read last in one step is read
+    # first in the next, with the tail of its W_hh still in the core's L1 when the block is larger
+    # than L1. On odd steps such a block is read last piece first, so that a step starts on the
+    # weights still cached: the last piece of the even step, and on the next even step the first
+    # piece, which the odd step read last. Every variant turns the same blocks on the same steps
+    # (those of the hidden split, whichever variant runs), so all sum in the same order.
+    n_hidden = min(parts, NB)
+    range_ends = sorted({t * NB // n_hidden for t in range(n_hidden)}
+                        | {(t + 1) * NB // n_hidden - 1 for t in range(n_hidden)})
+
+    def turned(odd, blk):
+        return tirx.And(odd, functools.reduce(tirx.Or, [blk == end for end in range_ends]))
 
     def ordered_rows(n_b):
         """How many of the first rows the one-thread variant sums in full-tile order: its full
@@ -249,22 +284,22 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
                 y[t, b, yoff + blk * L + l] = hnext[b, blk * L + l]
 
     @T.macro
-    def row_tiles(row0, n_rows, n_split, blk, hprev, w, rb, hp):
+    def row_tiles(row0, n_rows, n_split, blk, hprev, w, rb, hp, turn):
         if n_parts == 1:  # (the general form below covers one part too, with tiles it never runs)
             for bo in range(n_rows // R):
-                tile(R, row0 + bo * R, blk, hprev, w, rb, hp)
+                tile(R, row0 + bo * R, blk, hprev, w, rb, hp, turn)
             rest = T.bind(n_rows % R)
-            remainder(rest, row0 + n_rows - rest, blk, hprev, w, rb, hp)
+            remainder(rest, row0 + n_rows - rest, blk, hprev, w, rb, hp, turn)
         else:
             # A part of the batch: first its rows that the one-thread variant sums in full-tile
             # order, in that order (full tiles, then tiles of 4, 2, 1 that do not split k), then
             # (the last part only) the ``n_split`` rows it sums with k split, in its tiles.
             n_ordered = T.bind(n_rows - n_split)
             for bo in range(n_ordered // R):
-                tile(R, row0 + bo * R, blk, hprev, w, rb, hp)
+                tile(R, row0 + bo * R, blk, hprev, w, rb, hp, turn)
             rest = T.bind(n_ordered % R)
-            in_order(rest, row0 + n_ordered - rest, blk, hprev, w, rb, hp)
-            remainder(n_split, row0 + n_ordered, blk, hprev, w, rb, hp)
+            in_order(rest, row0 + n_ordered - rest, blk, hprev, w, rb, hp, turn)
+            remainder(n_split, row0 + n_ordered, blk, hprev, w, rb, hp, turn)
 
     @T.macro
     def block_gates(row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t):
@@ -292,14 +327,14 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
             if tiles_first:
                 for j in range(count):
                     blk = T.bind(first + T.if_then_else(odd, count - 1 - j, j))
-                    row_tiles(row0, n_rows, n_split, blk, hprev, w, rb, hp)
+                    row_tiles(row0, n_rows, n_split, blk, hprev, w, rb, hp, turned(odd, blk))
                 for j in range(count):
                     blk = T.bind(first + T.if_then_else(odd, count - 1 - j, j))
                     block_gates(row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
             else:
                 for j in range(count):
                     blk = T.bind(first + T.if_then_else(odd, count - 1 - j, j))
-                    row_tiles(row0, n_rows, n_split, blk, hprev, w, rb, hp)
+                    row_tiles(row0, n_rows, n_split, blk, hprev, w, rb, hp, turned(odd, blk))
                     block_gates(row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
 
     @T.macro
