@@ -17,6 +17,9 @@ The CPU kernels (``kernels/recurrent.py``) take these knobs; this module picks t
   LSTM): those stream from L2 well below its bandwidth, so a piece read from L1 pays (RNN 256 at
   batch 1, blocks of 64 KB: 11-13% faster a step split by hidden blocks with pieces of 16 KB,
   4% with 8 KB); GRU's 3 vectors stream near it, and its steps ran 2-4% slower (docs/design.md).
+  Blocks of more than ``MAX_PIECES`` pieces are read whole: the L1 holds too small a share of a core's
+  slice to show (RNN and LSTM 1024 at batch 1), and every piece is another copy of the tile's k
+  loop to compile (LSTM 1024: 4.8 -> 9.5 s a module).
 - ``parallel_step_macs``: from how many multiply-adds per step (batch included) a sequence runs
   on the whole thread pool, in one parallel region with a barrier per step. A barrier costs
   about 0.1 us here (``barrier.py``), plus the wait for the slower task, which is as much as a
@@ -46,6 +49,8 @@ PARALLEL_STEP_MACS = 64 * 1024
 PARALLEL_CALL_MACS = 512 * 1024
 # A core's L1 data cache, at least (Zen 5 and recent Intel cores have 48 KB, many others 32 KB).
 L1_BYTES = 32 * 1024
+# The most pieces a block of W_hh is read in (see ``pieces`` above).
+MAX_PIECES = 8
 
 
 @dataclass(frozen=True)
@@ -89,7 +94,7 @@ def default_schedule(target, num_gates, hidden_size, dtype):
     vectors = max(1, min(4, registers // (6 * gates), -(-hidden_size // simd)))
     lanes = simd * vectors
     recurrent_weight_bytes = hidden_size * packed_row_bytes(gates, hidden_size, lanes, dtype)  # W_hh packed
-    block_bytes = hidden_size * gates * lanes * np.dtype(dtype).itemsize
+    pieces = -(-hidden_size * gates * lanes * np.dtype(dtype).itemsize // (L1_BYTES // 2))  # of a W_hh block
     return CpuSchedule(
         lanes=lanes,
         rows=min(8, max(4, registers // (gates * vectors))),
@@ -97,7 +102,7 @@ def default_schedule(target, num_gates, hidden_size, dtype):
         parallel_call_macs=PARALLEL_CALL_MACS,
         cores=max(1, int(target.attrs.get("num-cores", 1))),
         tiles_first=recurrent_weight_bytes <= L1_BYTES,
-        pieces=-(-block_bytes // (L1_BYTES // 2)) if gates * vectors >= 4 else 1,
+        pieces=pieces if gates * vectors >= 4 and pieces <= MAX_PIECES else 1,
     )
 
 
