@@ -17,9 +17,9 @@ The CPU kernels (``kernels/recurrent.py``) take these knobs; this module picks t
   LSTM): those stream from L2 well below its bandwidth, so a piece read from L1 pays (RNN 256 at
   batch 1, blocks of 64 KB: 11-13% faster a step split by hidden blocks with pieces of 16 KB,
   4% with 8 KB); GRU's 3 vectors stream near it, and its steps ran 2-4% slower (docs/design.md).
-  Blocks of more than ``MAX_PIECES`` pieces are read whole: the L1 holds too small a share of a core's
-  slice to show (RNN and LSTM 1024 at batch 1), and every piece is another copy of the tile's k
-  loop to compile (LSTM 1024: 4.8 -> 9.5 s a module).
+  Blocks of more than ``MAX_PIECES`` pieces are read whole: the L1 holds too small a share of a
+  core's slice to show (RNN and LSTM 1024 at batch 1), and every piece is another copy of the
+  tile's k loop to compile (LSTM 1024: 4.8 -> 9.5 s a module).
 - ``parallel_step_macs``: from how many multiply-adds per step (batch included) a sequence runs
   on the whole thread pool, in one parallel region with a barrier per step. A barrier costs
   about 0.1 us here (``barrier.py``), plus the wait for the slower task, which is as much as a
