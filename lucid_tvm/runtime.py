@@ -22,7 +22,7 @@ import tvm_ffi
 
 from .kernels.layout import num_blocks, pack_bias, pack_weight, packed_row_bytes
 from .kernels.spec import LayerSpec
-from .schedule import L1_BYTES, PROJECTING_ROWS, chunk_steps
+from .schedule import PROJECTING_ROWS, chunk_steps
 
 ALIGNMENT = 64
 
@@ -179,16 +179,13 @@ class LayerKernel:
                           if _has(self.module, name)}
         self.blocks = num_blocks(spec.hidden_size, self.lanes)
         self.row_bytes = packed_row_bytes(spec.num_gates, spec.hidden_size, self.lanes, spec.dtype)
-        # Whether a block of the packed W_ih (K, G, L) fits in L1 (see ``run``).
-        self.projects_in_l1 = spec.input_size * self.row_bytes // self.blocks <= L1_BYTES
         self._projections = {}
         self._tuned = None
 
     def projection_for(self, rows):
         """The input projection of a chunk of ``rows`` rows, as a tuple of equivalent kernels
-        (the first to try first), each called like ``project``: ``(x (M, K), w, b, xp, row0,
-        sequences)`` writes the projection of ``rows / sequences`` rows from ``row0`` of each of
-        x's ``sequences`` into ``xp`` (``kernels/recurrent.py``). The schedule tuned for exactly that
+        (the first to try first), each called like ``project``: ``(x (M, K), w, b, xp, row0=0)``
+        writes ``x[row0 : row0+rows] @ W^T + b`` into ``xp``. The schedule tuned for exactly that
         many rows when one is registered (from an artifact) or the tuning database of this CPU has
         a record faster than the default; else the default ``project`` on one thread and on all,
         the one the schedule's threshold picks first."""
@@ -215,15 +212,11 @@ class LayerKernel:
             return None
         function = entry.module["project"]
 
-        def project(x, w, b, xp, row0, sequences):
+        def project(x, w, b, xp, row0=0):
             _note_use(identity)
-            # The chunk's rows in the order of xp's, and as many rows of xp. A tuned schedule reads
-            # one sequence of rows declared 64-byte aligned (the default), so rows of several
-            # sequences (batch first) or unaligned rows are copied.
-            x = np.from_dlpack(x)
-            per_sequence = rows // sequences
-            chunk = aligned(x.reshape(sequences, -1, x.shape[1])[:, row0:row0 + per_sequence]
-                            .swapaxes(0, 1).reshape(rows, x.shape[1]), s.dtype)
+            # The chunk's rows and as many rows of xp. A tuned schedule declares its input 64-byte
+            # aligned (the default), so unaligned rows are copied.
+            chunk = aligned(np.from_dlpack(x)[row0:row0 + rows], s.dtype)
             function(_dl(chunk), w, b, xp if xp.shape[0] == rows else _dl(np.from_dlpack(xp)[:rows]))
 
         return project
@@ -278,34 +271,28 @@ class LayerKernel:
     def chunk_runners(self, batch):
         """One way to run a chunk per name of :meth:`recurrences`, as variants for :class:`_Faster`
         (each with its ``name``), called ``(steps, project, x_rows, w_ih, b_ih, row0, xp_rows,
-        xp_steps, w_hh, b_hh, state, hp, y, yoff, t0, reverse, sequences)`` with the chunk's
-        projection ``project`` (:meth:`projection_for`) and the arguments of the kernels."""
+        xp_steps, w_hh, b_hh, state, hp, y, yoff, t0, reverse)`` with the chunk's projection
+        ``project`` (:meth:`projection_for`) and the arguments of the kernels."""
         def separately(name):
             recur = self.functions[name]
 
             def run(steps, project, x_rows, w_ih, b_ih, row0, xp_rows, xp_steps, w_hh, b_hh, state, hp, y, yoff,
-                    t0, reverse, sequences):
-                project(steps, x_rows, w_ih, b_ih, xp_rows, row0, sequences)
+                    t0, reverse):
+                project(steps, x_rows, w_ih, b_ih, xp_rows, row0)
                 recur(xp_steps, w_hh, b_hh, *state, hp, y, yoff, t0, reverse)
             run.name = name
             return run
 
         def projecting(name):
             recur = self.functions[name]
-
-            def part_steps(per_step):
-                # Steps per part: the fewest with at least PROJECTING_ROWS rows whose rows in each
-                # sequence (``per_step`` a step) are a multiple of the tile's, so that the parts'
-                # projections sum each row as one call over the chunk does.
-                tile = self.schedule["rows"] // math.gcd(self.schedule["rows"], per_step)
-                return -(-PROJECTING_ROWS // (tile * batch)) * tile
-
-            parts = {1: part_steps(batch), batch: part_steps(1)}  # by sequences: time-major, batch first
+            # Steps per part: the fewest with at least PROJECTING_ROWS rows whose rows are a multiple
+            # of the tile's, so that the parts' projections sum each row as one call over the chunk.
+            tile = self.schedule["rows"] // math.gcd(self.schedule["rows"], batch)
+            part = -(-PROJECTING_ROWS // (tile * batch)) * tile
 
             def run(steps, project, x_rows, w_ih, b_ih, row0, xp_rows, xp_steps, w_hh, b_hh, state, hp, y, yoff,
-                    t0, reverse, sequences):
-                recur(x_rows, w_ih, b_ih, row0, parts[sequences], sequences, xp_steps, w_hh, b_hh, *state, hp, y,
-                      yoff, t0, reverse)
+                    t0, reverse):
+                recur(x_rows, w_ih, b_ih, row0, part, xp_steps, w_hh, b_hh, *state, hp, y, yoff, t0, reverse)
             run.name = name
             return run
 
@@ -321,30 +308,17 @@ class LayerKernel:
                         and key[5] == s.dtype for key in _registry)
         return not tuned and not self._tuned_rows()
 
-    def run(self, packed, x, h0, c0, y, yoff, reverse, hn, cn, batch_first=False):
+    def run(self, packed, x, h0, c0, y, yoff, reverse, hn, cn):
         """One direction over a whole sequence.
 
-        ``x`` (T, B, I), or (B, T, I) with ``batch_first`` (read in place, not transposed), and the
-        output ``y`` (T, B, YW) (columns ``yoff .. yoff+H`` are written) are C-contiguous arrays
-        of the layer's dtype, as :func:`contiguous` makes them. ``h0``
+        ``x`` (T, B, I) and the output ``y`` (T, B, YW) (columns ``yoff .. yoff+H`` are written)
+        are C-contiguous arrays of the layer's dtype, as :func:`contiguous` makes them. ``h0``
         and, for LSTM, ``c0`` are (B, H) arrays or None for zeros. The final hidden state (the
         output row of the last step processed) and LSTM's final cell state are copied into ``hn``
         and ``cn`` (B, H), each unless None.
         """
         _note_use(self.identity)
         n_t, n_b, _ = x.shape
-        if batch_first:
-            n_b, n_t = n_t, n_b
-            # Read in place, each batch entry's steps of a chunk are projected as rows of their own,
-            # in tiles of ``rows``, and each partial tile (per entry, where time-major has one per
-            # chunk) reads the block of W_ih again. That pays where the block stays in L1 (RNN
-            # 40->128/32/100 1.5-5% faster, RNN 64/8/200 8-11%, the copy saved), not where it
-            # streams from L2 (GRU 512/4/25 4% slower), nor with chunks shorter than a tile (LSTM
-            # 1024/64/25, chunks of 4 steps: 3% slower). There the input is copied time-major first.
-            if not self.projects_in_l1 or chunk_steps(n_t, n_b, self.row_bytes) < self.schedule["rows"]:
-                x, batch_first = np.ascontiguousarray(x.swapaxes(0, 1)), False
-        # x as rows: one sequence of time-major rows, or B sequences of T rows (kernels/recurrent.py)
-        sequences, rows_per_step = (n_b, 1) if batch_first else (1, n_b)
         plan = self._plan(n_b)
         chunks = plan.chunks(n_t, reverse)  # first: it may grow the workspace
         _load_state(plan.h0, h0)
@@ -354,8 +328,8 @@ class LayerKernel:
         x_rows, y = _dl_io(x.reshape(n_t * n_b, -1)), _dl_io(y)
         run_chunk, state, hp = plan.run_chunk, plan.state, plan.hp_tensor
         for steps, t0, project, xp_rows, xp_steps in chunks:
-            run_chunk(steps, steps, project, x_rows, w_ih, b_ih, t0 * rows_per_step, xp_rows, xp_steps, w_hh, b_hh,
-                      state, hp, y, yoff, t0, int(reverse), sequences)
+            run_chunk(steps, steps, project, x_rows, w_ih, b_ih, t0 * n_b, xp_rows, xp_steps, w_hh, b_hh, state, hp, y,
+                      yoff, t0, int(reverse))
         if hn is not None:
             hn[...] = plan.h0
         if cn is not None:
@@ -591,7 +565,7 @@ class Gemm:
         _note_use(self.identity)
         out = aligned_empty((x.shape[0], self.width), self.dtype)
         self._project(_dl_io(contiguous(x, self.dtype)), *packed,
-                      _dl(out.reshape(x.shape[0], self.blocks, 1, self.lanes)), 0, 1)
+                      _dl(out.reshape(x.shape[0], self.blocks, 1, self.lanes)), 0)
         return out
 
 

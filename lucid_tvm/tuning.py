@@ -268,8 +268,8 @@ def _measure_here(workload, directory, target, rpc_config):
     schedule = _database(Path(directory)).query_schedule(workload.module(), target, "main")
     default_mod = _default_module(workload, target)
     tuned, default = compile_module(schedule.mod, target), compile_module(default_mod, target)
-    # The default kernel's trailing ints: the first row and the number of sequences of rows in x.
-    extra = [0, 1]
+    # The default kernel takes the chunk's first row as a trailing int once it has one.
+    extra = [0] * (len(default_mod["project"].params) - 4)
     session = rpc_config.connect_server() if rpc_config is not None else None
     with tempfile.TemporaryDirectory() as tmp:
         if session is not None:  # run both on the remote device, which links them (as it does candidates)

@@ -61,7 +61,7 @@ def compare(case, calls, directory, builds=builds):
     recurrences = [n for n in RECURRENCES if n in kernel.recurrences(batch)]
 
     def project(module, name):
-        module[name](x, weights[0], weights[1], xp_rows, 0, 1)
+        module[name](x, weights[0], weights[1], xp_rows, 0)
 
     def recur(module, name):
         module[name](xp_steps, weights[2], weights[3], *plan.state, plan.hp_tensor, out, 0, 0, 0)

@@ -100,18 +100,14 @@ def test_wide_layers_use_the_parallel_path(mode, rng):
     (33, 300, 61, 9),  # chunks of 28, 28 and 5 steps (RNN: 45, 16): odd chunks end on the other state buffer
     (33, 300, 13, 40),  # parallel steps with a ragged tail block, chunks of 6, 6 and 1 (RNN: 10, 3)
 ])
-@pytest.mark.parametrize("batch_first", [False, True], ids=["time-major", "batch-first"])
-def test_long_sequences_run_in_chunks(mode, input_size, hidden_size, steps, batch, batch_first, rng):
-    """Batch first, the first layer reads the input in place where a chunk holds a full tile of
-    steps (chunks of 6 steps at LSTM's 6-row tiles), else after a transposing copy (GRU's 8)."""
+def test_long_sequences_run_in_chunks(mode, input_size, hidden_size, steps, batch, rng):
     from lucid_tvm import runtime
     from lucid_tvm.schedule import chunk_steps
 
     kernel = runtime.layer_kernel(mode, input_size, hidden_size, "float32")
     assert chunk_steps(steps, batch, kernel.row_bytes) < steps
-    ref, ours = torch_twin(mode, input_size, hidden_size, num_layers=2, bidirectional=True, batch_first=batch_first)
-    x = rng.standard_normal((batch, steps, input_size) if batch_first else (steps, batch, input_size))
-    x = x.astype(np.float32)
+    ref, ours = torch_twin(mode, input_size, hidden_size, num_layers=2, bidirectional=True)
+    x = rng.standard_normal((steps, batch, input_size)).astype(np.float32)
     with torch.no_grad():
         ref_out, ref_state = ref(torch.from_numpy(x))
     out, state = ours(x)
@@ -315,22 +311,18 @@ def test_faster_counts_the_fastest_call_of_each_side(monkeypatch):
 # GRU 40 and 33 run each step's tiles before its gate math (their W_hh fits in L1), LSTM 128 and RNN 256
 # block by block (schedule.tiles_first). LSTM 128 (8 blocks, the 2 rows of its last tile) and RNN 256
 # (4 blocks, the 5th row) read the blocks at the ends of the hidden split's ranges in pieces, the last
-# first, on odd steps (schedule.pieces), in every variant. Batch first, the first layer projects each
-# batch entry's 31 steps as a sequence of rows of its own (GRU 33: in tiles of 8, 8, 8, 4, 2, 1 rows),
-# and LSTM 12 at batch 2 projects as it goes in parts of 12 steps (2 tiles of 6 rows a sequence; 9
-# steps time-major).
-@pytest.mark.parametrize("mode, hidden, batch, batch_first", [
-    ("LSTM", 128, 8, False), ("GRU", 40, 1, False), ("RNN_TANH", 256, 5, False), ("GRU", 33, 21, False),
-    ("RNN_RELU", 64, 30, False), ("LSTM", 12, 3, False), ("GRU", 33, 21, True), ("LSTM", 12, 2, True)])
-def test_variants_give_identical_answers(mode, hidden, batch, batch_first, rng):
+# first, on odd steps (schedule.pieces), in every variant.
+@pytest.mark.parametrize("mode, hidden, batch", [("LSTM", 128, 8), ("GRU", 40, 1), ("RNN_TANH", 256, 5),
+                                                 ("GRU", 33, 21), ("RNN_RELU", 64, 30), ("LSTM", 12, 3)])
+def test_variants_give_identical_answers(mode, hidden, batch, rng):
     """One thread, all split by hidden blocks or all split by batch rows, or one thread while
     another core projects: the same numbers, bit for bit, for every variant of the projection and
     the recurrence the runtime may choose."""
     from lucid_tvm import runtime
 
-    ref, ours = torch_twin(mode, hidden, hidden, num_layers=2, bidirectional=True, batch_first=batch_first)
+    ref, ours = torch_twin(mode, hidden, hidden, num_layers=2, bidirectional=True)
     # 31 steps: every shape here has a chunk of odd length, whose final state each part copies back.
-    x = rng.standard_normal((batch, 31, hidden) if batch_first else (31, batch, hidden)).astype(np.float32)
+    x = rng.standard_normal((31, batch, hidden)).astype(np.float32)
     first = ours(x)[0].numpy()
     kernel = ours.layers[0]._kernel()
     plan = runtime._plans.__dict__[kernel.identity]

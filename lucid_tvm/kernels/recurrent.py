@@ -150,16 +150,11 @@ def _row_tiles(G, L, R, dtype, pieces=1):
 
 
 def projection(num_gates, output_size, dtype, lanes, rows, parallel):
-    """PrimFunc ``project(x (M, K), w (NB, K, G, L), b (NB, G, L), xp (N, NB, G, L), first_row,
-    sequences)``.
+    """PrimFunc ``project(x (M, K), w (NB, K, G, L), b (NB, G, L), xp (N, NB, G, L), first_row)``.
 
-    ``x`` holds ``sequences`` sequences of ``M / sequences`` rows one after another, and
-    ``xp[i * sequences + a] = x[a * M / sequences + first_row + i] @ W^T + b`` for each sequence a
-    and i < N / sequences, with a (G*output_size, K) weight packed by :func:`.layout.pack_weight`.
-    A time-major sequence (T, B, K) is one sequence of T*B rows; a batch-first one (B, T, K) is B
-    sequences of T rows, projected in place into the time-major rows the recurrence reads, with no
-    transposing copy. M, N and K are symbolic: the same GEMM serves every input size, and
-    ``first_row`` lets a sequence be projected chunk by chunk into one small workspace.
+    ``xp[i] = x[first_row + i] @ W^T + b`` for i < N, with a (G*output_size, K) weight packed by
+    :func:`.layout.pack_weight`. M, N and K are symbolic: the same GEMM serves every input size,
+    and ``first_row`` lets a sequence be projected chunk by chunk into one small workspace.
     """
     G, L, R = num_gates, lanes, rows
     NB = num_blocks(output_size, lanes)
@@ -169,35 +164,21 @@ def projection(num_gates, output_size, dtype, lanes, rows, parallel):
     _, _, _, all_rows, _ = _row_tiles(G, L, R, dtype)
 
     @T.prim_func
-    def project(x_h: T.handle, w_h: T.handle, b_h: T.handle, xp_h: T.handle, first_row: T.int32,
-                sequences: T.int32):
+    def project(x_h: T.handle, w_h: T.handle, b_h: T.handle, xp_h: T.handle, first_row: T.int32):
         T.func_attr({"global_symbol": "project", "tirx.noalias": True})
         n_m, n_k, n_out = T.int32(), T.int32(), T.int32()
         x = T.match_buffer(x_h, (n_m, n_k), dtype, align=element)
         w = T.match_buffer(w_h, (NB, n_k, G, L), dtype)
         b = T.match_buffer(b_h, (NB, G, L), dtype)
         xp = T.match_buffer(xp_h, (n_out, NB, G, L), dtype)
+        rows_in = T.decl_buffer((n_out, n_k), dtype, data=x.data, elem_offset=first_row * n_k, align=element)
         # One task per block of weights, running every row against it while the block is in the
         # core's cache, so W is read from memory once per call (as in the recurrence's steps).
         # Tasks of (row tile, block) re-read all of W for every row tile: from DRAM when W does
         # not stay in L3 (W_ih beside W_hh at hidden size 1024), and even from cache they took
         # 10-25% longer, on every shape measured.
-        # One sequence (time-major) gets a loop of its own: inside the loop over sequences, with
-        # xp's row stride no longer a constant, RNN 256's projection of 150 rows took 10% longer
-        # (in one parallel task with both forms, 3% longer).
-        if sequences == 1:
-            rows_in = T.decl_buffer((n_out, n_k), dtype, data=x.data, elem_offset=first_row * n_k, align=element)
-            for blk in loop(NB):
-                all_rows(n_out, blk, rows_in, w, b, xp)
-        else:
-            for blk in loop(NB):
-                for a in range(sequences):
-                    n_rows = T.bind(n_out // sequences)
-                    rows_in = T.decl_buffer((n_rows, n_k), dtype, data=x.data,
-                                            elem_offset=(a * (n_m // sequences) + first_row) * n_k, align=element)
-                    rows_out = T.decl_buffer((n_rows, NB, G, L), dtype, data=xp.data, elem_offset=a * NB * G * L,
-                                             strides=(sequences * NB * G * L, G * L, L, 1))
-                    all_rows(n_rows, blk, rows_in, w, b, rows_out)
+        for blk in loop(NB):
+            all_rows(n_out, blk, rows_in, w, b, xp)
 
     return project
 
@@ -226,10 +207,9 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
     - ``"projection"``: one task runs the steps on one thread, as with None, while another
       projects the next part of the chunk (of ``sub`` steps) into ``xp``; they meet once per part.
       The function then takes the projection's arguments first: ``x (M, K)``, packed ``w_ih`` and
-      ``b_ih``, ``first_row`` (the chunk's first row in each sequence of x), ``sub`` and
-      ``sequences`` (as ``projection`` takes them). A part's rows in each sequence
-      (``sub * B / sequences``) must be a multiple of ``rows`` for its answers to be those of
-      ``project`` (numbers in docs/design.md).
+      ``b_ih``, ``first_row`` (the chunk's first row of x) and ``sub``, whose rows
+      (``sub * B``) must be a multiple of ``rows`` for its answers to be those of ``project``
+      (numbers in docs/design.md).
     """
     G, H, L, R = NUM_GATES[mode], hidden_size, lanes, rows
     NB = num_blocks(hidden_size, lanes)
@@ -384,39 +364,26 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
         end_of_chunk(row0, n_rows, n_s, hs)
 
     @T.macro
-    def projecting_time_loop(x, wi, bi, first_row, sub, sequences, n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff,
-                             t0, reverse):
+    def projecting_time_loop(x, wi, bi, first_row, sub, n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0,
+                             reverse):
         # Round c: task 0 projects part c of the chunk's steps (in the order the recurrence takes
         # them) while task 1 runs the steps of part c - 1, then both meet. Part j is the steps
-        # j * sub .. min((j + 1) * sub, n_s) - 1 in time order, whose rows in each of x's
-        # ``sequences`` (see ``projection``) are a multiple of R, so every row is projected
-        # exactly as ``project`` does it over the whole chunk.
+        # j * sub .. min((j + 1) * sub, n_s) - 1 in time order; sub * n_b is a multiple of R, so
+        # every row is projected exactly as ``project`` does it over the whole chunk.
         n_sub = T.bind((n_s + sub - 1) // sub)
-        n_m, n_k = T.bind(x.shape[0]), T.bind(x.shape[1])
-        per_step = T.bind(n_b // sequences)  # rows of a step in each sequence
+        n_k = T.bind(x.shape[1])
         for c in T.serial(n_sub + 1, annotations={"pragma_parallel_launch_point": 1}):
             for task in T.parallel(2, annotations={"pragma_parallel_barrier_when_finish": 1}):
                 if task == 0:
                     if c < n_sub:
                         j = T.bind(T.if_then_else(reverse != 0, n_sub - 1 - c, c))
-                        n_rows = T.bind((T.min(j * sub + sub, n_s) - j * sub) * per_step)
-                        if sequences == 1:  # (see ``projection``)
-                            rows_in = T.decl_buffer((n_rows, n_k), dtype, data=x.data,
-                                                    elem_offset=(first_row + j * sub * n_b) * n_k, align=element)
-                            rows_out = T.decl_buffer((n_rows, NB, G, L), dtype, data=xp.data,
-                                                     elem_offset=j * sub * n_b * NB * G * L)
-                            for blk in range(NB):
-                                all_rows(n_rows, blk, rows_in, wi, bi, rows_out)
-                        else:
-                            for blk, a in T.grid(NB, sequences):
-                                rows_in = T.decl_buffer(
-                                    (n_rows, n_k), dtype, data=x.data,
-                                    elem_offset=(a * (n_m // sequences) + first_row + j * sub * per_step) * n_k,
-                                    align=element)
-                                rows_out = T.decl_buffer((n_rows, NB, G, L), dtype, data=xp.data,
-                                                         elem_offset=(j * sub * n_b + a) * NB * G * L,
-                                                         strides=(sequences * NB * G * L, G * L, L, 1))
-                                all_rows(n_rows, blk, rows_in, wi, bi, rows_out)
+                        n_out = T.bind((T.min(j * sub + sub, n_s) - j * sub) * n_b)
+                        rows_in = T.decl_buffer((n_out, n_k), dtype, data=x.data,
+                                                elem_offset=(first_row + j * sub * n_b) * n_k, align=element)
+                        rows_out = T.decl_buffer((n_out, NB, G, L), dtype, data=xp.data,
+                                                 elem_offset=j * sub * n_b * NB * G * L)
+                        for blk in range(NB):
+                            all_rows(n_out, blk, rows_in, wi, bi, rows_out)
                 elif c > 0:
                     j = T.bind(T.if_then_else(reverse != 0, n_sub - c, c - 1))
                     lo = T.bind(j * sub)
@@ -443,8 +410,8 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
 
         @T.prim_func
         def recur(x_h: T.handle, wi_h: T.handle, bi_h: T.handle, first_row: T.int32, sub: T.int32,
-                  sequences: T.int32, xp_h: T.handle, w_h: T.handle, rb_h: T.handle, hs_h: T.handle,
-                  cs_h: T.handle, hp_h: T.handle, y_h: T.handle, yoff: T.int32, t0: T.int32, reverse: T.int32):
+                  xp_h: T.handle, w_h: T.handle, rb_h: T.handle, hs_h: T.handle, cs_h: T.handle,
+                  hp_h: T.handle, y_h: T.handle, yoff: T.int32, t0: T.int32, reverse: T.int32):
             T.func_attr({"global_symbol": "recur", "tirx.noalias": True})
             n_s, n_b, n_t, yw, n_m, n_k = T.int32(), T.int32(), T.int32(), T.int32(), T.int32(), T.int32()
             x = T.match_buffer(x_h, (n_m, n_k), dtype, align=element)
@@ -457,14 +424,13 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
             cs = T.match_buffer(cs_h, (n_b, H), dtype)
             hp = T.match_buffer(hp_h, (n_b, NB, G, L), dtype)
             y = T.match_buffer(y_h, (n_t, n_b, yw), dtype, align=element)
-            projecting_time_loop(x, wi, bi, first_row, sub, sequences, n_s, n_b, xp, w, rb, hs, cs, hp, y, yoff, t0,
-                                 reverse)
+            projecting_time_loop(x, wi, bi, first_row, sub, n_s, n_b, xp, w, rb, hs, cs, hp, y, yoff, t0, reverse)
 
     elif split == "projection":
 
         @T.prim_func
         def recur(x_h: T.handle, wi_h: T.handle, bi_h: T.handle, first_row: T.int32, sub: T.int32,
-                  sequences: T.int32, xp_h: T.handle, w_h: T.handle, rb_h: T.handle, hs_h: T.handle,
+                  xp_h: T.handle, w_h: T.handle, rb_h: T.handle, hs_h: T.handle,
                   hp_h: T.handle, y_h: T.handle, yoff: T.int32, t0: T.int32, reverse: T.int32):
             T.func_attr({"global_symbol": "recur", "tirx.noalias": True})
             n_s, n_b, n_t, yw, n_m, n_k = T.int32(), T.int32(), T.int32(), T.int32(), T.int32(), T.int32()
@@ -477,8 +443,7 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
             hs = T.match_buffer(hs_h, (2, n_b, H), dtype)
             hp = T.match_buffer(hp_h, (n_b, NB, G, L), dtype)
             y = T.match_buffer(y_h, (n_t, n_b, yw), dtype, align=element)
-            projecting_time_loop(x, wi, bi, first_row, sub, sequences, n_s, n_b, xp, w, rb, hs, None, hp, y, yoff,
-                                 t0, reverse)
+            projecting_time_loop(x, wi, bi, first_row, sub, n_s, n_b, xp, w, rb, hs, None, hp, y, yoff, t0, reverse)
 
     elif is_lstm:
 

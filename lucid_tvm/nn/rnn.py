@@ -89,9 +89,8 @@ class _Cell(Module):
             self._packed_key = key
         return self._packed
 
-    def run_sequence(self, x, h0, c0, y, yoff=0, reverse=False, hn=None, cn=None, batch_first=False):
-        """Run over ``x`` (T, B, I), or (B, T, I) with ``batch_first``; see
-        :meth:`lucid_tvm.runtime.LayerKernel.run`. The kernel and
+    def run_sequence(self, x, h0, c0, y, yoff=0, reverse=False, hn=None, cn=None):
+        """Run over ``x`` (T, B, I); see :meth:`lucid_tvm.runtime.LayerKernel.run`. The kernel and
         the packed weights are looked up again only after a parameter write anywhere or a kernel
         registration (two integers to compare on every call of a small layer)."""
         now = (Parameter.writes, registry_generation())
@@ -99,7 +98,7 @@ class _Cell(Module):
             kernel = self._kernel()
             self._prepared, self._prepared_at = (kernel, self._packed_weights(kernel)), now
         kernel, packed = self._prepared
-        kernel.run(packed, x, h0, c0, y, yoff, reverse, hn, cn, batch_first)
+        kernel.run(packed, x, h0, c0, y, yoff, reverse, hn, cn)
 
     def _state(self, value, name, batch, batched):
         owner = type(self).__name__
@@ -269,11 +268,11 @@ class RNNBase(Module):
         owner = type(self).__name__
         x = to_numpy(input, f"{owner} input")
         batched = checks.sequence_input(owner, x.shape, self.input_size)
-        # The first layer reads a batch-first input in place; the layers' outputs are time-major.
-        batch_first = batched and self.batch_first
         if not batched:
             x = x[:, None]
-        steps, batch = (x.shape[1], x.shape[0]) if batch_first else (x.shape[0], x.shape[1])
+        elif self.batch_first:
+            x = x.transpose(1, 0, 2)
+        steps, batch = x.shape[0], x.shape[1]
         # The cells without ``self.layers`` (Module.__getattr__): half a microsecond per call.
         cells = tuple(self._modules["layers"]._modules.values())
         dtype, hidden, directions = cells[0].dtype, self.hidden_size, self.num_directions
@@ -298,8 +297,7 @@ class RNNBase(Module):
                 index = layer * directions + direction
                 cells[index].run_sequence(
                     layer_input, None if h0 is None else h0[index], None if c0 is None else c0[index],
-                    y, direction * hidden, direction == 1, h_n[index], None if c_n is None else c_n[index],
-                    batch_first and layer == 0)
+                    y, direction * hidden, direction == 1, h_n[index], None if c_n is None else c_n[index])
             if self.training and self.dropout > 0 and layer < self.num_layers - 1:
                 y = self._dropout(y)
             layer_input = y
@@ -308,7 +306,7 @@ class RNNBase(Module):
         if not batched:
             output, h_n = output[:, 0], h_n[:, 0]
             c_n = c_n[:, 0] if self.is_lstm else None
-        elif batch_first:
+        elif self.batch_first:
             output = output.transpose(1, 0, 2)
         if self.is_lstm:
             return Tensor._wrap(output), (Tensor._wrap(h_n), Tensor._wrap(c_n))
