@@ -27,7 +27,9 @@ from .files import sha256, write_atomic
 
 # 2: the kernels read the layer's input and write its output in place at any element alignment
 # (format 1 kernels assume 64-byte aligned ones, which the runtime no longer makes: refused).
-FORMAT = 2
+# 3: layer modules hold ``gather``, which copies a batch-first input into time-major rows a
+# chunk at a time (format 2 ones lack it).
+FORMAT = 3
 
 
 class ArtifactError(ValueError):

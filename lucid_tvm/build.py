@@ -74,14 +74,15 @@ def lower_layer(spec, schedule):
     """The IRModule of one layer-direction: ``project`` and ``recur``, each on one thread and on
     all (``*_parallel``, the recurrence split by hidden blocks), and with several cores
     ``recur_batch_parallel`` (the recurrence split by batch rows) and ``recur_projecting`` (the
-    recurrence on one thread while another projects the chunk's next steps)."""
+    recurrence on one thread while another projects the chunk's next steps); ``gather``, a chunk
+    of a batch-first input in time-major rows."""
     s, knobs = spec, (schedule.lanes, schedule.rows)
 
     def recurrence(split):
         return recurrent.recurrence(s.mode, s.hidden_size, s.dtype, *knobs, split, schedule.cores,
                                     schedule.tiles_first, schedule.pieces)
 
-    functions = {}
+    functions = {"gather": recurrent.gather_steps(s.input_size, s.dtype)}
     for parallel, suffix in ((False, ""), (True, "_parallel")):
         functions["project" + suffix] = recurrent.projection(s.num_gates, s.hidden_size, s.dtype, *knobs, parallel)
         functions["recur" + suffix] = recurrence("hidden" if parallel else None)

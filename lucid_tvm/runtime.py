@@ -174,8 +174,8 @@ class LayerKernel:
         self.module, self.lanes = entry.module, entry.schedule["lanes"]
         self.schedule = entry.schedule
         self.functions = {name: self.module[name] for name in
-                          ("project", "recur", "project_parallel", "recur_parallel", "recur_batch_parallel",
-                           "recur_projecting")
+                          ("gather", "project", "recur", "project_parallel", "recur_parallel",
+                           "recur_batch_parallel", "recur_projecting")
                           if _has(self.module, name)}
         self.blocks = num_blocks(spec.hidden_size, self.lanes)
         self.row_bytes = packed_row_bytes(spec.num_gates, spec.hidden_size, self.lanes, spec.dtype)
@@ -312,7 +312,10 @@ class LayerKernel:
         """One direction over a whole sequence.
 
         ``x`` (T, B, I) and the output ``y`` (T, B, YW) (columns ``yoff .. yoff+H`` are written)
-        are C-contiguous arrays of the layer's dtype, as :func:`contiguous` makes them. ``h0``
+        are arrays of the layer's dtype as :func:`contiguous` makes them, C-contiguous, or ``x``
+        the time-major view ``x_bf.transpose(1, 0, 2)`` of such a batch-first ``x_bf`` (B, T, I),
+        which is copied a chunk of steps at a time into the workspace (:meth:`_Plan.gather`) rather
+        than whole. ``h0``
         and, for LSTM, ``c0`` are (B, H) arrays or None for zeros. The final hidden state (the
         output row of the last step processed) and LSTM's final cell state are copied into ``hn``
         and ``cn`` (B, H), each unless None.
@@ -325,10 +328,13 @@ class LayerKernel:
         if plan.cs is not None:
             _load_state(plan.cs, c0)
         w_ih, b_ih, w_hh, b_hh = packed
-        x_rows, y = _dl_io(x.reshape(n_t * n_b, -1)), _dl_io(y)
+        time_major = x.flags.c_contiguous
+        x_rows = _dl_io(x.reshape(n_t * n_b, -1)) if time_major else _dl_io(x.transpose(1, 0, 2))
+        y = _dl_io(y)
         run_chunk, state, hp = plan.run_chunk, plan.state, plan.hp_tensor
         for steps, t0, project, xp_rows, xp_steps in chunks:
-            run_chunk(steps, steps, project, x_rows, w_ih, b_ih, t0 * n_b, xp_rows, xp_steps, w_hh, b_hh, state, hp, y,
+            rows, row0 = (x_rows, t0 * n_b) if time_major else (plan.gather(x_rows, t0, steps), 0)
+            run_chunk(steps, steps, project, rows, w_ih, b_ih, row0, xp_rows, xp_steps, w_hh, b_hh, state, hp, y,
                       yoff, t0, int(reverse))
         if hn is not None:
             hn[...] = plan.h0
@@ -513,6 +519,19 @@ class _Plan:
             entry = self.views[steps] = (project, _dl(xp.reshape((-1,) + xp.shape[2:])), _dl(xp))
         return entry
 
+    def gather(self, x_bf, t0, steps):
+        """Steps ``t0 .. t0+steps`` of a batch-first input ``x_bf`` (B, T, I) (DLPack) copied into
+        this plan's input buffer as the time-major rows the projection reads, returned as DLPack.
+        A chunk's copy rather than the whole input's keeps a call's memory linear in a step."""
+        rows = self.rows.get(steps)
+        if rows is None:
+            if self.x_chunk is None:
+                s = self.kernel.spec
+                self.x_chunk = aligned_empty((self.capacity * self.batch, s.input_size), s.dtype)
+            rows = self.rows[steps] = _dl(self.x_chunk[:steps * self.batch])
+        self.kernel.functions["gather"](x_bf, rows, t0)
+        return rows
+
     def _allocate(self, steps):
         kernel, n_b = self.kernel, self.batch
         s = kernel.spec
@@ -532,6 +551,7 @@ class _Plan:
         self.cs = workspace[hs_end:hs_end + state_size].reshape(n_b, s.hidden_size) if is_lstm else None
         self.state = (_dl(self.hs),) if self.cs is None else (_dl(self.hs), _dl(self.cs))
         self.capacity, self.views = steps, {}
+        self.x_chunk, self.rows = None, {}  # gather's input buffer, made on first use, and its views
         self.last_call, self.last_chunks = None, ()  # views of the old workspace
 
 

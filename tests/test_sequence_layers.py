@@ -94,20 +94,22 @@ def test_wide_layers_use_the_parallel_path(mode, rng):
     assert_close(ours(x)[0], ref_out)
 
 
+@pytest.mark.parametrize("batch_first", [False, True])  # batch-first: the first layer copies chunk by chunk
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("input_size,hidden_size,steps,batch", [
     (33, 300, 500, 1),  # two chunks: 256 and 244 steps (RNN: 409 and 91)
     (33, 300, 61, 9),  # chunks of 28, 28 and 5 steps (RNN: 45, 16): odd chunks end on the other state buffer
     (33, 300, 13, 40),  # parallel steps with a ragged tail block, chunks of 6, 6 and 1 (RNN: 10, 3)
 ])
-def test_long_sequences_run_in_chunks(mode, input_size, hidden_size, steps, batch, rng):
+def test_long_sequences_run_in_chunks(mode, input_size, hidden_size, steps, batch, batch_first, rng):
     from lucid_tvm import runtime
     from lucid_tvm.schedule import chunk_steps
 
     kernel = runtime.layer_kernel(mode, input_size, hidden_size, "float32")
     assert chunk_steps(steps, batch, kernel.row_bytes) < steps
-    ref, ours = torch_twin(mode, input_size, hidden_size, num_layers=2, bidirectional=True)
-    x = rng.standard_normal((steps, batch, input_size)).astype(np.float32)
+    ref, ours = torch_twin(mode, input_size, hidden_size, num_layers=2, bidirectional=True, batch_first=batch_first)
+    x = rng.standard_normal((batch, steps, input_size) if batch_first else (steps, batch, input_size))
+    x = x.astype(np.float32)
     with torch.no_grad():
         ref_out, ref_state = ref(torch.from_numpy(x))
     out, state = ours(x)
@@ -116,16 +118,18 @@ def test_long_sequences_run_in_chunks(mode, input_size, hidden_size, steps, batc
         assert_close(got, want)
 
 
+@pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
-def test_workspace_kept_between_calls(mode, rng):
+def test_workspace_kept_between_calls(mode, batch_first, rng):
     """Each thread keeps one workspace per layer kind for the next call of the same shape: layers
     of one kind share it one after another, and a new shape (or the old one again) gets the right
-    answer, as do new weights."""
+    answer, as do new weights. Batch-first, the first layer's input goes through the workspace's
+    input buffer too, and the next layer (of the same kind) reads the first one's output."""
     from lucid_tvm import runtime
 
-    ref, ours = torch_twin(mode, 12, 12, num_layers=3, bidirectional=True)  # six cells of one kind
+    ref, ours = torch_twin(mode, 12, 12, num_layers=3, bidirectional=True, batch_first=batch_first)
     for steps, batch in [(5, 3), (40, 1), (5, 3), (5, 2), (300, 2)]:
-        x = rng.standard_normal((steps, batch, 12)).astype(np.float32)
+        x = rng.standard_normal((batch, steps, 12) if batch_first else (steps, batch, 12)).astype(np.float32)
         with torch.no_grad():
             assert_close(ours(x)[0], ref(torch.from_numpy(x))[0])
     with torch.no_grad():

@@ -268,14 +268,17 @@ class RNNBase(Module):
         owner = type(self).__name__
         x = to_numpy(input, f"{owner} input")
         batched = checks.sequence_input(owner, x.shape, self.input_size)
-        if not batched:
-            x = x[:, None]
-        elif self.batch_first:
-            x = x.transpose(1, 0, 2)
-        steps, batch = x.shape[0], x.shape[1]
         # The cells without ``self.layers`` (Module.__getattr__): half a microsecond per call.
         cells = tuple(self._modules["layers"]._modules.values())
         dtype, hidden, directions = cells[0].dtype, self.hidden_size, self.num_directions
+        if not batched:
+            x = contiguous(x, dtype)[:, None]
+        elif self.batch_first:
+            # Seen time-major without a copy: the first layer copies it a chunk at a time.
+            x = contiguous(x, dtype).transpose(1, 0, 2)
+        else:
+            x = contiguous(x, dtype)
+        steps, batch = x.shape[0], x.shape[1]
         if hx is None:
             h0 = c0 = None  # zeros
         elif self.is_lstm:
@@ -288,7 +291,7 @@ class RNNBase(Module):
 
         h_n = np.empty((self.num_layers * directions, batch, hidden), dtype)
         c_n = np.empty_like(h_n) if self.is_lstm else None
-        layer_input = contiguous(x, dtype)
+        layer_input = x
         for layer in range(self.num_layers):
             shape = (steps, batch, directions * hidden)
             # Only the last layer's output is the caller's; the others go to kept buffers.
