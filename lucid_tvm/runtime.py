@@ -312,13 +312,12 @@ class LayerKernel:
         """One direction over a whole sequence.
 
         ``x`` (T, B, I) and the output ``y`` (T, B, YW) (columns ``yoff .. yoff+H`` are written)
-        are arrays of the layer's dtype as :func:`contiguous` makes them, C-contiguous, or ``x``
-        the time-major view ``x_bf.transpose(1, 0, 2)`` of such a batch-first ``x_bf`` (B, T, I),
-        which is copied a chunk of steps at a time into the workspace (:meth:`_Plan.gather`) rather
-        than whole. ``h0``
-        and, for LSTM, ``c0`` are (B, H) arrays or None for zeros. The final hidden state (the
-        output row of the last step processed) and LSTM's final cell state are copied into ``hn``
-        and ``cn`` (B, H), each unless None.
+        are C-contiguous arrays of the layer's dtype, as :func:`contiguous` makes them; or ``x`` is
+        the time-major view ``x_bf.transpose(1, 0, 2)`` of such a batch-first array (B, T, I),
+        which is copied into the workspace a chunk of steps at a time (:meth:`_Plan.gather`)
+        rather than whole. ``h0`` and, for LSTM, ``c0`` are (B, H) arrays or None for zeros. The
+        final hidden state (the output row of the last step processed) and LSTM's final cell
+        state are copied into ``hn`` and ``cn`` (B, H), each unless None.
         """
         _note_use(self.identity)
         n_t, n_b, _ = x.shape
@@ -473,7 +472,8 @@ class _Plan:
     (not the whole sequence), one step's ``h @ W_hh^T + b_hh`` (``hp``), the double-buffered
     hidden state ``hs`` and LSTM's cell state ``cs``, each starting 64-byte aligned: at most
     256 to 1024 rows (as many as fit 512 KB), or B rows if more, of ``G * H_padded`` values
-    (``schedule.chunk_steps``), plus one step. It grows to the longest chunk seen.
+    (``schedule.chunk_steps``), plus one step. It grows to the longest chunk seen. A batch-first
+    input's rows of one chunk (:meth:`gather`) go to a buffer of their own, made on first use.
 
     The variant chosen depends on the batch, not on the length, so sequences of varying length
     keep what was learned (and skip this setup): a plan per length tried the first variant anew
