@@ -53,14 +53,18 @@ def aligned(a, dtype):
     return out
 
 
+def in_place(a, dtype):
+    """Whether the layers' kernels read and write the array ``a`` in place: C-contiguous, of
+    ``dtype``, its elements aligned to their size, and writable (numpy cannot export a read-only
+    array through the DLPack version TVM asks for)."""
+    return a.dtype == dtype and a.flags.c_contiguous and a.flags.aligned and a.flags.writeable
+
+
 def contiguous(a, dtype):
-    """``a`` as a C-contiguous array of ``dtype`` with its elements aligned to their size, what
-    the layers' kernels read and write in place; no copy when it already is one. Read-only arrays
-    are copied too: numpy cannot export them through the DLPack version TVM asks for."""
+    """``a`` as an array the layers' kernels read and write in place (:func:`in_place`); no copy
+    when it already is one."""
     a = np.asarray(a)
-    if a.dtype == dtype and a.flags.c_contiguous and a.flags.aligned and a.flags.writeable:
-        return a
-    return np.array(a, dtype=dtype, order="C")
+    return a if in_place(a, dtype) else np.array(a, dtype=dtype, order="C")
 
 
 def _dl(a):
@@ -485,6 +489,7 @@ class _Plan:
         self.kernel, self.batch = kernel, batch
         self.run_chunk = _choice((kernel, "chunk", batch), lambda: kernel.chunk_runners(batch))
         self.capacity = 0  # steps of xp the workspace holds
+        self.x_chunk, self.rows = None, {}  # gather's input buffer, made on first use, and its views
         self.views = {}  # by chunk length: its projection and views of xp in this workspace
         self.last_call, self.last_chunks = None, ()  # (length, direction) of the last call, its chunks
 

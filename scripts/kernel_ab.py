@@ -38,6 +38,8 @@ def recurrent_at(rev, directory):
     spec = importlib.util.spec_from_file_location("recurrent_at_rev", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    if not hasattr(module, "gather_steps"):  # before 790d226: lower_layer asks for it
+        module.gather_steps = recurrent.gather_steps
     return module
 
 

@@ -144,9 +144,11 @@ def test_newer_format_is_refused(artifact):
         lucid_tvm.load(artifact)
 
 
-def test_older_format_is_refused(artifact):
-    _edit_manifest(artifact, format=1)  # kernels that assume 64-byte aligned input and output
-    with pytest.raises(lucid_tvm.ArtifactError, match="format 1, from an older lucid_tvm.*export the layer again"):
+# 1: kernels that assume 64-byte aligned input and output; 2: layer modules without gather.
+@pytest.mark.parametrize("old", [1, 2])
+def test_older_format_is_refused(artifact, old):
+    _edit_manifest(artifact, format=old)
+    with pytest.raises(lucid_tvm.ArtifactError, match=f"format {old}, from an older lucid_tvm.*export the layer again"):
         lucid_tvm.load(artifact)
 
 

@@ -100,6 +100,7 @@ def test_wide_layers_use_the_parallel_path(mode, rng):
     (33, 300, 500, 1),  # two chunks: 256 and 244 steps (RNN: 409 and 91)
     (33, 300, 61, 9),  # chunks of 28, 28 and 5 steps (RNN: 45, 16): odd chunks end on the other state buffer
     (33, 300, 13, 40),  # parallel steps with a ragged tail block, chunks of 6, 6 and 1 (RNN: 10, 3)
+    (12, 12, 700, 3),  # small steps: the recurrence that projects as it goes, chunks of 341, 341 and 18
 ])
 def test_long_sequences_run_in_chunks(mode, input_size, hidden_size, steps, batch, batch_first, rng):
     from lucid_tvm import runtime
@@ -116,6 +117,28 @@ def test_long_sequences_run_in_chunks(mode, input_size, hidden_size, steps, batc
     assert_close(out, ref_out)
     for got, want in zip(state, ref_state) if mode == "LSTM" else [(state, ref_state)]:
         assert_close(got, want)
+
+
+@pytest.mark.parametrize("layout, gathered", [
+    ("batch-first", True),  # copied a chunk at a time by gather
+    ("time-major underneath", False),  # a batch-first layer's output: read in place
+    ("float64", False),  # cast: one time-major copy
+])
+def test_batch_first_input_layouts(layout, gathered, monkeypatch, rng):
+    from lucid_tvm import runtime
+
+    calls = []
+    gather = runtime._Plan.gather
+    monkeypatch.setattr(runtime._Plan, "gather", lambda plan, *args: calls.append(args) or gather(plan, *args))
+    ref, ours = torch_twin("LSTM", I, H, num_layers=2, bidirectional=True, batch_first=True)
+    x = rng.standard_normal((B, T, I))
+    if layout == "time-major underneath":
+        x = np.ascontiguousarray(x.transpose(1, 0, 2)).transpose(1, 0, 2)
+    x = x if layout == "float64" else x.astype(np.float32)
+    with torch.no_grad():
+        ref_out = ref(torch.from_numpy(x).float())[0]
+    assert_close(ours(x)[0], ref_out)
+    assert len(calls) == (2 if gathered else 0)  # the first layer's two directions, one chunk each
 
 
 @pytest.mark.parametrize("batch_first", [False, True])
@@ -316,17 +339,20 @@ def test_faster_counts_the_fastest_call_of_each_side(monkeypatch):
 # block by block (schedule.tiles_first). LSTM 128 (8 blocks, the 2 rows of its last tile) and RNN 256
 # (4 blocks, the 5th row) read the blocks at the ends of the hidden split's ranges in pieces, the last
 # first, on odd steps (schedule.pieces), in every variant.
-@pytest.mark.parametrize("mode, hidden, batch", [("LSTM", 128, 8), ("GRU", 40, 1), ("RNN_TANH", 256, 5),
-                                                 ("GRU", 33, 21), ("RNN_RELU", 64, 30), ("LSTM", 12, 3)])
-def test_variants_give_identical_answers(mode, hidden, batch, rng):
+# Batch-first, the first layer projects rows that gather copied (GRU 33: the batch split; LSTM 12: the
+# recurrence that projects as it goes).
+@pytest.mark.parametrize("mode, hidden, batch, batch_first", [
+    ("LSTM", 128, 8, False), ("GRU", 40, 1, False), ("RNN_TANH", 256, 5, False), ("GRU", 33, 21, False),
+    ("RNN_RELU", 64, 30, False), ("LSTM", 12, 3, False), ("GRU", 33, 21, True), ("LSTM", 12, 3, True)])
+def test_variants_give_identical_answers(mode, hidden, batch, batch_first, rng):
     """One thread, all split by hidden blocks or all split by batch rows, or one thread while
     another core projects: the same numbers, bit for bit, for every variant of the projection and
     the recurrence the runtime may choose."""
     from lucid_tvm import runtime
 
-    ref, ours = torch_twin(mode, hidden, hidden, num_layers=2, bidirectional=True)
+    ref, ours = torch_twin(mode, hidden, hidden, num_layers=2, bidirectional=True, batch_first=batch_first)
     # 31 steps: every shape here has a chunk of odd length, whose final state each part copies back.
-    x = rng.standard_normal((31, batch, hidden)).astype(np.float32)
+    x = rng.standard_normal((batch, 31, hidden) if batch_first else (31, batch, hidden)).astype(np.float32)
     first = ours(x)[0].numpy()
     kernel = ours.layers[0]._kernel()
     plan = runtime._plans.__dict__[kernel.identity]

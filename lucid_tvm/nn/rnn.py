@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 
 from ..kernels.spec import MODES, NUM_GATES
-from ..runtime import between_layers, contiguous, layer_kernel, registry_generation
+from ..runtime import between_layers, contiguous, in_place, layer_kernel, registry_generation
 from ..tensor import Tensor, generator, to_numpy
 from . import checks, gpu
 from .activation import ReLU, Tanh
@@ -274,8 +274,11 @@ class RNNBase(Module):
         if not batched:
             x = contiguous(x, dtype)[:, None]
         elif self.batch_first:
-            # Seen time-major without a copy: the first layer copies it a chunk at a time.
-            x = contiguous(x, dtype).transpose(1, 0, 2)
+            # Time-major without a copy where the array allows: as it is (a batch-first output seen
+            # batch-first), or as a batch-first array that the first layer copies a chunk at a time.
+            x = x.transpose(1, 0, 2)
+            if not in_place(x.transpose(1, 0, 2), dtype):
+                x = contiguous(x, dtype)
         else:
             x = contiguous(x, dtype)
         steps, batch = x.shape[0], x.shape[1]
