@@ -489,7 +489,6 @@ class _Plan:
         self.kernel, self.batch = kernel, batch
         self.run_chunk = _choice((kernel, "chunk", batch), lambda: kernel.chunk_runners(batch))
         self.capacity = 0  # steps of xp the workspace holds
-        self.x_chunk, self.rows = None, {}  # gather's input buffer, made on first use, and its views
         self.views = {}  # by chunk length: its projection and views of xp in this workspace
         self.last_call, self.last_chunks = None, ()  # (length, direction) of the last call, its chunks
 

@@ -119,20 +119,21 @@ def test_long_sequences_run_in_chunks(mode, input_size, hidden_size, steps, batc
         assert_close(got, want)
 
 
-@pytest.mark.parametrize("layout, gathered", [
-    ("batch-first", True),  # copied a chunk at a time by gather
-    ("time-major underneath", False),  # a batch-first layer's output: read in place
-    ("float64", False),  # cast: one time-major copy
+@pytest.mark.parametrize("batch_first, layout, gathered", [
+    (True, "batch-first", True),  # copied a chunk at a time by gather
+    (True, "time-major underneath", False),  # a batch-first layer's output: read in place
+    (True, "float64", False),  # cast: one time-major copy
+    (False, "batch-first underneath", True),  # torch's x.transpose(0, 1) of a batch-first x: gather
 ])
-def test_batch_first_input_layouts(layout, gathered, monkeypatch, rng):
+def test_input_layouts(batch_first, layout, gathered, monkeypatch, rng):
     from lucid_tvm import runtime
 
     calls = []
     gather = runtime._Plan.gather
     monkeypatch.setattr(runtime._Plan, "gather", lambda plan, *args: calls.append(args) or gather(plan, *args))
-    ref, ours = torch_twin("LSTM", I, H, num_layers=2, bidirectional=True, batch_first=True)
-    x = rng.standard_normal((B, T, I))
-    if layout == "time-major underneath":
+    ref, ours = torch_twin("LSTM", I, H, num_layers=2, bidirectional=True, batch_first=batch_first)
+    x = rng.standard_normal((B, T, I) if batch_first else (T, B, I))
+    if layout in ("time-major underneath", "batch-first underneath"):
         x = np.ascontiguousarray(x.transpose(1, 0, 2)).transpose(1, 0, 2)
     x = x if layout == "float64" else x.astype(np.float32)
     with torch.no_grad():

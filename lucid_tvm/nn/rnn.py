@@ -272,14 +272,12 @@ class RNNBase(Module):
         cells = tuple(self._modules["layers"]._modules.values())
         dtype, hidden, directions = cells[0].dtype, self.hidden_size, self.num_directions
         if not batched:
-            x = contiguous(x, dtype)[:, None]
+            x = x[:, None]
         elif self.batch_first:
-            # Time-major without a copy where the array allows: as it is (a batch-first output seen
-            # batch-first), or as a batch-first array that the first layer copies a chunk at a time.
             x = x.transpose(1, 0, 2)
-            if not in_place(x.transpose(1, 0, 2), dtype):
-                x = contiguous(x, dtype)
-        else:
+        # Time-major rows are read in place, and so is a batch-first array seen time-major (the
+        # first layer copies it a chunk at a time); anything else is copied once, time-major.
+        if not (in_place(x, dtype) or in_place(x.transpose(1, 0, 2), dtype)):
             x = contiguous(x, dtype)
         steps, batch = x.shape[0], x.shape[1]
         if hx is None:
