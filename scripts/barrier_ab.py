@@ -27,6 +27,7 @@ from tvm.script import tirx as T
 import lucid_tvm.nn as nn
 from lucid_tvm import barrier, runtime
 from lucid_tvm.build import host_target
+from scratch_ab import in_turn
 
 # (mode, hidden size = input size, batch, steps): layers whose steps last 0.3-30 us.
 SHAPES = [("RNN_TANH", 128, 1, 200), ("RNN_TANH", 256, 1, 150), ("RNN_RELU", 256, 1, 150),
@@ -58,8 +59,8 @@ def empty_steps(steps=10000, calls=30):
         functions = {"TVM barrier": barrier.load_module(f"{tmp}/tvm.so")["meet_only"],
                      "ours": barrier.load_module(f"{tmp}/ours.so")["meet_only"]}
     a = tvm.runtime.tensor(np.zeros((2, 16), np.float32))
-    for _ in range(calls):
-        for name, function in functions.items():
+    for call in range(calls):
+        for name, function in in_turn(list(functions.items()), call):
             start = time.perf_counter()
             function(a, steps)
             times[name].append(time.perf_counter() - start)
@@ -80,8 +81,8 @@ def compare(mode, hidden, batch, steps, calls):
     times, outputs = {name: [] for name in configs}, {}
     recur.countdown = math.inf  # no trials of other variants: each config runs what it names
     try:
-        for _ in range(calls):
-            for name, (variant, function) in configs.items():
+        for call in range(calls):
+            for name, (variant, function) in in_turn(list(configs.items()), call):
                 recur.current, slot.value = variant, function
                 start = time.perf_counter()
                 out = layer(x)[0].numpy()

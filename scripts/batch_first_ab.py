@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from lucid_tvm import nn
+from scratch_ab import in_turn
 
 SHAPES = ["RNN_TANH:40:128:32:100:1", "RNN_RELU:40:128:32:100:2", "LSTM:40:128:32:100:1", "GRU:40:128:32:100:1",
           "GRU:512:512:4:25:1", "RNN_TANH:64:64:8:200:1"]
@@ -43,8 +44,8 @@ def main():
         ratios, medians = [], []
         for _ in range(args.blocks):
             times = ([], [])
-            for _ in range(args.pairs):
-                for way, kept in zip(ways, times):
+            for pair in range(args.pairs):
+                for way, kept in in_turn(list(zip(ways, times)), pair):
                     start = time.perf_counter()
                     way()
                     kept.append(time.perf_counter() - start)
