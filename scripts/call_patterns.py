@@ -23,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import lucid_tvm.nn as nn  # noqa: E402
+from scratch_ab import in_turn  # noqa: E402
 
 # (mode, layers, input size, hidden size, batch, lengths, batch_first)
 CASES = [
@@ -76,8 +77,8 @@ def main():
         model(xs[0])  # compiles or loads, outside the timing
         steps = (lambda x: x.shape[1]) if batch_first else (lambda x: x.shape[0])
         times, faulted = {"mine": [], "twin": []}, {"mine": 0, "twin": 0}
-        for _ in range(args.rounds):  # the two interleaved, turn by turn
-            for name, how in (("mine", mine), ("twin", twin)):
+        for round_ in range(args.rounds):  # the two interleaved, each going first in turn
+            for name, how in in_turn([("mine", mine), ("twin", twin)], round_):
                 t, f = turn(model, how["inputs"], how["keep"], steps)
                 times[name] += t
                 faulted[name] += f

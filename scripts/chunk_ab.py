@@ -15,6 +15,7 @@ import numpy as np
 
 import lucid_tvm.nn as nn
 from lucid_tvm import runtime, schedule
+from scratch_ab import in_turn
 
 SHAPES = ["RNN_TANH:40:128:32:100:1:bf", "LSTM:128:128:4:1000:1", "RNN_TANH:256:256:1:2000:1", "GRU:256:256:1:2000:1"]
 
@@ -38,7 +39,7 @@ def main():
         x = x.astype(np.float32)
         medians = ([], [])
         for block in range(args.blocks):
-            for which in (0, 1) if block % 2 == 0 else (1, 0):
+            for which in in_turn([0, 1], block):
                 schedule.CHUNK_BYTES, schedule.MAX_CHUNK_ROWS = settings[which]
                 runtime.release_workspaces()
                 for _ in range(args.calls // 3):

@@ -22,6 +22,7 @@ import numpy as np
 
 import lucid_tvm.nn as nn
 from lucid_tvm import runtime
+from scratch_ab import in_turn
 
 SHAPES = [("LSTM", 32, 16, 100), ("LSTM", 96, 2, 100), ("GRU", 160, 1, 150), ("LSTM", 192, 1, 150),
           ("RNN_TANH", 256, 1, 150), ("LSTM", 64, 8, 100), ("GRU", 256, 1, 150), ("LSTM", 512, 4, 25),
@@ -93,8 +94,8 @@ def main():
             x = rng.standard_normal((steps, batch, hidden)).astype(np.float32)
             layer(x)
             times = {True: [], False: []}
-            for _ in range(args.rounds):
-                for fixed in (True, False):
+            for round_ in range(args.rounds):
+                for fixed in in_turn([True, False], round_):
                     times[fixed] += block_ms(layer, x, fixed)
             fixed, adaptive = (statistics.median(times[k]) * 1e3 for k in (True, False))
             print(f"{mode:8s} H={hidden:4d} B={batch:2d} T={steps:3d} | fixed threshold {fixed:7.3f} | "
