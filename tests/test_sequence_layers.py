@@ -336,7 +336,8 @@ def test_faster_counts_the_fastest_call_of_each_side(monkeypatch):
 
 
 # GRU 40 and 33: 3 blocks, so the hidden split's two tasks own 1 and 2; LSTM 12: one block, one task.
-# GRU 40 and 33 run each step's tiles before its gate math (their W_hh fits in L1), LSTM 128 and RNN 256
+# GRU 40 and 33 run each step's tiles before its gate math (their W_hh fits in L1; GRU 40 at batch 1 on
+# one thread as one loop over its 3 blocks, kernels.recurrent's blocks_row), LSTM 128 and RNN 256
 # block by block (schedule.tiles_first). LSTM 128 (8 blocks, the 2 rows of its last tile) and RNN 256
 # (4 blocks, the 5th row) read the blocks at the ends of the hidden split's ranges in pieces, the last
 # first, on odd steps (schedule.pieces), in every variant.

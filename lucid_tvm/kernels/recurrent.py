@@ -67,22 +67,24 @@ def _row_tiles(G, L, R, dtype, pieces=1):
         ways[1] = 2
 
     @T.macro
-    def accumulate(nrows, S, ko, row0, blk, a, w, acc):
+    def accumulate(nrows, n_blk, S, ko, row0, blk, a, w, acc):
         for r in T.unroll(nrows):
             for s in T.unroll(S):
-                for g in T.unroll(G):
-                    for l in T.vectorized(L):
-                        acc[s, r, g, l] = acc[s, r, g, l] + a[row0 + r, ko * S + s] * w[blk, ko * S + s, g, l]
+                for c in T.unroll(n_blk):
+                    for g in T.unroll(G):
+                        for l in T.vectorized(L):
+                            acc[s, r, c, g, l] = acc[s, r, c, g, l] + a[row0 + r, ko * S + s] * w[blk + c, ko * S + s, g, l]
 
     @T.macro
-    def split_tile(nrows, S, row0, blk, a, w, bias, out, turn):
-        acc = T.alloc_buffer((S, R, G, L), dtype, scope="local", annotations=ON_STACK)
-        for r, g in T.grid(nrows, G):
+    def split_tile(nrows, n_blk, S, row0, blk, a, w, bias, out, turn):
+        # Rows row0 .. row0+nrows-1 against blocks blk .. blk+n_blk-1 (see ``blocks_row``).
+        acc = T.alloc_buffer((S, nrows, n_blk, G, L), dtype, scope="local", annotations=ON_STACK)
+        for r, c, g in T.grid(nrows, n_blk, G):
             for l in T.vectorized(L):
-                acc[0, r, g, l] = bias[blk, g, l]
+                acc[0, r, c, g, l] = bias[blk + c, g, l]
             for s in range(1, S):
                 for l in T.vectorized(L):
-                    acc[s, r, g, l] = T.cast(0, dtype)
+                    acc[s, r, c, g, l] = T.cast(0, dtype)
         # A turned block (see ``recurrence``) is read in ``pieces`` ranges of k, last range first,
         # each upwards, which the hardware prefetcher streams. Only tiles of few rows (those that
         # split k) turn: they stream W_hh from L2, where wider tiles wait on their FMAs. The piece
@@ -91,42 +93,50 @@ def _row_tiles(G, L, R, dtype, pieces=1):
         # count from a start computed at run time RNN 128's was 16% slower.
         if pieces == 1 or S == 1:
             for ko in range(a.shape[1] // S):
-                accumulate(nrows, S, ko, row0, blk, a, w, acc)
+                accumulate(nrows, n_blk, S, ko, row0, blk, a, w, acc)
         elif turn:
             for piece in T.unroll(pieces):
                 for ko in range((pieces - 1 - piece) * (a.shape[1] // S) // pieces,
                                 (pieces - piece) * (a.shape[1] // S) // pieces):
-                    accumulate(nrows, S, ko, row0, blk, a, w, acc)
+                    accumulate(nrows, n_blk, S, ko, row0, blk, a, w, acc)
         else:
             for ko in range(a.shape[1] // S):
-                accumulate(nrows, S, ko, row0, blk, a, w, acc)
+                accumulate(nrows, n_blk, S, ko, row0, blk, a, w, acc)
         if S > 1:
             for kr in range(a.shape[1] % S):
                 k = T.bind(a.shape[1] // S * S + kr)
                 for r in T.unroll(nrows):
-                    for g in T.unroll(G):
-                        for l in T.vectorized(L):
-                            acc[0, r, g, l] = acc[0, r, g, l] + a[row0 + r, k] * w[blk, k, g, l]
-            for r, g in T.grid(nrows, G):
+                    for c in T.unroll(n_blk):
+                        for g in T.unroll(G):
+                            for l in T.vectorized(L):
+                                acc[0, r, c, g, l] = acc[0, r, c, g, l] + a[row0 + r, k] * w[blk + c, k, g, l]
+            for r, c, g in T.grid(nrows, n_blk, G):
                 for s in range(1, S):
                     for l in T.vectorized(L):
-                        acc[0, r, g, l] = acc[0, r, g, l] + acc[s, r, g, l]
-        for r, g in T.grid(nrows, G):
+                        acc[0, r, c, g, l] = acc[0, r, c, g, l] + acc[s, r, c, g, l]
+        for r, c, g in T.grid(nrows, n_blk, G):
             for l in T.vectorized(L):
-                out[row0 + r, blk, g, l] = acc[0, r, g, l]
+                out[row0 + r, blk + c, g, l] = acc[0, r, c, g, l]
 
     @T.macro
     def tile(nrows, row0, blk, a, w, bias, out, turn):
-        split_tile(nrows, ways[nrows], row0, blk, a, w, bias, out, turn)
+        split_tile(nrows, 1, ways[nrows], row0, blk, a, w, bias, out, turn)
+
+    @T.macro
+    def blocks_row(n_blk, row, a, w, bias, out):
+        # One row against the first n_blk blocks in one k loop, each block's sums those of its
+        # own 1-row tile bit for bit: one loop of n_blk times the independent FMA chains, where a
+        # 1-row tile per block leaves each block's loop waiting on its few (``recurrence``).
+        split_tile(1, n_blk, ways[1], row, 0, a, w, bias, out, False)
 
     @T.macro
     def tiles_of_4_2_1(rest, row0, blk, a, w, bias, out, split_k, turn):
         if rest >= 4:
-            split_tile(4, ways[4] if split_k else 1, row0, blk, a, w, bias, out, turn)
+            split_tile(4, 1, ways[4] if split_k else 1, row0, blk, a, w, bias, out, turn)
         if rest % 4 >= 2:
-            split_tile(2, ways[2] if split_k else 1, row0 + rest // 4 * 4, blk, a, w, bias, out, turn)
+            split_tile(2, 1, ways[2] if split_k else 1, row0 + rest // 4 * 4, blk, a, w, bias, out, turn)
         if rest % 2 == 1:
-            split_tile(1, ways[1] if split_k else 1, row0 + rest // 2 * 2, blk, a, w, bias, out, turn)
+            split_tile(1, 1, ways[1] if split_k else 1, row0 + rest // 2 * 2, blk, a, w, bias, out, turn)
 
     @T.macro
     def remainder(rest, row0, blk, a, w, bias, out, turn):
@@ -146,7 +156,7 @@ def _row_tiles(G, L, R, dtype, pieces=1):
             tile(R, tile_index * R, blk, a, w, bias, out, False)
         remainder(rest, n_out - rest, blk, a, w, bias, out, False)
 
-    return tile, remainder, in_order, all_rows, ways
+    return tile, remainder, in_order, all_rows, blocks_row, ways
 
 
 def projection(num_gates, output_size, dtype, lanes, rows, parallel):
@@ -161,7 +171,7 @@ def projection(num_gates, output_size, dtype, lanes, rows, parallel):
     loop = T.parallel if parallel else T.serial
     element = np.dtype(dtype).itemsize
 
-    _, _, _, all_rows, _ = _row_tiles(G, L, R, dtype)
+    _, _, _, all_rows, _, _ = _row_tiles(G, L, R, dtype)
 
     @T.prim_func
     def project(x_h: T.handle, w_h: T.handle, b_h: T.handle, xp_h: T.handle, first_row: T.int32):
@@ -248,7 +258,13 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
     n_parts = parts if split == "batch" else 1
     n_tasks = min(parts, NB) if split == "hidden" else 1
 
-    tile, remainder, in_order, all_rows, ways = _row_tiles(G, L, R, dtype, pieces)
+    tile, remainder, in_order, all_rows, blocks_row, ways = _row_tiles(G, L, R, dtype, pieces)
+    # A one-row step on one thread runs all blocks' tiles as one loop (``blocks_row``) where their
+    # accumulators fit in those of a full tile (LSTM to 48, GRU to 64 units on AVX-512). Its step
+    # waits on a chain of latencies with W_hh in L1 or close: LSTM 32/1 8-16% and GRU 32/1 24%
+    # faster, GRU 64/1 4-8%. With more rows it stays per block: the last odd row fused this way
+    # and the others in 2-row tiles per block made LSTM 33/3 5% slower (docs/design.md).
+    fuse_blocks = n_tasks == 1 and n_parts == 1 and pieces == 1 and ways[1] * NB <= R
 
     # The blocks at either end of a hidden-split task's range: each step reads its range in the
     # other direction from the last (see ``step``), so the block read last in one step is read
@@ -351,7 +367,12 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
         for task in hidden_tasks(n_tasks):
             first = T.bind(task_first(task, n_tasks))
             count = T.bind(task_first(task + 1, n_tasks) - first)
-            if tiles_first:
+            if fuse_blocks and n_rows == 1:
+                blocks_row(NB, row0, hprev, w, rb, hp)
+                for j in range(count):
+                    blk = T.bind(first + T.if_then_else(odd, count - 1 - j, j))
+                    block_gates(row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
+            elif tiles_first:
                 for j in range(count):
                     blk = T.bind(first + T.if_then_else(odd, count - 1 - j, j))
                     row_tiles(row0, n_rows, n_split, blk, hprev, w, rb, hp, turned(odd, blk))
