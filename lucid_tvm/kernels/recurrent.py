@@ -123,11 +123,11 @@ def _row_tiles(G, L, R, dtype, pieces=1):
         split_tile(nrows, 1, ways[nrows], row0, blk, a, w, bias, out, turn)
 
     @T.macro
-    def blocks_row(n_blk, row, a, w, bias, out):
+    def blocks_row(n_blk, row, a, w, bias, out, blk0=0, turn=False):
         # One row against the first n_blk blocks in one k loop, each block's sums those of its
         # own 1-row tile bit for bit: one loop of n_blk times the independent FMA chains, where a
         # 1-row tile per block leaves each block's loop waiting on its few (``recurrence``).
-        split_tile(1, n_blk, ways[1], row, 0, a, w, bias, out, False)
+        split_tile(1, n_blk, ways[1], row, blk0, a, w, bias, out, turn)
 
     @T.macro
     def tiles_of_4_2_1(rest, row0, blk, a, w, bias, out, split_k, turn):
@@ -278,11 +278,20 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
         return task * NB // n
 
     n_hidden = min(parts, NB)
-    range_ends = sorted({task_first(t, n_hidden) for t in range(n_hidden)}
-                        | {task_first(t + 1, n_hidden) - 1 for t in range(n_hidden)})
+
+    def units(task):
+        """The blocks of hidden-split task ``task``, as a one-row step of that split reads them:
+        in pairs from the first (``blocks_row``), the last alone where the count is odd. Two
+        blocks' 1-row tiles in one loop stream W_hh from L2 2-11% faster a step than one at a time
+        (RNN 256-512, LSTM 128); three or four were slower for RNN and LSTM (docs/design.md)."""
+        lo, hi = task_first(task, n_hidden), task_first(task + 1, n_hidden)
+        return [list(range(b, min(b + 2, hi))) for b in range(lo, hi, 2)]
+
+    # The blocks read first and last by each task (a pair, or the one alone), so turned on odd steps.
+    ends = sorted({b for t in range(n_hidden) for b in units(t)[0] + units(t)[-1]})
 
     def turned(odd, blk):
-        return tirx.And(odd, functools.reduce(tirx.Or, [blk == end for end in range_ends]))
+        return tirx.And(odd, functools.reduce(tirx.Or, [blk == end for end in ends]))
 
     def ordered_rows(n_b):
         """How many of the first rows the one-thread variant sums in full-tile order: its full
@@ -372,6 +381,23 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
                 for j in range(count):
                     blk = T.bind(first + T.if_then_else(odd, count - 1 - j, j))
                     block_gates(row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
+            elif split == "hidden" and n_rows == 1:
+                # The task's blocks in pairs (``units``), each pair one k loop.
+                n_units = T.bind((count + 1) // 2)
+                for j in range(n_units):
+                    blk = T.bind(first + 2 * T.if_then_else(odd, n_units - 1 - j, j))
+                    n_blk = T.bind(T.min(2, first + count - blk))
+                    if n_blk == 2:
+                        blocks_row(2, row0, hprev, w, rb, hp, blk, turned(odd, blk))
+                    else:
+                        blocks_row(1, row0, hprev, w, rb, hp, blk, turned(odd, blk))
+                    if not tiles_first:
+                        for c in range(n_blk):
+                            block_gates(row0, n_rows, blk + c, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
+                if tiles_first:
+                    for j in range(count):
+                        blk = T.bind(first + T.if_then_else(odd, count - 1 - j, j))
+                        block_gates(row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
             elif tiles_first:
                 for j in range(count):
                     blk = T.bind(first + T.if_then_else(odd, count - 1 - j, j))
