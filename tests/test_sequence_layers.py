@@ -340,13 +340,15 @@ def test_faster_counts_the_fastest_call_of_each_side(monkeypatch):
 # one thread as one loop over its 3 blocks, kernels.recurrent's blocks_row), LSTM 128 and RNN 256
 # block by block (schedule.tiles_first). LSTM 128 (8 blocks, the 2 rows of its last tile) and RNN 256
 # (4 blocks, the 5th row) read the blocks at the ends of the hidden split's ranges in pieces, the last
-# first, on odd steps (schedule.pieces), in every variant; at batch 1 (LSTM 128) the hidden split reads
-# them in pairs, each task's first and last pair turned, and the one thread block by block.
+# first, on odd steps (schedule.pieces), in every variant. At batch 1 the hidden split reads blocks in
+# pairs, each task's first and last unit turned, the one thread block by block: LSTM 150 (3 pieces, 5
+# blocks a task) has a pair turned, a pair not, and a block alone, turned.
 # Batch-first, the first layer projects rows that gather copied (GRU 33: the batch split; LSTM 12: the
 # recurrence that projects as it goes).
 @pytest.mark.parametrize("mode, hidden, batch, batch_first", [
-    ("LSTM", 128, 8, False), ("LSTM", 128, 1, False), ("GRU", 40, 1, False), ("RNN_TANH", 256, 5, False), ("GRU", 33, 21, False),
-    ("RNN_RELU", 64, 30, False), ("LSTM", 12, 3, False), ("GRU", 33, 21, True), ("LSTM", 12, 3, True)])
+    ("LSTM", 128, 8, False), ("LSTM", 150, 1, False), ("GRU", 40, 1, False), ("RNN_TANH", 256, 5, False),
+    ("GRU", 33, 21, False), ("RNN_RELU", 64, 30, False), ("LSTM", 12, 3, False), ("GRU", 33, 21, True),
+    ("LSTM", 12, 3, True)])
 def test_variants_give_identical_answers(mode, hidden, batch, batch_first, rng):
     """One thread, all split by hidden blocks or all split by batch rows, or one thread while
     another core projects: the same numbers, bit for bit, for every variant of the projection and

@@ -51,8 +51,9 @@ def _row_tiles(G, L, R, dtype, pieces=1):
     kernel of both the projection and each recurrent step: ``tile`` does ``nrows`` rows with one
     weight load shared by all of them, ``remainder`` the last ``rest < R <= 8`` rows as tiles of
     4, 2 and 1 (which covers any rest below 8, hence R in [4, 8]), and ``in_order`` does the same
-    summing every row in the order of a full tile (no split k loop, see below). Each takes
-    ``turn``: read the block in ``pieces`` ranges of k, last first (the recurrence's odd steps)."""
+    summing every row in the order of a full tile (no split k loop, see below); ``blocks_row``
+    does one row against several blocks in one loop. Each takes ``turn``: read the block in
+    ``pieces`` ranges of k, last first (the recurrence's odd steps)."""
     if not 4 <= R <= 8:
         raise ValueError(f"rows must be in [4, 8], got {R}")
     # Fewer rows than R leave too few independent FMA chains to hide the FMA latency (a batch-1
@@ -123,8 +124,8 @@ def _row_tiles(G, L, R, dtype, pieces=1):
         split_tile(nrows, 1, ways[nrows], row0, blk, a, w, bias, out, turn)
 
     @T.macro
-    def blocks_row(n_blk, row, a, w, bias, out, blk0=0, turn=False):
-        # One row against the first n_blk blocks in one k loop, each block's sums those of its
+    def blocks_row(n_blk, row, blk0, a, w, bias, out, turn):
+        # One row against the n_blk blocks from blk0 in one k loop, each block's sums those of its
         # own 1-row tile bit for bit: one loop of n_blk times the independent FMA chains, where a
         # 1-row tile per block leaves each block's loop waiting on its few (``recurrence``).
         split_tile(1, n_blk, ways[1], row, blk0, a, w, bias, out, turn)
@@ -364,6 +365,13 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
             gate_math(tail, row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
 
     @T.macro
+    def all_gates(first, count, odd, row0, n_rows, xp, hp, hprev, hnext, y, yoff, cst, tt, t):
+        # Every block's gate math, in the step's block order.
+        for j in range(count):
+            blk = T.bind(first + T.if_then_else(odd, count - 1 - j, j))
+            block_gates(row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
+
+    @T.macro
     def step(row0, n_rows, n_split, xp, w, rb, hprev, hnext, hp, y, yoff, cst, tt, t, odd):
         # Each task (one unless split by hidden blocks) runs its own range of blocks, forwards
         # on even steps and backwards on odd ones: a range larger than the core's cache then
@@ -377,34 +385,29 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
             first = T.bind(task_first(task, n_tasks))
             count = T.bind(task_first(task + 1, n_tasks) - first)
             if fuse_blocks and n_rows == 1:
-                blocks_row(NB, row0, hprev, w, rb, hp)
-                for j in range(count):
-                    blk = T.bind(first + T.if_then_else(odd, count - 1 - j, j))
-                    block_gates(row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
+                blocks_row(NB, row0, 0, hprev, w, rb, hp, False)
+                all_gates(first, count, odd, row0, n_rows, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
             elif split == "hidden" and n_rows == 1:
-                # The task's blocks in pairs (``units``), each pair one k loop.
+                # The task's blocks in pairs, each pair one k loop: the units of ``units``, which
+                # says which of them turn.
                 n_units = T.bind((count + 1) // 2)
                 for j in range(n_units):
                     blk = T.bind(first + 2 * T.if_then_else(odd, n_units - 1 - j, j))
                     n_blk = T.bind(T.min(2, first + count - blk))
                     if n_blk == 2:
-                        blocks_row(2, row0, hprev, w, rb, hp, blk, turned(odd, blk))
+                        blocks_row(2, row0, blk, hprev, w, rb, hp, turned(odd, blk))
                     else:
-                        blocks_row(1, row0, hprev, w, rb, hp, blk, turned(odd, blk))
+                        blocks_row(1, row0, blk, hprev, w, rb, hp, turned(odd, blk))
                     if not tiles_first:
                         for c in range(n_blk):
                             block_gates(row0, n_rows, blk + c, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
                 if tiles_first:
-                    for j in range(count):
-                        blk = T.bind(first + T.if_then_else(odd, count - 1 - j, j))
-                        block_gates(row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
+                    all_gates(first, count, odd, row0, n_rows, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
             elif tiles_first:
                 for j in range(count):
                     blk = T.bind(first + T.if_then_else(odd, count - 1 - j, j))
                     row_tiles(row0, n_rows, n_split, blk, hprev, w, rb, hp, turned(odd, blk))
-                for j in range(count):
-                    blk = T.bind(first + T.if_then_else(odd, count - 1 - j, j))
-                    block_gates(row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
+                all_gates(first, count, odd, row0, n_rows, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
             else:
                 for j in range(count):
                     blk = T.bind(first + T.if_then_else(odd, count - 1 - j, j))
