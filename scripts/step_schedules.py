@@ -1,8 +1,9 @@
 """One recurrence variant of a layer under several schedules (lanes x rows), timed in turn.
 
     python scripts/step_schedules.py RNN_TANH:128:32:32 recur_batch_parallel 64x6 32x8 16x8
+    python scripts/step_schedules.py GRU:256:1:150 recur_parallel 16x8x1 16x8x3
 
-The layer is MODE:H:B:STEPS (input size = hidden size). For each LANESxROWS the variant is
+The layer is MODE:H:B:STEPS (input size = hidden size). For each LANESxROWS[xPIECES] the variant is
 compiled from the working tree with the other knobs of the default schedule, its weights packed
 for those lanes, and run on the same projected steps; the schedules go call by call in turn,
 each first in its turn (``scratch_ab.in_turn``). Prints ns per step and each output's largest
@@ -45,7 +46,7 @@ def variant_call(mode, hidden, batch, steps, schedule, split, directory):
     xp_rows = rng.standard_normal((steps * batch, gates * hidden)).astype(np.float32)
     function = recurrent.recurrence(mode, hidden, "float32", lanes, schedule.rows, split, schedule.cores,
                                     schedule.tiles_first, schedule.pieces)
-    path = f"{directory}/{mode}{hidden}_{lanes}x{schedule.rows}.so"
+    path = f"{directory}/{mode}{hidden}_{lanes}x{schedule.rows}x{schedule.pieces}.so"
     module = compile_module(tvm.IRModule({"recur": function.with_attr("global_symbol", "recur")}),
                             build.host_target())
     barrier.export_library(module, path)
@@ -73,7 +74,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("shape", help="MODE:H:B:STEPS, e.g. RNN_TANH:128:32:32")
     parser.add_argument("variant", choices=sorted(SPLITS))
-    parser.add_argument("schedules", nargs="+", help="LANESxROWS, e.g. 64x6")
+    parser.add_argument("schedules", nargs="+", help="LANESxROWS or LANESxROWSxPIECES, e.g. 64x6")
     parser.add_argument("--calls", type=int, default=300)
     args = parser.parse_args()
     mode, hidden, batch, steps = args.shape.split(":")
@@ -83,8 +84,8 @@ def main():
     with tempfile.TemporaryDirectory() as directory:
         calls = {}
         for text in args.schedules:
-            lanes, rows = (int(v) for v in text.split("x"))
-            schedule = dataclasses.replace(default, lanes=lanes, rows=rows)
+            lanes, rows, *pieces = (int(v) for v in text.split("x"))
+            schedule = dataclasses.replace(default, lanes=lanes, rows=rows, pieces=pieces[0] if pieces else default.pieces)
             calls[text] = variant_call(mode, hidden, batch, steps, schedule, SPLITS[args.variant], directory)
         times = {text: [] for text in calls}
         for call in range(args.calls):
