@@ -92,10 +92,9 @@ def _row_tiles(G, L, R, dtype, pieces=1):
         # bounds are constants once the piece loop is unrolled: with bounds computed at run time
         # (even read in order) LSTM 128's one-thread step was 11% slower, and with a constant trip
         # count from a start computed at run time RNN 128's was 16% slower.
-        if pieces == 1 or S == 1:
-            for ko in range(a.shape[1] // S):
-                accumulate(nrows, n_blk, S, ko, row0, blk, a, w, acc)
-        elif turn:
+        # (Python's ``and`` stops at a false constant, so with one piece or an unsplit k loop the
+        # turned form is never built, and ``turn`` is tested at run time only where it matters.)
+        if pieces > 1 and S > 1 and turn:
             for piece in T.unroll(pieces):
                 for ko in range((pieces - 1 - piece) * (a.shape[1] // S) // pieces,
                                 (pieces - piece) * (a.shape[1] // S) // pieces):
