@@ -54,6 +54,7 @@ def variant_call(mode, hidden, batch, steps, schedule, split, directory):
     blocks = layout.num_blocks(hidden, lanes)
     w = packed(layout.pack_weight(w_hh, gates, hidden, lanes, "float32"), (blocks, hidden, gates, lanes))
     rb = packed(layout.pack_bias(b_hh, gates, hidden, lanes, "float32"), (blocks, gates, lanes))
+    # A projected row has the packed layout of a bias, (NB, G, L).
     xp = packed([layout.pack_bias(row, gates, hidden, lanes, "float32") for row in xp_rows],
                 (steps, batch, blocks, gates, lanes))
     states = [runtime.aligned_empty((2, batch, hidden), np.float32)]
