@@ -30,13 +30,6 @@ from scratch_ab import in_turn
 SPLITS = {"recur": None, "recur_parallel": "hidden", "recur_batch_parallel": "batch"}
 
 
-def packed(values, shape):
-    """``values`` in a new 64-byte aligned array of ``shape``."""
-    out = runtime.aligned_empty(shape, np.float32)
-    out[...] = np.reshape(values, shape)
-    return out
-
-
 def variant_call(mode, hidden, batch, steps, schedule, split, directory):
     """``(run, y)``: ``run()`` computes ``steps`` steps from a zero state into ``y``."""
     gates, lanes = NUM_GATES[mode], schedule.lanes
@@ -52,11 +45,11 @@ def variant_call(mode, hidden, batch, steps, schedule, split, directory):
     barrier.export_library(module, path)
     recur = barrier.load_module(path)["recur"]
     blocks = layout.num_blocks(hidden, lanes)
-    w = packed(layout.pack_weight(w_hh, gates, hidden, lanes, "float32"), (blocks, hidden, gates, lanes))
-    rb = packed(layout.pack_bias(b_hh, gates, hidden, lanes, "float32"), (blocks, gates, lanes))
+    w = runtime.aligned(layout.pack_weight(w_hh, gates, hidden, lanes, "float32"), np.float32)
+    rb = runtime.aligned(layout.pack_bias(b_hh, gates, hidden, lanes, "float32"), np.float32)
     # A projected row has the packed layout of a bias, (NB, G, L).
-    xp = packed([layout.pack_bias(row, gates, hidden, lanes, "float32") for row in xp_rows],
-                (steps, batch, blocks, gates, lanes))
+    xp = runtime.aligned(np.reshape([layout.pack_bias(row, gates, hidden, lanes, "float32") for row in xp_rows],
+                                    (steps, batch, blocks, gates, lanes)), np.float32)
     states = [runtime.aligned_empty((2, batch, hidden), np.float32)]
     if mode == "LSTM":
         states.append(runtime.aligned_empty((batch, hidden), np.float32))
@@ -86,7 +79,8 @@ def main():
         calls = {}
         for text in args.schedules:
             lanes, rows, *pieces = (int(v) for v in text.split("x"))
-            schedule = dataclasses.replace(default, lanes=lanes, rows=rows, pieces=pieces[0] if pieces else default.pieces)
+            schedule = dataclasses.replace(default, lanes=lanes, rows=rows,
+                                           pieces=pieces[0] if pieces else default.pieces)
             calls[text] = variant_call(mode, hidden, batch, steps, schedule, SPLITS[args.variant], directory)
         times = {text: [] for text in calls}
         for call in range(args.calls):
