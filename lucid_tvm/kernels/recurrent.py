@@ -290,6 +290,11 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
     # The blocks read first and last by each task (a pair, or the one alone), so turned on odd steps.
     ends = sorted({b for t in range(n_hidden) for b in units(t)[0] + units(t)[-1]})
 
+    def in_step_order(j, n, odd):
+        """The ``j``-th of a task's ``n`` blocks (or units) as a step reads them: forwards on even
+        steps, backwards on odd ones (see ``step``)."""
+        return T.if_then_else(odd, n - 1 - j, j)
+
     def turned(odd, blk):
         return tirx.And(odd, functools.reduce(tirx.Or, [blk == end for end in ends]))
 
@@ -367,7 +372,7 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
     def all_gates(first, count, odd, row0, n_rows, xp, hp, hprev, hnext, y, yoff, cst, tt, t):
         # Every block's gate math, in the step's block order.
         for j in range(count):
-            blk = T.bind(first + T.if_then_else(odd, count - 1 - j, j))
+            blk = T.bind(first + in_step_order(j, count, odd))
             block_gates(row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
 
     @T.macro
@@ -391,7 +396,7 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
                 # says which of them turn.
                 n_units = T.bind((count + 1) // 2)
                 for j in range(n_units):
-                    blk = T.bind(first + 2 * T.if_then_else(odd, n_units - 1 - j, j))
+                    blk = T.bind(first + 2 * in_step_order(j, n_units, odd))
                     n_blk = T.bind(T.min(2, first + count - blk))
                     if n_blk == 2:
                         blocks_row(2, row0, blk, hprev, w, rb, hp, turned(odd, blk))
@@ -404,12 +409,12 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
                     all_gates(first, count, odd, row0, n_rows, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
             elif tiles_first:
                 for j in range(count):
-                    blk = T.bind(first + T.if_then_else(odd, count - 1 - j, j))
+                    blk = T.bind(first + in_step_order(j, count, odd))
                     row_tiles(row0, n_rows, n_split, blk, hprev, w, rb, hp, turned(odd, blk))
                 all_gates(first, count, odd, row0, n_rows, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
             else:
                 for j in range(count):
-                    blk = T.bind(first + T.if_then_else(odd, count - 1 - j, j))
+                    blk = T.bind(first + in_step_order(j, count, odd))
                     row_tiles(row0, n_rows, n_split, blk, hprev, w, rb, hp, turned(odd, blk))
                     block_gates(row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
 
