@@ -390,9 +390,9 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
             count = T.bind(task_first(task + 1, n_tasks) - first)
             if fuse_blocks and n_rows == 1:
                 # The gate math of the few blocks unrolled, in one order every step (it reads no
-                # weights): straight-line code whose blocks the core overlaps, where the loop over
-                # them in the step's order did not. LSTM 32/1 and 33/1 10-13% faster a step, GRU
-                # 32/1 and 64/1 3-6%, LSTM 48/1 unchanged (docs/design.md).
+                # weights, so the step's order does not matter to it): against a loop over them in
+                # the step's order, LSTM 32/1 and 33/1 10-13% faster a step, GRU 32/1 and 64/1
+                # 3-6%, LSTM 48/1 unchanged (docs/design.md).
                 blocks_row(NB, row0, 0, hprev, w, rb, hp, False)
                 for blk in T.unroll(NB):
                     block_gates(row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
