@@ -469,8 +469,11 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
                     j = T.bind(T.if_then_else(reverse != 0, n_sub - c, c - 1))
                     lo = T.bind(j * sub)
                     hi = T.bind(T.min(lo + sub, n_s))
-                    run_steps(T.if_then_else(reverse != 0, n_s - hi, lo), hi - lo, 0, n_b, 0, n_s, n_b, xp, w, rb,
-                              hs, cst, hp, y, yoff, t0, reverse)
+                    # The part's first step and step count, read back from the stack (see time_loop).
+                    span = T.alloc_buffer((2,), "int32", scope="local", annotations=ON_STACK)
+                    span[0] = T.if_then_else(reverse != 0, n_s - hi, lo)
+                    span[1] = hi - lo
+                    run_steps(span[0], span[1], 0, n_b, 0, n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse)
         end_of_chunk(0, n_b, n_s, hs)
 
     @T.macro
@@ -480,12 +483,19 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
         else:
             # Even shares of the batch, each row summed in the same order as in the one-thread
             # variants (see row_tiles), so that every variant gives the same answer.
+            # The part's first row, rows and rows with k split are read back from the stack:
+            # TVM's simplifier sees through a value bound by T.bind to its definition, and with
+            # these chains of if_then_else and min it took most of the module's compile time.
+            # Stored, they are opaque to it: LSTM 128's recur_batch_parallel compiled in 0.45 s
+            # rather than 1.24, recur_projecting (the same for its part's steps) in 0.84 rather
+            # than 2.94, for the same answers at the same speed (docs/design.md).
             ordered = T.bind(ordered_rows(n_b))
             for part in T.parallel(n_parts):
-                first = T.bind(part_start(part, n_b, ordered))
-                n_rows = T.bind(part_start(part + 1, n_b, ordered) - first)
-                n_split = T.bind(T.if_then_else(part == n_parts - 1, n_b - ordered, 0))
-                rows_time_loop(first, n_rows, n_split, n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse)
+                rows = T.alloc_buffer((3,), "int32", scope="local", annotations=ON_STACK)
+                rows[0] = part_start(part, n_b, ordered)
+                rows[1] = part_start(part + 1, n_b, ordered) - rows[0]
+                rows[2] = T.if_then_else(part == n_parts - 1, n_b - ordered, 0)
+                rows_time_loop(rows[0], rows[1], rows[2], n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse)
 
     if split == "projection" and is_lstm:
 
