@@ -473,7 +473,8 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
                     span = T.alloc_buffer((2,), "int32", scope="local", annotations=ON_STACK)
                     span[0] = T.if_then_else(reverse != 0, n_s - hi, lo)
                     span[1] = hi - lo
-                    run_steps(span[0], span[1], 0, n_b, 0, n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse)
+                    first_s, n_run = T.bind(span[0]), T.bind(span[1])
+                    run_steps(first_s, n_run, 0, n_b, 0, n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse)
         end_of_chunk(0, n_b, n_s, hs)
 
     @T.macro
@@ -495,7 +496,8 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
                 rows[0] = part_start(part, n_b, ordered)
                 rows[1] = part_start(part + 1, n_b, ordered) - rows[0]
                 rows[2] = T.if_then_else(part == n_parts - 1, n_b - ordered, 0)
-                rows_time_loop(rows[0], rows[1], rows[2], n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse)
+                first, n_rows, n_split = T.bind(rows[0]), T.bind(rows[1]), T.bind(rows[2])
+                rows_time_loop(first, n_rows, n_split, n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse)
 
     if split == "projection" and is_lstm:
 
