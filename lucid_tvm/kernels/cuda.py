@@ -23,11 +23,10 @@ The loop nests are the CUDA schedule itself; the knobs (``lanes``, ``threads`` p
 ``rows``) are chosen in :mod:`lucid_tvm.schedule`.
 """
 
-from tvm.script import tirx as T
-
 from .gates import gate, new_cell, new_hidden
 from .layout import num_blocks
 from .spec import NUM_GATES
+from .tvmscript import T
 
 
 def projection(num_gates, output_size, dtype, lanes, threads, rows):

@@ -32,11 +32,11 @@ import functools
 
 import numpy as np
 from tvm import tirx
-from tvm.script import tirx as T
 
 from .gates import gate, new_cell, new_hidden
 from .layout import num_blocks
 from .spec import NUM_GATES
+from .tvmscript import T
 
 # Per-tile scratch (accumulators, gate values) on the stack. TVM 0.27 turns every "local"
 # allocation on a CPU (and "global" ones of 1 KB or more) into a TVMBackendAllocWorkspace /
