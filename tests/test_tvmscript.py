@@ -13,7 +13,7 @@ def _projection():
 
 
 def test_macros_expand_without_inspecting_outer_frames(monkeypatch):
-    """TVM's frame search would call ``inspect.getouterframes`` once per macro expansion (dozens
+    """TVM's frame search would call ``inspect.getouterframes`` once per macro expansion (13
     here); ``T.prim_func`` itself looks at its caller's frames once."""
     calls = []
     getouterframes = inspect.getouterframes
