@@ -37,16 +37,22 @@ def _address(a):
 
 
 def aligned_empty(shape, dtype):
+    """An uninitialised C-contiguous array, 64-byte aligned, with the strides TVM requires even
+    when it is empty (numpy picks others for empty arrays, such as zeros, and TVM rejects them)."""
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
     raw = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
-    return np.ndarray(shape, dtype, raw, -_address(raw) % ALIGNMENT)
+    strides = None  # numpy's, unless empty (computed only then: this runs on every layer call)
+    if not nbytes:
+        strides = [dtype.itemsize * math.prod(shape[i + 1:]) for i in range(len(shape))]
+    return np.ndarray(shape, dtype, raw, -_address(raw) % ALIGNMENT, strides)
 
 
 def aligned(a, dtype):
     """``a`` as a C-contiguous, 64-byte aligned array of ``dtype``; no copy when it already is one."""
     a = np.asarray(a)
-    if a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable and _address(a) % ALIGNMENT == 0:
+    if (a.size > 0 and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
+            and _address(a) % ALIGNMENT == 0):
         return a
     out = aligned_empty(a.shape, dtype)
     np.copyto(out, a, casting="unsafe")
@@ -56,15 +62,16 @@ def aligned(a, dtype):
 def in_place(a, dtype):
     """Whether the layers' kernels read and write the array ``a`` in place: C-contiguous, of
     ``dtype``, its elements aligned to their size, and writable (numpy cannot export a read-only
-    array through the DLPack version TVM asks for)."""
-    return a.dtype == dtype and a.flags.c_contiguous and a.flags.aligned and a.flags.writeable
+    array through the DLPack version TVM asks for). Never an empty array: numpy calls any empty
+    array C-contiguous whatever its strides, and TVM rejects strides that are not compact."""
+    return a.size > 0 and a.dtype == dtype and a.flags.c_contiguous and a.flags.aligned and a.flags.writeable
 
 
 def contiguous(a, dtype):
     """``a`` as an array the layers' kernels read and write in place (:func:`in_place`); no copy
     when it already is one."""
     a = np.asarray(a)
-    return a if in_place(a, dtype) else np.array(a, dtype=dtype, order="C")
+    return a if in_place(a, dtype) else aligned(a, dtype)
 
 
 def _dl(a):

@@ -1,5 +1,8 @@
 """lucid_tvm.tracetorch against tracetorch 0.19.2 itself: outputs, states, gradients, containers."""
 
+import copy
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -69,12 +72,71 @@ def test_numpy_in_numpy_out(kind):
     x = np.random.default_rng(0).standard_normal((3, IN)).astype(np.float32)
     out = ours(x)
     assert isinstance(out, np.ndarray)
-    out2 = ours(x)  # states kept as numpy
+    ours.detach_states()  # the states stay tensors, which the state methods expect
+    out2 = ours(x[::-1, ::-1][::-1, ::-1])  # negative strides, which torch.from_numpy refuses
     with torch.no_grad():
         ref(torch.from_numpy(x))
         expected = ref(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(out2, expected, atol=1e-5, rtol=0)
-    assert isinstance(out, np.ndarray)
+    assert isinstance(out2, np.ndarray)
+    assert_states_equal(ours, ref)
+    model = tt.Model()
+    model.layer = ours
+    assert sorted(model.save_states()) == sorted(f"layer.{name}" for name in ours._state_names)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_negative_bit_view_is_read_as_its_values(kind):
+    ref, ours = twins(kind)
+    x = torch.randn(3, IN, dtype=torch.complex64).conj().imag  # a view that negates on reading
+    assert x.is_neg()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("shape", [(0, IN), (2, 0, IN)])
+def test_empty_batch_matches_tracetorch(kind, shape):
+    ref, ours = twins(kind)
+    x_ref, x_ours = torch.zeros(shape, requires_grad=True), torch.zeros(shape, requires_grad=True)
+    out_ref, out_ours = ref(x_ref), ours(x_ours)
+    assert out_ours.shape == out_ref.shape
+    out_ref.sum().backward()
+    out_ours.sum().backward()
+    for (name, a), b in zip(ours.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=0, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_copies_and_pickles_after_a_forward(kind):
+    """copy.deepcopy (target networks) and torch.save of a layer that has run, states included."""
+    ref, ours = twins(kind)
+    x = torch.randn(2, IN)
+    with torch.no_grad():
+        ref(x), ours(x)
+    buffer = io.BytesIO()
+    torch.save(ours, buffer)
+    buffer.seek(0)
+    copies = [copy.deepcopy(ours), torch.load(buffer, weights_only=False)]
+    with torch.no_grad():
+        expected = ref(x)
+        torch.testing.assert_close(ours(x), expected, atol=1e-5, rtol=0)
+        for copied in copies:  # each steps on from the state it was copied with
+            torch.testing.assert_close(copied(x), expected, atol=1e-5, rtol=0)
+            assert_states_equal(copied, ours, atol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_replaced_linear_is_used(kind):
+    ref, ours = twins(kind)
+    x = torch.randn(2, IN)
+    with torch.no_grad():
+        ref(x), ours(x)
+        for name, module in ref.named_children():
+            replacement = torch.nn.Linear(module.in_features, module.out_features)
+            setattr(ref, name, replacement)
+            setattr(ours, name, copy.deepcopy(replacement))
+        torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -57,6 +57,10 @@ class StepEngine:
         self.linears = [_PackedLinear(linear, dtype) for linear in linears]
         self.fns = Functions(("tracetorch", kind, out_features, in_features, dtype))
 
+    def runs(self, linears):
+        """Whether this engine computes with these Linear modules (not ones since replaced)."""
+        return all(packed.linear is linear for packed, linear in zip(self.linears, linears))
+
     def _empty(self, batch, width=None):
         return aligned_empty((batch, width or self.hidden), self.dtype)
 

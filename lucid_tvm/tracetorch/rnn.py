@@ -45,31 +45,37 @@ class _CompiledLayer(Layer):
         self.in_features, self.out_features = in_features, out_features
         for name in self.state_names:
             self._initialize_state(name)
-        self._engines = {}
+        self._engines = {}  # per dtype: the compiled kernels of this process, and packed weights
+
+    def __getstate__(self):
+        """What ``copy`` and ``pickle`` (``torch.save``) keep: all but the compiled engines."""
+        return {**super().__getstate__(), "_engines": {}}
 
     def _linears(self):
         raise NotImplementedError
 
     def _engine(self, dtype):
         name = np.dtype(str(dtype).replace("torch.", "")).name
-        if name not in self._engines:
-            self._engines[name] = StepEngine(self.kind, self._linears(), self.in_features,
-                                             self.out_features, name)
-        return self._engines[name]
+        linears = self._linears()
+        engine = self._engines.get(name)
+        if engine is None or not engine.runs(linears):  # new, or a Linear was replaced since
+            engine = self._engines[name] = StepEngine(self.kind, linears, self.in_features,
+                                                      self.out_features, name)
+        return engine
 
     def _check_input(self, x):
         owner = type(self).__name__
         if isinstance(x, np.ndarray):
             if x.dtype.kind != "f":
                 raise TypeError(f"{owner}: expected a floating-point input, got dtype {x.dtype}")
-            return torch.from_numpy(x), True
+            return torch.from_numpy(np.ascontiguousarray(x)), True  # torch takes no negative strides
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{owner}: expected a torch tensor or numpy array, got {type(x).__name__}")
         if not x.is_floating_point():
             raise TypeError(f"{owner}: expected a floating-point input, got dtype {x.dtype}")
         if x.device.type != "cpu":
             raise TypeError(f"{owner}: expected a CPU tensor, got one on {x.device} (no CUDA kernels yet)")
-        return x, False
+        return x.resolve_neg(), False  # its values, where a view such as z.conj().imag negates them
 
     def forward(self, x):
         owner = type(self).__name__
@@ -82,7 +88,7 @@ class _CompiledLayer(Layer):
         self._ensure_states(x)
         expected = list(x.shape)
         expected[self.dim] = self.num_neurons
-        states = [self._as_tensor(getattr(self, name)) for name in self.state_names]
+        states = [getattr(self, name) for name in self.state_names]
         for name, state in zip(self.state_names, states):
             if list(state.shape) != expected:
                 raise ValueError(f"{owner}: state {name} has shape {tuple(state.shape)} but this input "
@@ -107,13 +113,9 @@ class _CompiledLayer(Layer):
             outputs = torch.from_numpy(h_new) if c is None else (torch.from_numpy(h_new), torch.from_numpy(c_new))
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
         for name, value in zip(self.state_names, outputs):
-            value = self._from_working_dim(value.reshape(*lead, self.num_neurons))
-            setattr(self, name, value.numpy() if from_numpy else value)
-        return self.H
-
-    @staticmethod
-    def _as_tensor(state):
-        return torch.from_numpy(state) if isinstance(state, np.ndarray) else state
+            setattr(self, name, self._from_working_dim(value.reshape(*lead, self.num_neurons)))
+        # The states stay tensors, as the state methods of ``core`` expect; numpy in, numpy out.
+        return self.H.numpy() if from_numpy else self.H
 
 
 class SimpleRNN(_CompiledLayer):
