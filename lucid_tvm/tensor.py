@@ -104,6 +104,9 @@ def ones(*shape, requires_grad=False, dtype=DEFAULT_DTYPE):
     return Tensor(np.ones(_shape(shape), dtype=dtype), requires_grad=requires_grad)
 
 
+_NUMPY_FLOATS = ("torch.float16", "torch.float32", "torch.float64")
+
+
 def to_numpy(value, what):
     """The numpy array behind ``value`` (no copy where possible); TypeError for anything else.
 
@@ -116,7 +119,13 @@ def to_numpy(value, what):
     elif type(value).__module__.startswith("torch"):
         if value.device.type != "cpu":
             raise TypeError(f"{what}: expected a CPU tensor, got a tensor on {value.device}")
-        array = np.from_dlpack(value.detach())
+        if str(value.layout) != "torch.strided":
+            raise TypeError(f"{what}: expected a dense tensor, got layout {value.layout}")
+        # DLPack carries no negative bit (a view such as ``z.conj().imag``): apply it first.
+        value = value.detach().resolve_neg()
+        if value.is_floating_point() and str(value.dtype) not in _NUMPY_FLOATS:
+            value = value.float()  # bfloat16 and float8 have no numpy dtype; float32 holds them exactly
+        array = np.from_dlpack(value)
     elif isinstance(getattr(value, "data", None), np.ndarray):  # a lucid tensor
         array = value.data
     else:

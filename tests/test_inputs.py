@@ -81,6 +81,20 @@ def test_float64_input_to_float32_layer_is_cast(rng):
         assert_close(out, ref(torch.from_numpy(x.astype(np.float32)))[0])
 
 
+def test_torch_views_and_dtypes_numpy_lacks(rng):
+    """A negative-bit view (``z.conj().imag``) is read as the values it shows, and bfloat16, which
+    numpy has no dtype for, is cast like other float inputs."""
+    ref, ours = torch_twin("GRU", I, H)
+    negated = torch.randn(T, B, I, dtype=torch.complex64).conj().imag
+    assert negated.is_neg()
+    bf16 = torch.randn(T, B, I).bfloat16()
+    for x in (negated, bf16):
+        with torch.no_grad():
+            assert_close(ours(x)[0], ref(x.float())[0])
+    with pytest.raises(TypeError, match="dense tensor, got layout torch.sparse_coo"):
+        ours(torch.zeros(T, B, I).to_sparse())
+
+
 @pytest.mark.parametrize("dtype", [np.int64, np.int32, np.bool_, np.complex64])
 def test_non_float_input_is_type_error(dtype):
     _, ours = torch_twin("RNN_TANH", I, H)

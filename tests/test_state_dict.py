@@ -1,5 +1,8 @@
 """Module plumbing: our keys, PyTorch / lucid 3.x flat keys, and wrong keys or shapes."""
 
+import copy
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -58,3 +61,25 @@ def test_module_plumbing():
     assert all(p.dtype == np.float64 for p in m.parameters())
     out, (h, c) = m(np.zeros((2, 1, 3)))
     assert out.dtype == np.float64
+
+
+@pytest.mark.parametrize("make", [lambda: nn.GRU(3, 4, num_layers=2), lambda: nn.LSTMCell(3, 4)],
+                         ids=["GRU", "LSTMCell"])
+def test_copies_and_pickles_after_a_call(make, rng):
+    """The compiled kernel and packed weights stay behind; a copy computes as the original, and
+    new weights given to the copy leave the original alone."""
+    m = make()
+    x = rng.standard_normal((5, 2, 3) if isinstance(m, nn.GRU) else (2, 3)).astype(np.float32)
+    expected = m(x)
+    for copied in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        for ours, theirs in zip(_flat(copied(x)), _flat(expected)):
+            np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+        first = next(iter(copied.parameters()))
+        first.data = np.zeros_like(first.data)
+        for ours, theirs in zip(_flat(m(x)), _flat(expected)):
+            np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+        assert not np.array_equal(np.asarray(_flat(copied(x))[0]), np.asarray(_flat(expected)[0]))
+
+
+def _flat(outputs):
+    return list(outputs) if isinstance(outputs, tuple) else [outputs]

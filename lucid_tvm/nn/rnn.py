@@ -41,6 +41,10 @@ class _Cell(Module):
 
     mode = None  # set by each subclass (RNNCell: per instance)
 
+    # The compiled kernel and the weights packed for it, looked up on the first call: they belong
+    # to this process, so ``copy`` and ``pickle`` leave them out (``__getstate__``).
+    _COMPILED = ("_packed", "_packed_key", "_prepared", "_prepared_at")
+
     def __init__(self, input_size, hidden_size, bias=True):
         super().__init__()
         name = type(self).__name__
@@ -57,8 +61,10 @@ class _Cell(Module):
         self.weight_hh = uniform(gates, self.hidden_size)
         self.bias_ih = uniform(gates) if self.bias else None
         self.bias_hh = uniform(gates) if self.bias else None
-        self._packed, self._packed_key = None, None
-        self._prepared, self._prepared_at = None, None
+        self.__dict__.update(dict.fromkeys(self._COMPILED))
+
+    def __getstate__(self):
+        return {**self.__dict__, **dict.fromkeys(self._COMPILED)}
 
     def extra_repr(self):
         return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
