@@ -121,9 +121,10 @@ def to_numpy(value, what):
             raise TypeError(f"{what}: expected a CPU tensor, got a tensor on {value.device}")
         if str(value.layout) != "torch.strided":
             raise TypeError(f"{what}: expected a dense tensor, got layout {value.layout}")
-        # DLPack carries no negative bit (a view such as ``z.conj().imag``): apply it first.
-        value = value.detach().resolve_neg()
-        if value.is_floating_point() and str(value.dtype) not in _NUMPY_FLOATS:
+        value = value.detach()
+        if value.is_neg():  # DLPack carries no negative bit (a view such as z.conj().imag)
+            value = value.resolve_neg()
+        if str(value.dtype) not in _NUMPY_FLOATS and value.is_floating_point():
             value = value.float()  # bfloat16 and float8 have no numpy dtype; float32 holds them exactly
         array = np.from_dlpack(value)
     elif isinstance(getattr(value, "data", None), np.ndarray):  # a lucid tensor
