@@ -51,8 +51,7 @@ def aligned_empty(shape, dtype):
 def aligned(a, dtype):
     """``a`` as a C-contiguous, 64-byte aligned array of ``dtype``; no copy when it already is one."""
     a = np.asarray(a)
-    if (a.size > 0 and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
-            and _address(a) % ALIGNMENT == 0):
+    if in_place(a, dtype) and _address(a) % ALIGNMENT == 0:
         return a
     out = aligned_empty(a.shape, dtype)
     np.copyto(out, a, casting="unsafe")
