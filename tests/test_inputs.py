@@ -161,3 +161,21 @@ def test_nan_propagates_like_torch(mode, rng):
     np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
     finite = ~np.isnan(expected)
     np.testing.assert_allclose(got[finite], expected[finite], atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["RNN_TANH", "RNN_RELU", "LSTM", "GRU"])
+def test_infinite_state_like_torch(mode, rng):
+    """An infinite initial state: torch's answer has NaN where a gate saturated to 0 met the
+    infinity (a GRU's reset gate: 0 * inf), so the fast sigmoid must be exactly 0 there too."""
+    ref, ours = torch_twin(mode, I, H)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    h = np.zeros((1, B, H), np.float32)
+    h[0, 0, 0], h[0, 2, 3] = np.inf, -np.inf
+    hx = (h, np.zeros_like(h)) if mode == "LSTM" else h
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(x), tuple(map(torch.from_numpy, hx)) if mode == "LSTM"
+                       else torch.from_numpy(h))[0].numpy()
+    got = ours(x, hx)[0].numpy()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    finite = ~np.isnan(expected)
+    np.testing.assert_allclose(got[finite], expected[finite], atol=2e-5, rtol=0)

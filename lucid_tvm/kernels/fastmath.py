@@ -13,8 +13,10 @@ dependent operations; up to 5% off a small layer's step, ``docs/design.md``). Th
 coefficients come from ``scripts/fit_fastmath.py`` (near-minimax relative error):
 
 - sigmoid: ``1 / (1 + exp(-x))``. exp: ``x = n ln2 + r`` with ``|r| <= ln2 / 2``, a degree-5
-  polynomial in r (7.5e-8), and ``2^n`` built in the exponent bits. x is clamped to [-87, 88] so
-  2^n stays a normal float, which only matters where sigmoid is below 1e-38.
+  polynomial in r (7.5e-8), and ``2^n`` built in the exponent bits. x is clamped to [-87, 89]:
+  at -87, 2^n stays a normal float; at 89, n is 128, whose exponent bits are those of +inf, so
+  sigmoid is exactly 0 from -88.4 down (where its true value is subnormal) as torch's is, and
+  ``sigmoid(-inf) * inf`` is NaN as in torch (a GRU's reset gate on an infinite state).
 - tanh: ``x p(x^2) / q(x^2)`` with p of degree 5 and q of degree 3 (8.9e-8) for ``|x| <= 8``,
   and +-1 beyond (``1 - tanh(8)`` is 2.3e-7). Odd, so -0 stays -0.
 """
@@ -88,7 +90,7 @@ def _exp32(x):
 
         return let(tirx.floor(x * _f(_LOG2E) + _f(0.5)), split)
 
-    return let(tirx.max(tirx.min(x, _f(88.0)), _f(-87.0)), clamped)
+    return let(tirx.max(tirx.min(x, _f(89.0)), _f(-87.0)), clamped)
 
 
 def sigmoid(x):
