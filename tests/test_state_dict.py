@@ -44,6 +44,19 @@ def test_wrong_keys_and_shapes_are_named():
     assert "layers.0.weight_hh" in missing and unexpected == []
 
 
+def test_wrongly_shaped_data_is_named_at_the_next_call():
+    """``param.data = array`` takes any shape (as torch's does); the next call says which."""
+    cell, x = nn.GRUCell(4, 3), np.ones((2, 4), np.float32)
+    cell(x)
+    cell.weight_hh.data = np.ones((9, 7), np.float32)
+    with pytest.raises(ValueError, match=r"GRUCell\(4, 3\): expected weight_hh of shape \(9, 3\), got \(9, 7\)"):
+        cell(x)
+    stacked = nn.LSTM(4, 3, num_layers=2)
+    stacked.layers[1].bias_ih = nn.Parameter(np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match=r"LSTMCell\(3, 3\): expected bias_ih of shape \(12,\), got \(3,\)"):
+        stacked(np.ones((5, 2, 4), np.float32))
+
+
 def test_module_plumbing():
     m = nn.LSTM(3, 4, num_layers=2, bias=False)
     assert isinstance(m.layers, nn.ModuleList) and len(m.layers) == 2

@@ -90,10 +90,22 @@ class _Cell(Module):
         key = (kernel, w_ih, w_ih.version, w_hh, w_hh.version, b_ih, b_hh,
                None if b_ih is None else b_ih.version, None if b_hh is None else b_hh.version)
         if key != self._packed_key:  # new parameters, new data or a new kernel: repack
+            self._check_parameter_shapes()
             self._packed = kernel.pack(w_ih.data, w_hh.data, None if b_ih is None else b_ih.data,
                                        None if b_hh is None else b_hh.data)
             self._packed_key = key
         return self._packed
+
+    def _check_parameter_shapes(self):
+        """``param.data = array`` takes any shape; a wrong one is caught here, before packing."""
+        gates = NUM_GATES[self.mode] * self.hidden_size
+        expected = {"weight_ih": (gates, self.input_size), "weight_hh": (gates, self.hidden_size),
+                    "bias_ih": (gates,), "bias_hh": (gates,)}
+        for name, shape in expected.items():
+            param = self._parameters.get(name)
+            if param is not None and param.data.shape != shape:
+                raise ValueError(f"{type(self).__name__}({self.input_size}, {self.hidden_size}): expected "
+                                 f"{name} of shape {shape}, got {param.data.shape}")
 
     def run_sequence(self, x, h0, c0, y, yoff=0, reverse=False, hn=None, cn=None):
         """Run over ``x`` (T, B, I); see :meth:`lucid_tvm.runtime.LayerKernel.run`. The kernel and
