@@ -76,6 +76,25 @@ def test_module_plumbing():
     assert out.dtype == np.float64
 
 
+def test_to_takes_dtypes_and_devices_as_torch_and_lucid_do():
+    m = nn.GRU(3, 4)
+    assert m.to("cpu") is m and m.to(torch.device("cpu")) is m and m.to("cuda:0") is m and m.to("gpu") is m
+    assert m.layers[0].weight_ih.dtype == np.float32  # a device changes nothing
+    for dtype, expected in [(torch.float64, np.float64), ("float32", np.float32), (np.float64, np.float64)]:
+        assert m.to(dtype) is m and all(p.dtype == expected for p in m.parameters())
+    m.to("cpu", torch.float32)
+    assert all(p.dtype == np.float32 for p in m.parameters())
+    m.to(device="cpu", dtype="float64")
+    assert all(p.dtype == np.float64 for p in m.parameters())
+    for bad in [torch.float16, np.int32, "float16", 3]:
+        with pytest.raises(TypeError, match="expected a dtype float32 or float64"):
+            m.to(bad)
+    with pytest.raises(TypeError, match="a dtype and/or a device"):
+        m.to("cpu", "float32", "float64")
+    with pytest.raises(ValueError, match="expected a device"):
+        m.to(device="tpu")
+
+
 @pytest.mark.parametrize("make,shape", [(lambda: nn.GRU(3, 4, num_layers=2), (5, 2, 3)),
                                         (lambda: nn.LSTMCell(3, 4), (2, 3))], ids=["GRU", "LSTMCell"])
 def test_copies_and_pickles_after_a_call(make, shape, rng):

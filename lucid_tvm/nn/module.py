@@ -1,10 +1,19 @@
 """Module, Parameter and ModuleList: the parts of lucid.nn / torch.nn the recurrent layers need."""
 
+import re
 from collections import OrderedDict
 
 import numpy as np
 
 from ..tensor import Tensor, to_numpy
+
+
+def _device_name(value):
+    """"cpu", "cuda" or "gpu" for a device given as a string or a torch.device; None otherwise."""
+    name = getattr(value, "type", value) if type(value).__module__ == "torch" else value
+    if isinstance(name, str) and re.fullmatch(r"(cpu|gpu|cuda)(:\d+)?", name):
+        return name.split(":")[0]
+    return None
 
 
 class Parameter(Tensor):
@@ -125,11 +134,30 @@ class Module:
     def eval(self):
         return self.train(False)
 
-    def to(self, dtype):
-        """Cast every parameter to ``dtype`` (float32 or float64)."""
-        dtype = np.dtype(dtype)
+    def to(self, *args, dtype=None, device=None):
+        """torch's and lucid's ``to``: a dtype (float32 or float64, as numpy's, torch's or a name)
+        casts every parameter; a device ("cpu", "cuda", "cuda:N", "gpu" or a torch.device) changes
+        nothing, since parameters stay host arrays and each call runs where its input lives (CUDA
+        torch tensors on the GPU kernels, which keep their own copy of the weights)."""
+        owner = f"{type(self).__name__}.to"
+        for arg in args:
+            if _device_name(arg) is not None:
+                device = arg
+            elif dtype is None:
+                dtype = arg
+            else:
+                raise TypeError(f"{owner}: expected a dtype and/or a device, got {args!r}")
+        if device is not None and _device_name(device) is None:
+            raise ValueError(f"{owner}: expected a device 'cpu', 'cuda', 'cuda:N' or 'gpu', got {device!r}")
+        if dtype is None:
+            return self
+        given = dtype
+        try:  # torch.float64 -> "float64"
+            dtype = np.dtype(str(dtype).removeprefix("torch.") if type(dtype).__module__ == "torch" else dtype)
+        except TypeError:
+            dtype = None
         if dtype not in (np.float32, np.float64):
-            raise TypeError(f"{type(self).__name__}.to: expected float32 or float64, got {dtype}")
+            raise TypeError(f"{owner}: expected a dtype float32 or float64 (or a device), got {given!r}")
         for module in self.modules():
             for name, param in module._parameters.items():
                 if param is not None:
