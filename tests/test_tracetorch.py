@@ -146,6 +146,40 @@ def test_replaced_linear_is_used(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_replaced_linear_without_bias_matches(kind):
+    """A Linear replaced by one without a bias works as in tracetorch, gradients included."""
+    ref, ours, _ = twins_after_a_step(kind)
+    for name, module in ref.named_children():
+        replacement = torch.nn.Linear(module.in_features, module.out_features, bias=False)
+        setattr(ref, name, replacement)
+        setattr(ours, name, copy.deepcopy(replacement))
+    x = torch.randn(2, IN, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    (ours(x) ** 2).sum().backward()
+    (ref(x_ref) ** 2).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-5, rtol=0)
+    for (name, a), (_, b) in zip(ours.named_parameters(), ref.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_linear_of_other_sizes_is_named(kind):
+    """tracetorch fails in torch's matmul, or silently where only the output is wider."""
+    _, ours, x = twins_after_a_step(kind)
+    name, module = next(iter(ours.named_children()))
+    setattr(ours, name, torch.nn.Linear(module.in_features, module.out_features + 2))
+    with pytest.raises(ValueError, match=rf"{name}: expected a Linear\({module.in_features}, "
+                                         rf"{module.out_features}\), got weight \({module.out_features + 2}, "):
+        ours(x)
+    setattr(ours, name, module)
+    ours(x)  # the right one again
+    with torch.no_grad():
+        module.weight = torch.nn.Parameter(torch.zeros(module.out_features, module.in_features + 1))
+    with pytest.raises(ValueError, match=rf"got weight \({module.out_features}, {module.in_features + 1}\)"):
+        ours(x)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_gradients_through_time_match(kind):
     """BPTT over several calls, a detach_states truncation, and optimizer steps in between."""
     ref, ours = twins(kind)

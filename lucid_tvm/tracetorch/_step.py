@@ -12,19 +12,29 @@ import numpy as np
 from ..runtime import Functions, aligned, aligned_empty, gemm
 
 
+# Each kind's Linear modules over cat([H, x]), by their outputs in hidden sizes.
+LINEAR_OUTPUTS = {"SimpleRNN": (1,), "LSTM": (4,), "GRU": (2, 1)}
+
+
 class _PackedLinear:
     """A torch Linear's weights packed for the forward GEMM (W) and, on the first backward, for
-    the input-gradient GEMM (W^T): inference never compiles or packs the backward's kernels."""
+    the input-gradient GEMM (W^T): inference never compiles or packs the backward's kernels.
+    ``what`` names the Linear in errors; ``shape`` is the (out, in) its weight must have."""
 
-    def __init__(self, linear, dtype):
-        self.linear, self.dtype, self._key = linear, dtype, None
-        self.forward_gemm = gemm(linear.weight.shape[0], dtype)
+    def __init__(self, linear, dtype, what, shape):
+        self.linear, self.dtype, self.what, self.shape, self._key = linear, dtype, what, shape, None
+        self.forward_gemm = gemm(shape[0], dtype)
 
     def packed(self):
         w, b = self.linear.weight, self.linear.bias
-        key = (w.data_ptr(), w._version, b.data_ptr(), b._version)
+        key = (w.data_ptr(), w._version, None if b is None else (b.data_ptr(), b._version))
         if key != self._key:
-            self.forward = self.forward_gemm.pack(w.detach().numpy(), b.detach().numpy())
+            # A Linear replaced by one of other sizes, or given other weights: tracetorch fails
+            # in torch's matmul, or not at all where only the output is wider; we say which.
+            if tuple(w.shape) != self.shape or (b is not None and tuple(b.shape) != self.shape[:1]):
+                raise ValueError(f"{self.what}: expected a Linear({self.shape[1]}, {self.shape[0]}), got weight "
+                                 f"{tuple(w.shape)}" + ("" if b is None else f" and bias {tuple(b.shape)}"))
+            self.forward = self.forward_gemm.pack(w.detach().numpy(), None if b is None else b.detach().numpy())
             self.transposed = None
             self._key = key
         return self
@@ -39,27 +49,29 @@ class _PackedLinear:
         return input_grad_gemm(dpre, self.transposed)[:, :input_grad_gemm.output_size]
 
     def weight_grad(self, dpre, inputs):
-        """(dW, db) from dpre (B, out) and the Linear's inputs (B, in)."""
+        """(dW, db) from dpre (B, out) and the Linear's inputs (B, in); db is None without a bias."""
         batch, width = inputs.shape
         ones = np.ones((batch, 1), self.dtype)
         extended = np.concatenate([inputs, ones], axis=1)  # the last column yields db
         wgemm = gemm(width + 1, self.dtype)
         full = wgemm(dpre.T, wgemm.pack(extended.T))  # the GEMM makes its input contiguous
-        return full[:, :width], full[:, width]
+        return full[:, :width], None if self.linear.bias is None else full[:, width]
 
 
 class StepEngine:
     """Forward and backward of one tracetorch layer kind for fixed sizes and dtype."""
 
     def __init__(self, kind, linears, in_features, out_features, dtype):
+        """``linears``: name -> torch Linear, in the order of ``LINEAR_OUTPUTS[kind]``."""
         self.kind, self.dtype = kind, dtype
         self.hidden = out_features
-        self.linears = [_PackedLinear(linear, dtype) for linear in linears]
+        self.linears = [_PackedLinear(linear, dtype, f"{kind}.{name}", (k * out_features, in_features + out_features))
+                        for (name, linear), k in zip(linears.items(), LINEAR_OUTPUTS[kind])]
         self.fns = Functions(("tracetorch", kind, out_features, in_features, dtype))
 
     def runs(self, linears):
         """Whether this engine computes with these Linear modules (not ones since replaced)."""
-        return all(packed.linear is linear for packed, linear in zip(self.linears, linears))
+        return all(packed.linear is linear for packed, linear in zip(self.linears, linears.values()))
 
     def _empty(self, batch, width=None):
         return aligned_empty((batch, width or self.hidden), self.dtype)

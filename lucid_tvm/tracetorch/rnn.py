@@ -32,7 +32,8 @@ class _Step(torch.autograd.Function):
         grads = [None, torch.from_numpy(np.ascontiguousarray(dx)), torch.from_numpy(np.ascontiguousarray(dh_prev)),
                  None if dc_prev is None else torch.from_numpy(dc_prev)]
         for dw, db in weight_grads:
-            grads += [torch.from_numpy(np.ascontiguousarray(dw)), torch.from_numpy(np.ascontiguousarray(db))]
+            grads += [torch.from_numpy(np.ascontiguousarray(dw)),
+                      None if db is None else torch.from_numpy(np.ascontiguousarray(db))]
         return tuple(grads)
 
 
@@ -52,11 +53,11 @@ class _CompiledLayer(Layer):
         return {**super().__getstate__(), "_engines": {}}
 
     def _linears(self):
-        raise NotImplementedError
+        """name -> Linear, in the order the kernels take them (``_step.LINEAR_OUTPUTS``)."""
+        return {name: getattr(self, name) for name in self.linear_names}
 
-    def _engine(self, dtype):
+    def _engine(self, dtype, linears):
         name = np.dtype(str(dtype).replace("torch.", "")).name
-        linears = self._linears()
         engine = self._engines.get(name)
         if engine is None or not engine.runs(linears):  # new, or a Linear was replaced since
             engine = self._engines[name] = StepEngine(self.kind, linears, self.in_features,
@@ -93,16 +94,17 @@ class _CompiledLayer(Layer):
             if list(state.shape) != expected:
                 raise ValueError(f"{owner}: state {name} has shape {tuple(state.shape)} but this input "
                                  f"needs {tuple(expected)}; call zero_states() before changing the batch")
-        weight = self._linears()[0].weight
+        linears = self._linears()
+        weight = linears[self.linear_names[0]].weight
         lead = self._to_working_dim(x).shape[:-1]
         x2 = self._to_working_dim(x).reshape(-1, self.in_features).to(weight.dtype)
         s2 = [self._to_working_dim(s).reshape(-1, self.num_neurons).to(weight.dtype) for s in states]
-        engine = self._engine(weight.dtype)
-        params = [p for linear in self._linears() for p in (linear.weight, linear.bias)]
+        engine = self._engine(weight.dtype, linears)
+        params = [p for linear in linears.values() for p in (linear.weight, linear.bias)]  # a bias may be None
         c = s2[1] if len(s2) > 1 else None
         # numpy in, numpy out: no graph to record.
         needs_grad = not from_numpy and torch.is_grad_enabled() and any(
-            t.requires_grad for t in [x2, *s2, *params])
+            t is not None and t.requires_grad for t in [x2, *s2, *params])
         if needs_grad:
             outputs = _Step.apply(engine, x2.contiguous(), s2[0].contiguous(),
                                   None if c is None else c.contiguous(), *params)
@@ -122,13 +124,11 @@ class SimpleRNN(_CompiledLayer):
     """``H = tanh(lin(cat[H, x]))``."""
 
     kind = "SimpleRNN"
+    linear_names = ("lin",)
 
     def __init__(self, in_features, out_features, dim=-1):
         super().__init__(in_features, out_features, dim)
         self.lin = nn.Linear(in_features + out_features, out_features)
-
-    def _linears(self):
-        return [self.lin]
 
 
 class LSTM(_CompiledLayer):
@@ -136,13 +136,11 @@ class LSTM(_CompiledLayer):
 
     kind = "LSTM"
     state_names = ("H", "C")
+    linear_names = ("gate_layers",)
 
     def __init__(self, in_features, out_features, dim=-1):
         super().__init__(in_features, out_features, dim)
         self.gate_layers = nn.Linear(in_features + out_features, 4 * out_features)
-
-    def _linears(self):
-        return [self.gate_layers]
 
 
 class GRU(_CompiledLayer):
@@ -150,11 +148,9 @@ class GRU(_CompiledLayer):
     ``H = H * (1 - u) + u * cand``."""
 
     kind = "GRU"
+    linear_names = ("gate_layers", "candidate_layer")
 
     def __init__(self, in_features, out_features, dim=-1):
         super().__init__(in_features, out_features, dim)
         self.gate_layers = nn.Linear(in_features + out_features, 2 * out_features)
         self.candidate_layer = nn.Linear(in_features + out_features, out_features)
-
-    def _linears(self):
-        return [self.gate_layers, self.candidate_layer]
