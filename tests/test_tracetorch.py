@@ -179,6 +179,62 @@ def test_linear_of_other_sizes_is_named(kind):
         ours(x)
 
 
+def gradient_or_refusal(layer, steps, change):
+    """The first parameter's gradient of a loss over ``steps`` calls, ``change(layer, outputs)``
+    run under no_grad after each; or "refused" where autograd finds a saved tensor changed."""
+    outputs = []
+    try:
+        for x in steps:
+            outputs.append(layer(x))
+            with torch.no_grad():
+                change(layer, outputs)
+        sum((y * torch.arange(1.0, OUT + 1)).sum() for y in outputs).backward()
+    except RuntimeError as error:
+        assert "modified by an inplace operation" in str(error)
+        return "refused"
+    return next(layer.parameters()).grad
+
+
+def reset_state(name):
+    def change(layer, outputs):
+        if len(outputs) == 2:
+            getattr(layer, name)[0] = 0  # a finished sequence's state reset in place
+    return change
+
+
+def double_earlier_output(layer, outputs):
+    if len(outputs) == 3:
+        outputs[1].mul_(2)  # after the step that read it
+
+
+CHANGES = {"reset_H": reset_state("H"), "reset_C": reset_state("C"), "double_output": double_earlier_output}
+
+
+@pytest.mark.parametrize("kind,change", [(kind, change) for kind in KINDS for change in ["reset_H", "double_output"]]
+                         + [("LSTM", "reset_C")])
+def test_in_place_state_changes_like_tracetorch(kind, change):
+    """The compiled backward keeps arrays that share memory with some states: an in-place change
+    to one of those is refused where tracetorch's autograd refuses it, and other changes give
+    tracetorch's gradients."""
+    ref, ours = twins(kind)
+    change = CHANGES[change]
+    steps = [torch.randn(2, IN) for _ in range(4)]
+    expected, got = gradient_or_refusal(ref, steps, change), gradient_or_refusal(ours, steps, change)
+    if isinstance(expected, str):
+        assert got == expected
+    else:
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_higher_order_gradients_are_refused(kind):
+    """Not silently dropped: a gradient asked for with its own graph (a gradient penalty)."""
+    _, ours = twins(kind)
+    x = torch.randn(2, IN, requires_grad=True)
+    with pytest.raises(NotImplementedError, match="higher-order gradients"):
+        torch.autograd.grad(ours(x).sum(), x, create_graph=True)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_gradients_through_time_match(kind):
     """BPTT over several calls, a detach_states truncation, and optimizer steps in between."""

@@ -15,6 +15,12 @@ from ..runtime import Functions, aligned, aligned_empty, gemm
 # Each kind's Linear modules over cat([H, x]), by their outputs in hidden sizes.
 LINEAR_OUTPUTS = {"SimpleRNN": (1,), "LSTM": (4,), "GRU": (2, 1)}
 
+# The one torch tensor of a step whose memory the arrays saved for its backward share (the others
+# are copies): the new H, the incoming C, the incoming H. They are those tracetorch's own ops save
+# (tanh's output; C in f * C; H in H * r), so autograd refuses a backward after an in-place change
+# to one of them where it refuses tracetorch's, and other in-place changes leave both right.
+SAVED_STATE = {"SimpleRNN": "h_new", "LSTM": "c", "GRU": "h"}
+
 
 class _PackedLinear:
     """A torch Linear's weights packed for the forward GEMM (W) and, on the first backward, for
@@ -89,7 +95,10 @@ class StepEngine:
         if self.kind == "LSTM":
             c_new, acts = self._empty(batch), self._empty(batch, 4 * self.hidden)
             self.fns.forward(pre, aligned(c, self.dtype), h_new, c_new, acts)
-            return h_new, c_new, (hx, aligned(c, self.dtype), c_new, acts)
+            # c_new is the new C state, which the caller may change in place (a reset): a copy.
+            c_kept = self._empty(batch)
+            np.copyto(c_kept, c_new)
+            return h_new, c_new, (hx, aligned(c, self.dtype), c_kept, acts)
         h = aligned(h, self.dtype)
         ru, rhx = self._empty(batch, 2 * self.hidden), self._empty(batch, hx.shape[1])
         self.fns.forward_gates(pre, h, aligned(x, self.dtype), ru, rhx)

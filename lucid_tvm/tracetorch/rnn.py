@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from . import core
-from ._step import StepEngine
+from ._step import SAVED_STATE, StepEngine
 
 
 class Layer(core.Layer):
@@ -20,13 +20,17 @@ class _Step(torch.autograd.Function):
     def forward(ctx, engine, x, h, c, *params):
         h_new, c_new, saved = engine.forward(x.numpy(), h.numpy(), None if c is None else c.numpy())
         ctx.engine, ctx.saved, ctx.has_cell = engine, saved, c is not None
-        if c is None:
-            return torch.from_numpy(h_new)
-        return torch.from_numpy(h_new), torch.from_numpy(c_new)
+        outputs = (torch.from_numpy(h_new),) if c is None else (torch.from_numpy(h_new), torch.from_numpy(c_new))
+        # ``saved`` shares this tensor's memory: saved here too, autograd checks it for in-place changes.
+        ctx.save_for_backward({"h": h, "c": c, "h_new": outputs[0]}[SAVED_STATE[engine.kind]])
+        return outputs if c is not None else outputs[0]
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, dh, dc=None):
+        if torch.is_grad_enabled():  # create_graph=True: the gradient's own graph is asked for
+            raise NotImplementedError(f"tracetorch {ctx.engine.kind}: higher-order gradients (create_graph=True) "
+                                      f"are not supported by the compiled layers")
+        ctx.saved_tensors  # raises if the tensor saved in forward was changed in place since
         dc = None if dc is None else dc.contiguous().numpy()
         dx, dh_prev, dc_prev, weight_grads = ctx.engine.backward(ctx.saved, dh.contiguous().numpy(), dc)
         grads = [None, torch.from_numpy(np.ascontiguousarray(dx)), torch.from_numpy(np.ascontiguousarray(dh_prev)),
