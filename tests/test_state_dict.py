@@ -76,6 +76,14 @@ def test_module_plumbing():
     assert out.dtype == np.float64
 
 
+@pytest.mark.parametrize("flag,value", [("bias", "False"), ("bias", 0), ("batch_first", 1), ("batch_first", "no")])
+def test_non_bool_flags_are_type_errors_as_in_torch(flag, value):
+    with pytest.raises(TypeError, match=f"{flag} should be of type bool"):
+        torch.nn.LSTM(3, 4, **{flag: value})
+    with pytest.raises(TypeError, match=f"LSTM: {flag} must be a bool, got"):
+        nn.LSTM(3, 4, **{flag: value})
+
+
 def test_to_takes_dtypes_and_devices_as_torch_and_lucid_do():
     m = nn.GRU(3, 4)
     assert m.to("cpu") is m and m.to(torch.device("cpu")) is m and m.to("cuda:0") is m and m.to("gpu") is m

@@ -198,8 +198,10 @@ class RNNBase(Module):
         self.input_size = _check_size(name, "input_size", input_size)
         self.hidden_size = _check_size(name, "hidden_size", hidden_size)
         self.num_layers = _check_size(name, "num_layers", num_layers)
-        self.bias = bool(bias)
-        self.batch_first = bool(batch_first)
+        for flag, value in (("bias", bias), ("batch_first", batch_first)):  # as torch checks them
+            if not isinstance(value, bool):
+                raise TypeError(f"{name}: {flag} must be a bool, got {type(value).__name__} {value!r}")
+        self.bias, self.batch_first = bias, batch_first
         if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout <= 1:
             raise ValueError(f"{name}: dropout must be a number in [0, 1], got {dropout!r}")
         self.dropout = float(dropout)
