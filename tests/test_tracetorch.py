@@ -50,7 +50,9 @@ def test_steps_match_tracetorch(kind, dim, shape):
     with torch.no_grad():
         for _ in range(5):
             x = torch.randn(shape)
-            torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=0)
+            got, expected = ours(x), ref(x)
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+            assert got.stride() == expected.stride()  # a layout that .view() can rely on
             assert_states_equal(ours, ref)
 
 

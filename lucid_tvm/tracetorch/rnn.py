@@ -44,6 +44,9 @@ class _Step(torch.autograd.Function):
 class _CompiledLayer(Layer):
     kind = None  # "SimpleRNN", "LSTM" or "GRU"
     state_names = ("H",)
+    # With dim not last, tracetorch's states are views in its working layout (the last axis moved),
+    # except GRU's: its last operation, H * (1 - u) + u * cand, takes H's layout, the input's.
+    contiguous_states = False
 
     def __init__(self, in_features, out_features, dim=-1):
         super().__init__(out_features, dim)
@@ -119,7 +122,8 @@ class _CompiledLayer(Layer):
             outputs = torch.from_numpy(h_new) if c is None else (torch.from_numpy(h_new), torch.from_numpy(c_new))
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
         for name, value in zip(self.state_names, outputs):
-            setattr(self, name, self._from_working_dim(value.reshape(*lead, self.num_neurons)))
+            value = self._from_working_dim(value.reshape(*lead, self.num_neurons))
+            setattr(self, name, value.contiguous() if self.contiguous_states else value)
         # The states stay tensors, as the state methods of ``core`` expect; numpy in, numpy out.
         return self.H.numpy() if from_numpy else self.H
 
@@ -153,6 +157,7 @@ class GRU(_CompiledLayer):
 
     kind = "GRU"
     linear_names = ("gate_layers", "candidate_layer")
+    contiguous_states = True
 
     def __init__(self, in_features, out_features, dim=-1):
         super().__init__(in_features, out_features, dim)
