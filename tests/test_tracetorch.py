@@ -355,6 +355,50 @@ def test_model_reaches_nested_layers():
     assert not ours.blocks[0].H.requires_grad and not ours.heads["a"].H.requires_grad
 
 
+def _net_with_hooks(lib):
+    """A model holding a custom stateful module (not a Layer) and a nested Model whose
+    zero_states is its own; each counts its calls."""
+
+    class Memory(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def zero_states(self):
+            self.calls.append("zero")
+
+        def detach_states(self):
+            self.calls.append("detach")
+
+    class Inner(lib.Model):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.calls = lib.rnn.GRU(IN, OUT), []
+
+        def zero_states(self):
+            self.calls.append("zero")
+
+    class Net(lib.Model):
+        def __init__(self):
+            super().__init__()
+            self.memory, self.inner = Memory(), Inner()
+            self.spare = [lib.rnn.LSTM(IN, OUT)]
+
+    return Net()
+
+
+def test_model_state_methods_reach_what_tracetorchs_reach():
+    x = torch.randn(2, IN)
+    nets = {lib: _net_with_hooks(lib) for lib in (ref_tt, tt)}
+    for net in nets.values():
+        net.inner.rnn(x), net.spare[0](x)
+        net.zero_states()
+        net.detach_states()
+    for net in nets.values():
+        assert (net.memory.calls, net.inner.calls) == (["zero", "detach"], ["zero"])
+        assert net.inner.rnn.H is None and net.spare[0].C is None  # zeroed beside the override
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_state_dict_round_trips(kind):
     ref, ours = twins(kind)

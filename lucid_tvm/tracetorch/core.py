@@ -73,12 +73,47 @@ class Model(nn.Module):
         return list(_walk_layers(self, "", set()))
 
     def zero_states(self):
-        for _, layer in self._layers():
-            layer.zero_states()
+        self._call_recursive("zero_states")
 
     def detach_states(self):
-        for _, layer in self._layers():
-            layer.detach_states()
+        self._call_recursive("detach_states")
+
+    def _call_recursive(self, method):
+        """tracetorch's walk for the state methods: below this model, call ``method`` on every
+        Layer, on every nested Model whose class overrides it (the override alone), and on any
+        other object that has it (a custom stateful module); go into submodules and into every
+        attribute, containers item by item. This model's own override is not called again: it is
+        what called this (tracetorch's walk recurses forever there)."""
+        seen = {id(self)}
+
+        def visit(obj):
+            if id(obj) in seen:
+                return
+            seen.add(id(obj))
+            if isinstance(obj, Model):
+                own = getattr(type(obj), method, None)
+                if own is not getattr(Model, method):
+                    own(obj)
+            elif callable(getattr(obj, method, None)):
+                getattr(obj, method)()
+            children(obj)
+
+        def children(obj):
+            if isinstance(obj, nn.Module):
+                for child in obj._modules.values():
+                    if child is not None:
+                        visit(child)
+            for value in getattr(obj, "__dict__", {}).values():
+                if isinstance(value, (list, tuple, set)):
+                    for item in value:
+                        visit(item)
+                elif isinstance(value, dict):
+                    for item in value.values():
+                        visit(item)
+                elif value is not None:
+                    visit(value)
+
+        children(self)
 
     def save_states(self):
         """``{"path.H": tensor}`` for every created state, detached copies."""
