@@ -24,6 +24,7 @@ import tvm
 
 from . import __version__, barrier, runtime
 from .files import sha256, write_atomic
+from .tensor import numpy_dtype
 
 # 2: the kernels read the layer's input and write its output in place at any element alignment
 # (format 1 kernels assume 64-byte aligned ones, which the runtime no longer makes: refused).
@@ -72,7 +73,7 @@ def _describe(module):
     if isinstance(module, tt.rnn.Layer):
         config = {"in_features": module.in_features, "out_features": module.out_features, "dim": module.dim}
         dtype = next(module.parameters()).dtype
-        return "tracetorch", name, config, str(dtype).replace("torch.", "")
+        return "tracetorch", name, config, numpy_dtype(dtype).name
     raise TypeError(f"export: expected a lucid_tvm.nn or lucid_tvm.tracetorch recurrent layer, got {name}")
 
 

@@ -107,6 +107,12 @@ def ones(*shape, requires_grad=False, dtype=DEFAULT_DTYPE):
 _NUMPY_FLOATS = ("torch.float16", "torch.float32", "torch.float64")
 
 
+def numpy_dtype(dtype):
+    """numpy's dtype for a numpy dtype, a name, or a torch dtype (``torch.float64``, which numpy
+    does not take); TypeError where numpy has none."""
+    return np.dtype(str(dtype).removeprefix("torch.") if type(dtype).__module__ == "torch" else dtype)
+
+
 def to_numpy(value, what):
     """The numpy array behind ``value`` (no copy where possible); TypeError for anything else.
 

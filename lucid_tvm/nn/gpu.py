@@ -9,7 +9,7 @@ import numpy as np
 import tvm_ffi
 
 from ..runtime import ALIGNMENT, cuda_layer_kernel
-from ..tensor import Tensor
+from ..tensor import Tensor, numpy_dtype
 from . import checks
 
 KDL_CUDA = 2  # DLPack device type of CUDA memory
@@ -57,18 +57,12 @@ def _states(owner, hx, is_lstm, shape, batched, like):
         if value is None:
             states.append(torch.zeros(shape, dtype=like.dtype, device=like.device))
             continue
-        state = _torch_tensor(value, f"{owner} {name}", _dtype_of(like))
+        state = _torch_tensor(value, f"{owner} {name}", numpy_dtype(like.dtype))
         expected = shape if batched else (shape[0], shape[2])
         if tuple(state.shape) != expected:
             raise ValueError(f"{owner}: expected {name} of shape {expected}, got {tuple(state.shape)}")
         states.append(state.reshape(shape))
     return states[0], (states[1] if is_lstm else None)
-
-
-def _dtype_of(tensor):
-    import numpy as np
-
-    return np.dtype(str(tensor.dtype).replace("torch.", ""))
 
 
 def _aligned(tensor):

@@ -5,7 +5,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ..tensor import Tensor, to_numpy
+from ..tensor import Tensor, numpy_dtype, to_numpy
 
 
 def _device_name(value):
@@ -152,8 +152,8 @@ class Module:
         if dtype is None:
             return self
         given = dtype
-        try:  # torch.float64 -> "float64"
-            dtype = np.dtype(str(dtype).removeprefix("torch.") if type(dtype).__module__ == "torch" else dtype)
+        try:
+            dtype = numpy_dtype(dtype)
         except TypeError:
             dtype = None
         if dtype not in (np.float32, np.float64):

@@ -5,6 +5,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..tensor import numpy_dtype
 from . import core
 from ._step import SAVED_STATE, StepEngine
 
@@ -64,7 +65,7 @@ class _CompiledLayer(Layer):
         return {name: getattr(self, name) for name in self.linear_names}
 
     def _engine(self, dtype, linears):
-        name = np.dtype(str(dtype).replace("torch.", "")).name
+        name = numpy_dtype(dtype).name
         engine = self._engines.get(name)
         if engine is None or not engine.runs(linears):  # new, or a Linear was replaced since
             engine = self._engines[name] = StepEngine(self.kind, linears, self.in_features,
