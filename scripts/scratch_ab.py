@@ -62,16 +62,15 @@ def compare(case, calls, directory, builds=builds):
     plan = kernel._plan(batch)
     chunk, _ = plan.fit(steps)
     _, xp_rows, xp_steps = plan.chunk(chunk)
-    x = runtime._dl_io(rng.standard_normal((chunk * batch, hidden)).astype(np.float32))
+    x = rng.standard_normal((chunk * batch, hidden)).astype(np.float32)
     y = np.zeros((chunk, batch, hidden), np.float32)
-    out = runtime._dl_io(y)
     recurrences = [n for n in RECURRENCES if n in kernel.recurrences(batch)]
 
     def project(module, name):
         module[name](x, weights[0], weights[1], xp_rows, 0)
 
     def recur(module, name):
-        module[name](xp_steps, weights[2], weights[3], *plan.state, plan.hp_tensor, out, 0, 0, 0)
+        module[name](xp_steps, weights[2], weights[3], *plan.state, plan.hp_tensor, y, 0, 0, 0)
 
     project(list(modules.values())[-1], "project")  # the "after" build projects the chunk for both
     answers = {}
