@@ -399,6 +399,61 @@ def test_model_state_methods_reach_what_tracetorchs_reach():
         assert net.inner.rnn.H is None and net.spare[0].C is None  # zeroed beside the override
 
 
+def _leaky_net(lib):
+    """A model holding a GRU and a stateful layer of the user's own, written with tracetorch's
+    per-state helpers and counting its TTcompile / TTdecompile calls."""
+
+    class Leaky(lib.core.Layer):
+        def __init__(self):
+            super().__init__(OUT, dim=0)
+            self._initialize_state("V")
+            self.calls = []
+
+        def forward(self, x):
+            self._ensure_state("V", x)
+            self.V = 0.5 * self.V + x
+            return self.V
+
+        def _zero_state(self, name):  # the base's zero_states calls this for each state
+            self.calls.append(f"zero {name}")
+            super()._zero_state(name)
+
+        def TTcompile(self):
+            self.calls.append("compile")
+
+        def TTdecompile(self):
+            self.calls.append("decompile")
+
+    class Net(lib.Model):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.leaky = lib.rnn.GRU(IN, OUT), Leaky()
+
+        def forward(self, x):
+            return self.leaky(self.rnn(x).T)
+
+    torch.manual_seed(0)
+    return Net()
+
+
+def test_layer_helpers_and_compile_calls_like_tracetorchs():
+    x = torch.randn(3, IN)
+    nets = {lib: _leaky_net(lib) for lib in (ref_tt, tt)}
+    nets[tt].load_state_dict(nets[ref_tt].state_dict())
+    outputs = {}
+    for lib, net in nets.items():
+        net.TTcompile()
+        with torch.no_grad():
+            outputs[lib] = [net(x), net(x)]
+        net.TTdecompile()
+        net.leaky._detach_state("V")
+        net.zero_states()
+        assert net.leaky.V is None and net.rnn.H is None
+        assert net.leaky.calls == ["compile", "decompile", "zero V"]
+    for ours, ref in zip(outputs[tt], outputs[ref_tt]):
+        torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_state_dict_round_trips(kind):
     ref, ours = twins(kind)

@@ -19,24 +19,43 @@ class Layer(nn.Module):
         self._state_names.add(state_name)
         setattr(self, state_name, None)
 
+    # One state by name, as tracetorch's subclasses call them, and all states.
+
+    def _ensure_state(self, name, reference):
+        if getattr(self, name) is None:
+            shape = list(reference.shape)
+            shape[self.dim] = self.num_neurons
+            setattr(self, name, torch.zeros(shape, dtype=reference.dtype, device=reference.device))
+
+    def _zero_state(self, name):
+        setattr(self, name, None)
+
+    def _detach_state(self, name):
+        state = getattr(self, name)
+        if state is not None:
+            setattr(self, name, state.detach())
+
     def _ensure_states(self, reference):
         for name in self._state_names:
-            if getattr(self, name) is None:
-                shape = list(reference.shape)
-                shape[self.dim] = self.num_neurons
-                setattr(self, name, torch.zeros(shape, dtype=reference.dtype, device=reference.device))
+            self._ensure_state(name, reference)
 
     def zero_states(self):
         """Forget the states; the next forward creates them anew (a new batch size works then)."""
         for name in self._state_names:
-            setattr(self, name, None)
+            self._zero_state(name)
 
     def detach_states(self):
         """Cut the states from the autograd graph: truncated backpropagation through time."""
         for name in self._state_names:
-            state = getattr(self, name)
-            if state is not None:
-                setattr(self, name, state.detach())
+            self._detach_state(name)
+
+    def TTcompile(self):
+        """Nothing to do. tracetorch's bakes the activation of each parameter registered with its
+        ``_register_parameter`` into a buffer; its recurrent layers register none, and neither do
+        these, whose kernels TVM has compiled already."""
+
+    def TTdecompile(self):
+        """Nothing to do (see :meth:`TTcompile`)."""
 
     def _to_working_dim(self, tensor):
         return tensor.movedim(self.dim, -1)
@@ -77,6 +96,12 @@ class Model(nn.Module):
 
     def detach_states(self):
         self._call_recursive("detach_states")
+
+    def TTcompile(self):
+        self._call_recursive("TTcompile")
+
+    def TTdecompile(self):
+        self._call_recursive("TTdecompile")
 
     def _call_recursive(self, method):
         """tracetorch's walk for the state methods: below this model, call ``method`` on every
