@@ -121,7 +121,7 @@ def to_numpy(value, what):
     if isinstance(value, Tensor):
         array = value.data
     elif isinstance(value, np.ndarray):
-        array = value
+        array = value if type(value) is np.ndarray else np.asarray(value)  # np.matrix is always 2-D
     elif type(value).__module__.startswith("torch"):
         if value.device.type != "cpu":
             raise TypeError(f"{what}: expected a CPU tensor, got a tensor on {value.device}")

@@ -43,6 +43,13 @@ def test_input_kinds_agree(kind, rng):
     assert_close(out, expected)
 
 
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # numpy's, on making a matrix
+def test_numpy_subclass_input(rng):
+    """An np.matrix (always 2-D, its own reshape) is read as the array it holds."""
+    cell, x = lucid.nn.GRUCell(I, H), rng.standard_normal((B, I)).astype(np.float32)
+    np.testing.assert_array_equal(cell(np.asmatrix(x)).numpy(), cell(x).numpy())
+
+
 @pytest.mark.parametrize("offset", [0, 1, 3])  # elements past a 64-byte boundary
 def test_contiguous_input_is_read_in_place(monkeypatch, rng, offset):
     """A C-contiguous float32 input reaches the kernels without a copy, from numpy or torch, at any
