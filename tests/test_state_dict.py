@@ -38,7 +38,7 @@ def test_wrong_keys_and_shapes_are_named():
         ours.load_state_dict({k: v for k, v in sd.items() if k != "bias_hh_l0"})
     with pytest.raises(ValueError, match="unexpected keys.*weight_ih_l0_reverse"):
         ours.load_state_dict({**sd, "weight_ih_l0_reverse": sd["weight_ih_l0"]})
-    with pytest.raises(ValueError, match=r"layers.0.weight_ih.*\(5, 3\).*\(5, 4\)"):
+    with pytest.raises(ValueError, match=r"'weight_ih_l0' expected shape \(5, 3\), got \(5, 4\)"):  # as given
         ours.load_state_dict({**sd, "weight_ih_l0": torch.zeros(5, 4)})
     missing, unexpected = ours.load_state_dict({"weight_ih_l0": sd["weight_ih_l0"]}, strict=False)
     assert "layers.0.weight_hh" in missing and unexpected == []
@@ -55,6 +55,88 @@ def test_wrongly_shaped_data_is_named_at_the_next_call():
     stacked.layers[1].bias_ih = nn.Parameter(np.zeros(3, np.float32))
     with pytest.raises(ValueError, match=r"LSTMCell\(3, 3\): expected bias_ih of shape \(12,\), got \(3,\)"):
         stacked(np.ones((5, 2, 4), np.float32))
+
+
+def test_load_state_dict_reports_keys_as_torch_does():
+    sd = torch.nn.LSTM(4, 3, num_layers=2).state_dict()
+    ours, ref = nn.LSTM(4, 3, num_layers=2), torch.nn.LSTM(4, 3, num_layers=2)
+    # The caller's own spelling for what is unexpected; a layer number with a leading zero is not one.
+    given = {("weight_ih_l01" if k == "weight_ih_l1" else k): v for k, v in sd.items()}
+    given["weight_ih_l2"] = sd["weight_ih_l1"]
+    result, expected = ours.load_state_dict(given, strict=False), ref.load_state_dict(given, strict=False)
+    assert result.unexpected_keys == expected.unexpected_keys == ["weight_ih_l01", "weight_ih_l2"]
+    assert result.missing_keys == ["layers.1.weight_ih"] and expected.missing_keys == ["weight_ih_l1"]
+    missing, unexpected = result  # still a pair
+    assert (missing, unexpected) == (result.missing_keys, result.unexpected_keys)
+
+
+def test_assigning_other_than_a_parameter_is_refused_as_in_torch(rng):
+    x = rng.standard_normal((2, 4)).astype(np.float32)
+    with pytest.raises(TypeError, match="cannot assign"):
+        torch.nn.GRUCell(4, 3).weight_ih = torch.zeros(9, 4)
+    cell = nn.GRUCell(4, 3)
+    before, weights = cell(x).numpy().copy(), dict(cell.state_dict())
+    for value in (np.zeros((9, 4), np.float32), nn.Parameter(np.zeros((9, 4), np.float32)).data,
+                  torch.nn.Parameter(torch.zeros(9, 4))):
+        with pytest.raises(TypeError, match=r"GRUCell: cannot assign \w+ as parameter 'weight_ih' \(a Parameter or "
+                                            r"None; to change its values assign weight_ih.data = array\)"):
+            cell.weight_ih = value
+    stacked = nn.LSTM(4, 3)
+    with pytest.raises(TypeError, match="cannot assign list as submodule 'layers'"):
+        stacked.layers = [nn.LSTMCell(4, 3)]
+    assert isinstance(stacked.layers, nn.ModuleList)
+    assert cell.weight_ih is cell._parameters["weight_ih"] and cell.state_dict().keys() == weights.keys()
+    np.testing.assert_array_equal(cell(x).numpy(), before)
+
+
+def test_to_keeps_the_parameter_objects_as_torch_does(rng):
+    ref, ours = torch.nn.GRU(4, 3), nn.GRU(4, 3)
+    ours.load_state_dict(ref.state_dict())
+    held_ref, held = list(ref.parameters()), list(ours.parameters())
+    ref.double(), ours.double()
+    assert all(a is b for a, b in zip(held, ours.parameters()))
+    assert all(a is b for a, b in zip(held_ref, ref.parameters()))
+    new = rng.standard_normal(held_ref[1].shape)
+    held_ref[1].data = torch.from_numpy(new)
+    held[1].data = new  # a held reference still drives the layer
+    x = rng.standard_normal((6, 2, 4))
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_allclose(ours(x)[0].numpy(), expected, atol=1e-10, rtol=0)
+    a, b = nn.GRUCell(4, 3), nn.GRUCell(4, 3)
+    b.weight_hh = a.weight_hh
+    a.double(), b.double()
+    assert a.weight_hh is b.weight_hh and a.weight_hh.dtype == np.float64  # still shared
+    assert ours.to(torch.zeros(1)) is ours and ours.dtype == np.float32  # torch's to(other): other's dtype
+    assert ours.to(np.zeros(1)).dtype == np.float64
+
+
+def test_parameters_of_another_dtype_are_named(rng):
+    x = rng.standard_normal((5, 2, 4)).astype(np.float32)
+    for which in (0, 1):
+        stacked = nn.GRU(4, 3, num_layers=2)
+        stacked(x)
+        stacked.layers[which].double()
+        with pytest.raises(TypeError, match=r"GRUCell\(3, 3\): its parameters are float(32|64) but its input "
+                                            r"is float(32|64) from the layer before; the layers of a module share one dtype"):
+            stacked(x)
+        stacked.layers[which].float()
+        stacked(x)
+    cell = nn.LSTMCell(4, 3)
+    cell.weight_hh = nn.Parameter(cell.weight_hh.data.astype(np.float64))
+    with pytest.raises(TypeError, match=r"LSTMCell\(4, 3\): weight_hh is float64 where weight_ih is float32"):
+        cell(x[0])
+
+
+def test_parameter_data_takes_torch_parameters(rng):
+    ref, ours = torch.nn.LSTM(4, 3), nn.LSTM(4, 3)
+    for name, param in ref.named_parameters():  # each requires grad
+        getattr(ours.layers[0], name[:-3]).data = param
+    x = rng.standard_normal((5, 2, 4)).astype(np.float32)
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_allclose(ours(x)[0].numpy(), expected, atol=2e-5, rtol=0)
+    assert ours.flatten_parameters() is None  # torch code calls it; nothing to do here
 
 
 def test_module_plumbing():

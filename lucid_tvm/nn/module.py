@@ -1,7 +1,7 @@
 """Module, Parameter and ModuleList: the parts of lucid.nn / torch.nn the recurrent layers need."""
 
 import re
-from collections import OrderedDict
+from collections import OrderedDict, namedtuple
 
 import numpy as np
 
@@ -14,6 +14,17 @@ def _device_name(value):
     if isinstance(name, str) and re.fullmatch(r"(cpu|gpu|cuda)(:\d+)?", name):
         return name.split(":")[0]
     return None
+
+
+def _tensor_dtype(value):
+    """The dtype of an array or tensor (numpy, lucid_tvm or torch); None for anything else."""
+    if isinstance(value, (np.ndarray, Tensor)) or (type(value).__module__.startswith("torch")
+                                                   and hasattr(value, "shape")):
+        return value.dtype
+    return None
+
+
+IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
 
 class Parameter(Tensor):
@@ -36,7 +47,12 @@ class Parameter(Tensor):
     @data.setter
     def data(self, value):
         old = self.__dict__.get("_data")
-        array = np.array(value, dtype=None if old is None else old.dtype)  # a copy the module owns
+        if type(value).__module__.startswith("torch"):  # detached (a torch Parameter requires grad)
+            value = to_numpy(value, "Parameter.data")
+        self._set(np.array(value, dtype=None if old is None else old.dtype))  # a copy the module owns
+
+    def _set(self, array):
+        """Make ``array``, which this Parameter then owns, its data (of any dtype)."""
         array.flags.writeable = False
         self._data = array
         self.version += 1
@@ -58,6 +74,13 @@ class Module:
             Parameter.writes += 1
         elif isinstance(value, Module):
             self._modules[name] = value
+        elif name in self.__dict__.get("_parameters", ()) or name in self.__dict__.get("_modules", ()):
+            # Set as a plain attribute it would hide the registered one from reads only: the
+            # layer, state_dict() and parameters() would go on with the old one (torch refuses too).
+            kind, expected = (("parameter", "a Parameter or None; to change its values assign "
+                               f"{name}.data = array") if name in self._parameters else ("submodule", "a Module"))
+            raise TypeError(f"{type(self).__name__}: cannot assign {type(value).__name__} as {kind} {name!r} "
+                            f"({expected})")
         else:
             object.__setattr__(self, name, value)
 
@@ -101,30 +124,34 @@ class Module:
     def state_dict(self):
         return OrderedDict((name, param.data) for name, param in self.named_parameters())
 
-    def _state_dict_keys(self, state_dict):
-        """Hook for modules that also accept other key spellings (see RNNBase)."""
-        return state_dict
+    def _own_key(self, key):
+        """The name in :meth:`state_dict` of a key given to :meth:`load_state_dict`: a hook for
+        modules that also accept other spellings (see RNNBase)."""
+        return key
 
     def load_state_dict(self, state_dict, strict=True):
-        state_dict = self._state_dict_keys(dict(state_dict))
+        """Copy the values of ``state_dict`` into the parameters; returns torch's
+        ``(missing_keys, unexpected_keys)``, the unexpected ones as the caller spelled them."""
+        given = {self._own_key(key): key for key in state_dict}
         own = dict(self.named_parameters())
-        missing = [key for key in own if key not in state_dict]
-        unexpected = [key for key in state_dict if key not in own]
+        missing = [key for key in own if key not in given]
+        unexpected = [original for key, original in given.items() if key not in own]
         if strict and (missing or unexpected):
             raise ValueError(f"{type(self).__name__}.load_state_dict: missing keys {missing}, "
                              f"unexpected keys {unexpected}")
         updates = {}
         for key, param in own.items():
-            if key not in state_dict:
+            if key not in given:
                 continue
-            value = to_numpy(state_dict[key], f"{type(self).__name__}.load_state_dict[{key!r}]")
+            original = given[key]
+            value = to_numpy(state_dict[original], f"{type(self).__name__}.load_state_dict[{original!r}]")
             if value.shape != param.shape:
-                raise ValueError(f"{type(self).__name__}.load_state_dict: {key!r} expected shape "
+                raise ValueError(f"{type(self).__name__}.load_state_dict: {original!r} expected shape "
                                  f"{param.shape}, got {value.shape}")
             updates[key] = value
         for key, value in updates.items():  # all checked first: a failed load changes nothing
             own[key].data = value
-        return missing, unexpected
+        return IncompatibleKeys(missing, unexpected)
 
     def train(self, mode=True):
         for module in self.modules():
@@ -144,7 +171,8 @@ class Module:
             if _device_name(arg) is not None:
                 device = arg
             elif dtype is None:
-                dtype = arg
+                of_tensor = _tensor_dtype(arg)  # torch's to(other): other's dtype
+                dtype = arg if of_tensor is None else of_tensor
             else:
                 raise TypeError(f"{owner}: expected a dtype and/or a device, got {args!r}")
         if device is not None and _device_name(device) is None:
@@ -158,11 +186,11 @@ class Module:
             dtype = None
         if dtype not in (np.float32, np.float64):
             raise TypeError(f"{owner}: expected a dtype float32 or float64 (or a device), got {given!r}")
-        for module in self.modules():
-            for name, param in module._parameters.items():
-                if param is not None:
-                    module._parameters[name] = Parameter(param.data.astype(dtype),
-                                                         requires_grad=param.requires_grad)
+        # The same Parameters with new data, as torch does: references held to them (and
+        # parameters shared between modules) keep working.
+        for param in self.parameters():
+            if param.data.dtype != dtype:
+                param._set(param.data.astype(dtype))
         return self
 
     def float(self):

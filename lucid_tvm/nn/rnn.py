@@ -90,22 +90,26 @@ class _Cell(Module):
         key = (kernel, w_ih, w_ih.version, w_hh, w_hh.version, b_ih, b_hh,
                None if b_ih is None else b_ih.version, None if b_hh is None else b_hh.version)
         if key != self._packed_key:  # new parameters, new data or a new kernel: repack
-            self._check_parameter_shapes()
+            self._check_parameters()
             self._packed = kernel.pack(w_ih.data, w_hh.data, None if b_ih is None else b_ih.data,
                                        None if b_hh is None else b_hh.data)
             self._packed_key = key
         return self._packed
 
-    def _check_parameter_shapes(self):
-        """``param.data = array`` takes any shape; a wrong one is caught here, before packing."""
+    def _check_parameters(self):
+        """``param.data = array`` takes any shape, and an assigned Parameter any dtype; a wrong
+        shape, or a dtype other than ``weight_ih``'s (the kernel's), is caught here, before packing."""
         gates = NUM_GATES[self.mode] * self.hidden_size
         expected = {"weight_ih": (gates, self.input_size), "weight_hh": (gates, self.hidden_size),
                     "bias_ih": (gates,), "bias_hh": (gates,)}
+        owner = f"{type(self).__name__}({self.input_size}, {self.hidden_size})"
         for name, shape in expected.items():
             param = self._parameters.get(name)
             if param is not None and param.data.shape != shape:
-                raise ValueError(f"{type(self).__name__}({self.input_size}, {self.hidden_size}): expected "
-                                 f"{name} of shape {shape}, got {param.data.shape}")
+                raise ValueError(f"{owner}: expected {name} of shape {shape}, got {param.data.shape}")
+            if param is not None and param.data.dtype != self.dtype:
+                raise TypeError(f"{owner}: {name} is {param.data.dtype} where weight_ih is {self.dtype}; "
+                                f"a cell's parameters share one dtype (cast them together with .to())")
 
     def run_sequence(self, x, h0, c0, y, yoff=0, reverse=False, hn=None, cn=None):
         """Run over ``x`` (T, B, I); see :meth:`lucid_tvm.runtime.LayerKernel.run`. The kernel and
@@ -113,6 +117,10 @@ class _Cell(Module):
         registration (two integers to compare on every call of a small layer)."""
         now = (Parameter.writes, registry_generation())
         if self._prepared_at != now:
+            if x.dtype != self.dtype:  # from the layer before, of another dtype (one parameter write made it so)
+                raise TypeError(f"{type(self).__name__}({self.input_size}, {self.hidden_size}): its parameters "
+                                f"are {self.dtype} but its input is {x.dtype} from the layer before; the layers "
+                                f"of a module share one dtype (cast the module with .to(), .float() or .double())")
             kernel = self._kernel()
             self._prepared, self._prepared_at = (kernel, self._packed_weights(kernel)), now
         kernel, packed = self._prepared
@@ -176,7 +184,7 @@ class GRUCell(_Cell):
     mode = "GRU"
 
 
-_FLAT_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)(_reverse)?$")
+_FLAT_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh)_l(0|[1-9]\d*)(_reverse)?$")
 
 
 class RNNBase(Module):
@@ -223,6 +231,10 @@ class RNNBase(Module):
                     cells.append(RNNCell(layer_input, self.hidden_size, self.bias, self.nonlinearity))
         self.layers = ModuleList(cells)
 
+    def flatten_parameters(self):
+        """Nothing to do: torch's packs its weights for cuDNN here; these pack theirs for their
+        kernels on the first call after a change. (Kept so that torch code calling it runs.)"""
+
     @property
     def num_directions(self):
         return 2 if self.bidirectional else 1
@@ -241,16 +253,13 @@ class RNNBase(Module):
                 options.append(f"{key}={getattr(self, key)}")
         return ", ".join(options)
 
-    def _state_dict_keys(self, state_dict):
+    def _own_key(self, key):
         """Accept PyTorch's / lucid 3.x flat keys (``weight_ih_l0``, ``bias_hh_l1_reverse``)."""
-        out = {}
-        for key, value in state_dict.items():
-            match = _FLAT_KEY.match(key)
-            if match and (self.bidirectional or not match.group(3)):
-                name, layer, reverse = match.group(1), int(match.group(2)), bool(match.group(3))
-                key = f"layers.{layer * self.num_directions + reverse}.{name}"
-            out[key] = value
-        return out
+        match = _FLAT_KEY.match(key)
+        if match and (self.bidirectional or not match.group(3)):
+            name, layer, reverse = match.group(1), int(match.group(2)), bool(match.group(3))
+            return f"layers.{layer * self.num_directions + reverse}.{name}"
+        return key
 
     def _initial_state(self, value, name, batch, batched):
         """``value`` as (num_layers * num_directions, batch, hidden_size), or None (zeros) for None."""
