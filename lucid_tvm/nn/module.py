@@ -74,13 +74,15 @@ class Module:
             Parameter.writes += 1
         elif isinstance(value, Module):
             self._modules[name] = value
-        elif name in self.__dict__.get("_parameters", ()) or name in self.__dict__.get("_modules", ()):
-            # Set as a plain attribute it would hide the registered one from reads only: the
-            # layer, state_dict() and parameters() would go on with the old one (torch refuses too).
-            kind, expected = (("parameter", "a Parameter or None; to change its values assign "
-                               f"{name}.data = array") if name in self._parameters else ("submodule", "a Module"))
-            raise TypeError(f"{type(self).__name__}: cannot assign {type(value).__name__} as {kind} {name!r} "
-                            f"({expected})")
+        # Set as a plain attribute, anything else would hide a registered parameter or submodule
+        # from reads only: the layer, state_dict() and parameters() would go on with the old one
+        # (torch refuses it too).
+        elif name in self.__dict__.get("_parameters", ()):
+            raise TypeError(f"{type(self).__name__}: cannot assign {type(value).__name__} as parameter {name!r} "
+                            f"(a Parameter or None; to change its values assign {name}.data = array)")
+        elif name in self.__dict__.get("_modules", ()):
+            raise TypeError(f"{type(self).__name__}: cannot assign {type(value).__name__} as submodule {name!r} "
+                            f"(a Module)")
         else:
             object.__setattr__(self, name, value)
 

@@ -105,9 +105,11 @@ class _Cell(Module):
         owner = f"{type(self).__name__}({self.input_size}, {self.hidden_size})"
         for name, shape in expected.items():
             param = self._parameters.get(name)
-            if param is not None and param.data.shape != shape:
+            if param is None:  # bias=False
+                continue
+            if param.data.shape != shape:
                 raise ValueError(f"{owner}: expected {name} of shape {shape}, got {param.data.shape}")
-            if param is not None and param.data.dtype != self.dtype:
+            if param.data.dtype != self.dtype:
                 raise TypeError(f"{owner}: {name} is {param.data.dtype} where weight_ih is {self.dtype}; "
                                 f"a cell's parameters share one dtype (cast them together with .to())")
 
