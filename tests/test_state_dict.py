@@ -185,6 +185,27 @@ def test_to_takes_dtypes_and_devices_as_torch_and_lucid_do():
         m.to(device="tpu")
 
 
+def test_torch_module_calls_of_inference_code(rng):
+    """What torch code calls on a module before inference: to(..., non_blocking=True), freezing with
+    requires_grad_(False), zero_grad(); half() is refused as a dtype the kernels lack."""
+    ref, ours = torch.nn.LSTM(3, 4), nn.LSTM(3, 4)
+    ours.load_state_dict(ref.state_dict())
+    for module in (ref, ours):
+        assert module.to("cpu", torch.float64, non_blocking=True) is module
+        assert module.requires_grad_(False) is module
+        module.zero_grad()
+    assert [p.requires_grad for p in ours.parameters()] == [p.requires_grad for p in ref.parameters()] == [False] * 4
+    assert all(p.grad is None for p in ours.parameters())
+    ours.layers[0].requires_grad_()
+    assert all(p.requires_grad for p in ours.parameters())
+    x = rng.standard_normal((5, 2, 3))
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_allclose(ours(x)[0].numpy(), expected, atol=1e-10, rtol=0)
+    with pytest.raises(TypeError, match="expected a dtype float32 or float64"):
+        ours.half()
+
+
 @pytest.mark.parametrize("make,shape", [(lambda: nn.GRU(3, 4, num_layers=2), (5, 2, 3)),
                                         (lambda: nn.LSTMCell(3, 4), (2, 3))], ids=["GRU", "LSTMCell"])
 def test_copies_and_pickles_after_a_call(make, shape, rng):

@@ -163,11 +163,12 @@ class Module:
     def eval(self):
         return self.train(False)
 
-    def to(self, *args, dtype=None, device=None):
+    def to(self, *args, dtype=None, device=None, non_blocking=False):
         """torch's and lucid's ``to``: a dtype (float32 or float64, as numpy's, torch's or a name)
         casts every parameter; a device ("cpu", "cuda", "cuda:N", "gpu" or a torch.device) changes
         nothing, since parameters stay host arrays and each call runs where its input lives (CUDA
-        torch tensors on the GPU kernels, which keep their own copy of the weights)."""
+        torch tensors on the GPU kernels, which keep their own copy of the weights). So
+        ``non_blocking`` has no copy to overlap and is accepted for torch code as it is."""
         owner = f"{type(self).__name__}.to"
         for arg in args:
             if _device_name(arg) is not None:
@@ -200,6 +201,21 @@ class Module:
 
     def double(self):
         return self.to(np.float64)
+
+    def half(self):
+        return self.to(np.float16)  # a TypeError: the kernels are float32 or float64
+
+    def requires_grad_(self, requires_grad=True):
+        """Sets every parameter's ``requires_grad``, as torch's and lucid's do. This face computes
+        no gradients (the tracetorch face trains), so the flag is only recorded."""
+        for param in self.parameters():
+            param.requires_grad = bool(requires_grad)
+        return self
+
+    def zero_grad(self, set_to_none=True):
+        """Clears every parameter's ``grad``, which this face never sets: kept for torch code."""
+        for param in self.parameters():
+            param.grad = None
 
     def extra_repr(self):
         return ""
