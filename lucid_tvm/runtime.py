@@ -160,12 +160,13 @@ def _build():
 
 
 def _pack_layer(spec, lanes, w_ih, w_hh, b_ih, b_hh):
-    """(W_ih, b_ih, W_hh, b_hh) of one layer-direction in the kernels' layout, as numpy arrays."""
+    """(W_ih, b_ih, W_hh, b_hh) of one layer-direction in the kernels' layout, as 64-byte aligned
+    numpy arrays."""
     s = spec
-    return (pack_weight(w_ih, s.num_gates, s.hidden_size, lanes, s.dtype),
-            pack_bias(b_ih, s.num_gates, s.hidden_size, lanes, s.dtype),
-            pack_weight(w_hh, s.num_gates, s.hidden_size, lanes, s.dtype),
-            pack_bias(b_hh, s.num_gates, s.hidden_size, lanes, s.dtype))
+    return (pack_weight(w_ih, s.num_gates, s.hidden_size, lanes, s.dtype, aligned_empty),
+            pack_bias(b_ih, s.num_gates, s.hidden_size, lanes, s.dtype, aligned_empty),
+            pack_weight(w_hh, s.num_gates, s.hidden_size, lanes, s.dtype, aligned_empty),
+            pack_bias(b_hh, s.num_gates, s.hidden_size, lanes, s.dtype, aligned_empty))
 
 
 class LayerKernel:
@@ -239,8 +240,7 @@ class LayerKernel:
 
     def pack(self, w_ih, w_hh, b_ih, b_hh):
         """Weights in the kernels' layout, packed once and reused for every call."""
-        arrays = _pack_layer(self.spec, self.lanes, w_ih, w_hh, b_ih, b_hh)
-        return tuple(_dl(aligned(a, self.spec.dtype)) for a in arrays)
+        return tuple(_dl(a) for a in _pack_layer(self.spec, self.lanes, w_ih, w_hh, b_ih, b_hh))
 
     def _variants(self, name, macs, threshold):
         """``name`` on one thread and on all (if compiled): the parallel one first when ``macs``
@@ -586,8 +586,8 @@ class Gemm:
 
     def pack(self, w, b=None):
         """Weights (output_size, K) and bias in the GEMM's layout."""
-        return (_dl(aligned(pack_weight(w, 1, self.output_size, self.lanes, self.dtype), self.dtype)),
-                _dl(aligned(pack_bias(b, 1, self.output_size, self.lanes, self.dtype), self.dtype)))
+        return (_dl(pack_weight(w, 1, self.output_size, self.lanes, self.dtype, aligned_empty)),
+                _dl(pack_bias(b, 1, self.output_size, self.lanes, self.dtype, aligned_empty)))
 
     def __call__(self, x, packed):
         _note_use(self.identity)

@@ -20,19 +20,29 @@ def packed_row_bytes(num_gates, hidden_size, lanes, dtype):
     return num_blocks(hidden_size, lanes) * num_gates * lanes * np.dtype(dtype).itemsize
 
 
-def pack_weight(w, num_gates, hidden_size, lanes, dtype):
-    """(G*H, K) -> (NB, K, G, L), zero padded past H."""
-    k = w.shape[1]
-    nb = num_blocks(hidden_size, lanes)
-    out = np.zeros((nb * lanes, num_gates, k), dtype=dtype)  # unit, gate, k
-    out[:hidden_size] = np.asarray(w, dtype=dtype).reshape(num_gates, hidden_size, k).transpose(1, 0, 2)
-    return np.ascontiguousarray(out.reshape(nb, lanes, num_gates, k).transpose(0, 3, 2, 1))
+def pack_weight(w, num_gates, hidden_size, lanes, dtype, empty=np.empty):
+    """(G*H, K) -> (NB, K, G, L), zero padded past H, in a new array ``empty(shape, dtype)`` (the
+    runtime's aligns it), by one strided copy straight from ``w`` (cast to ``dtype``). Three
+    copies, each into a fresh array whose pages fault on first touch, made the first call of a
+    large layer and a tracetorch training step markedly slower (docs/design.md, "Packed weights")."""
+    w = np.asarray(w)
+    k, nb, full = w.shape[1], num_blocks(hidden_size, lanes), hidden_size // lanes
+    units = w.reshape(num_gates, hidden_size, k)  # a view, also of a transposed w
+    out = empty((nb, k, num_gates, lanes), dtype)
+    np.copyto(out[:full], units[:, :full * lanes].reshape(num_gates, full, lanes, k).transpose(1, 3, 0, 2),
+              casting="unsafe")
+    if full < nb:  # the last block: its units, then zeros
+        tail = hidden_size - full * lanes
+        np.copyto(out[full, :, :, :tail], units[:, full * lanes:].transpose(2, 0, 1), casting="unsafe")
+        out[full, :, :, tail:] = 0
+    return out
 
 
-def pack_bias(b, num_gates, hidden_size, lanes, dtype):
-    """(G*H,) or None -> (NB, G, L); None is zeros."""
-    nb = num_blocks(hidden_size, lanes)
-    out = np.zeros((nb * lanes, num_gates), dtype=dtype)  # unit, gate
-    if b is not None:
-        out[:hidden_size] = np.asarray(b, dtype=dtype).reshape(num_gates, hidden_size).T
-    return np.ascontiguousarray(out.reshape(nb, lanes, num_gates).transpose(0, 2, 1))
+def pack_bias(b, num_gates, hidden_size, lanes, dtype, empty=np.empty):
+    """(G*H,) or None -> (NB, G, L) in a new array ``empty(shape, dtype)``; None is zeros."""
+    shape = (num_blocks(hidden_size, lanes), num_gates, lanes)
+    if b is None:
+        out = empty(shape, dtype)
+        out[...] = 0
+        return out
+    return pack_weight(np.asarray(b).reshape(-1, 1), num_gates, hidden_size, lanes, dtype, empty).reshape(shape)
