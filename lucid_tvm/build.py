@@ -155,12 +155,15 @@ def lower_identity(identity, target):
         output_size, dtype = identity[1:]
         schedule = default_schedule(target, 1, output_size, dtype)
 
-        def lower_gemm():
-            return tvm.IRModule({"project": recurrent.projection(
-                1, output_size, dtype, schedule.lanes, schedule.rows, parallel=True)})
+        variants = {"project": False, "project_parallel": True}  # name: parallel
 
-        return ({"gemm": {"output_size": output_size, "dtype": dtype}, "schedule": asdict(schedule)},
-                lower_gemm, asdict(schedule))
+        def lower_gemm():
+            return tvm.IRModule({name: recurrent.projection(1, output_size, dtype, schedule.lanes, schedule.rows,
+                                                            parallel).with_attr("global_symbol", name)
+                                 for name, parallel in variants.items()})
+
+        return ({"gemm": {"output_size": output_size, "dtype": dtype, "functions": list(variants)},
+                 "schedule": asdict(schedule)}, lower_gemm, asdict(schedule))
     if kind == "tracetorch":
         from .kernels import tracetorch
 

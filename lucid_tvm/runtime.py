@@ -580,7 +580,16 @@ class Gemm:
         self.identity = ("gemm", output_size, self.dtype)
         entry = compiled(self.identity, lambda: _build().compile_identity(self.identity))
         self.lanes = entry.schedule["lanes"]
-        self._project = entry.module["project"]
+        self._parallel_macs = entry.schedule["parallel_call_macs"]
+        # On one thread and on all, the one the threshold picks first: called between torch's ops
+        # (the tracetorch face's backward), the pool waits for cores that torch's OpenMP threads
+        # spin on after their work, and one thread is then faster (docs/design.md, "Threads").
+        serial = entry.module["project"]
+        if _has(entry.module, "project_parallel"):
+            parallel = entry.module["project_parallel"]
+            self._variants = {True: (parallel, serial), False: (serial, parallel)}
+        else:  # from an artifact written before: its one project runs on all threads
+            self._variants = {True: (serial,), False: (serial,)}
         self.blocks = num_blocks(output_size, self.lanes)
         self.width = self.blocks * self.lanes
 
@@ -591,9 +600,10 @@ class Gemm:
 
     def __call__(self, x, packed):
         _note_use(self.identity)
-        out = aligned_empty((x.shape[0], self.width), self.dtype)
-        self._project(contiguous(x, self.dtype), *packed,
-                      _dl(out.reshape(x.shape[0], self.blocks, 1, self.lanes)), 0)
+        rows, k = x.shape
+        project = _choice((self, rows, k), lambda: self._variants[rows * k * self.output_size >= self._parallel_macs])
+        out = aligned_empty((rows, self.width), self.dtype)
+        project(1, contiguous(x, self.dtype), *packed, _dl(out.reshape(rows, self.blocks, 1, self.lanes)), 0)
         return out
 
 

@@ -480,3 +480,25 @@ def test_bad_inputs(kind):
         ours(np.ones((2, IN), dtype=bool))
     with pytest.raises(TypeError, match="torch tensor or numpy array"):
         ours([[1.0] * IN])
+
+
+@pytest.mark.parametrize("rows", [1, 9, 64])
+def test_gemm_on_one_thread_and_on_all_gives_the_same_answer(rows, rng):
+    """The face's GEMM runs on one thread or on all, whichever it measures faster at each call site
+    (between torch's ops the pool waits for cores torch's threads hold): both, bit for bit."""
+    import math
+
+    from lucid_tvm import runtime
+
+    gemm = runtime.gemm(40, "float32")
+    w, b = rng.standard_normal((40, 70)).astype(np.float32), rng.standard_normal(40).astype(np.float32)
+    x = rng.standard_normal((rows, 70)).astype(np.float32)
+    packed = gemm.pack(w, b)
+    first = gemm(x, packed)
+    faster = runtime._choices.__dict__[(gemm, rows, 70)]
+    assert len(faster.variants) == 2
+    for index in range(2):
+        faster.current, faster.countdown = index, math.inf  # this variant on every call
+        np.testing.assert_array_equal(gemm(x, packed), first)
+    np.testing.assert_allclose(first[:, :40], x.astype(np.float64) @ w.T + b, rtol=0, atol=1e-4)
+    assert not first[:, 40:].any()  # the padding past the output size
