@@ -159,6 +159,14 @@ def _build():
     return build
 
 
+def _first_tried(serial, parallel, macs, limit):
+    """A kernel on one thread and on all (``parallel`` None if not compiled) as variants for
+    :class:`_Faster`: the parallel one first when ``macs`` reach the schedule's ``limit``."""
+    if parallel is None:
+        return (serial,)
+    return (parallel, serial) if limit is None or macs >= limit else (serial, parallel)
+
+
 def _pack_layer(spec, lanes, w_ih, w_hh, b_ih, b_hh):
     """(W_ih, b_ih, W_hh, b_hh) of one layer-direction in the kernels' layout, as 64-byte aligned
     numpy arrays."""
@@ -243,13 +251,9 @@ class LayerKernel:
         return tuple(_dl(a) for a in _pack_layer(self.spec, self.lanes, w_ih, w_hh, b_ih, b_hh))
 
     def _variants(self, name, macs, threshold):
-        """``name`` on one thread and on all (if compiled): the parallel one first when ``macs``
-        reach the schedule's ``threshold``."""
-        serial, parallel = self.functions[name], self.functions.get(name + "_parallel")
-        if parallel is None:
-            return (serial,)
-        limit = self.schedule.get(threshold)
-        return (parallel, serial) if limit is None or macs >= limit else (serial, parallel)
+        """``name`` on one thread and on all (if compiled), in the order :func:`_first_tried` gives."""
+        return _first_tried(self.functions[name], self.functions.get(name + "_parallel"), macs,
+                            self.schedule.get(threshold))
 
     def recurrences(self, batch):
         """Names of the recurrence's variants for ``batch`` rows per step: on one thread and split
@@ -581,15 +585,12 @@ class Gemm:
         entry = compiled(self.identity, lambda: _build().compile_identity(self.identity))
         self.lanes = entry.schedule["lanes"]
         self._parallel_macs = entry.schedule["parallel_call_macs"]
-        # On one thread and on all, the one the threshold picks first: called between torch's ops
+        # On one thread and on all, each call site keeping the faster: called between torch's ops
         # (the tracetorch face's backward), the pool waits for cores that torch's OpenMP threads
-        # spin on after their work, and one thread is then faster (docs/design.md, "Threads").
-        serial = entry.module["project"]
-        if _has(entry.module, "project_parallel"):
-            parallel = entry.module["project_parallel"]
-            self._variants = {True: (parallel, serial), False: (serial, parallel)}
-        else:  # from an artifact written before: its one project runs on all threads
-            self._variants = {True: (serial,), False: (serial,)}
+        # spin on after their work, and one thread is then faster (docs/design.md, "Threads"). An
+        # artifact written before holds one project, on all threads.
+        self._serial = entry.module["project"]
+        self._parallel = entry.module["project_parallel"] if _has(entry.module, "project_parallel") else None
         self.blocks = num_blocks(output_size, self.lanes)
         self.width = self.blocks * self.lanes
 
@@ -601,7 +602,8 @@ class Gemm:
     def __call__(self, x, packed):
         _note_use(self.identity)
         rows, k = x.shape
-        project = _choice((self, rows, k), lambda: self._variants[rows * k * self.output_size >= self._parallel_macs])
+        project = _choice((self, rows, k), lambda: _first_tried(self._serial, self._parallel,
+                                                                 rows * k * self.output_size, self._parallel_macs))
         out = aligned_empty((rows, self.width), self.dtype)
         project(1, contiguous(x, self.dtype), *packed, _dl(out.reshape(rows, self.blocks, 1, self.lanes)), 0)
         return out
