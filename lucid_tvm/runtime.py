@@ -599,13 +599,18 @@ class Gemm:
         return (_dl(pack_weight(w, 1, self.output_size, self.lanes, self.dtype, aligned_empty)),
                 _dl(pack_bias(b, 1, self.output_size, self.lanes, self.dtype, aligned_empty)))
 
-    def __call__(self, x, packed):
+    def __call__(self, x, packed, one_thread=False):
+        """``x @ W^T + b`` with ``packed`` from :meth:`pack`; ``one_thread`` runs it on the calling
+        thread only, never waking the pool (the tracetorch face's training steps, ``tracetorch/_step.py``)."""
         _note_use(self.identity)
         rows, k = x.shape
-        project = _choice((self, rows, k), lambda: _first_tried(self._serial, self._parallel,
-                                                                 rows * k * self.output_size, self._parallel_macs))
         out = aligned_empty((rows, self.width), self.dtype)
-        project(1, contiguous(x, self.dtype), *packed, _dl(out.reshape(rows, self.blocks, 1, self.lanes)), 0)
+        args = (contiguous(x, self.dtype), *packed, _dl(out.reshape(rows, self.blocks, 1, self.lanes)), 0)
+        if one_thread:
+            self._serial(*args)
+        else:
+            _choice((self, rows, k), lambda: _first_tried(self._serial, self._parallel, rows * k * self.output_size,
+                                                          self._parallel_macs))(1, *args)
         return out
 
 

@@ -502,3 +502,36 @@ def test_gemm_on_one_thread_and_on_all_gives_the_same_answer(rows, rng):
         np.testing.assert_array_equal(gemm(x, packed), first)
     np.testing.assert_allclose(first[:, :40], x.astype(np.float64) @ w.T + b, rtol=0, atol=1e-4)
     assert not first[:, 40:].any()  # the padding past the output size
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_training_steps_run_their_gemms_on_one_thread(kind, monkeypatch):
+    """A step autograd records never wakes the pool, forward or backward (torch's OpenMP threads
+    spin on the cores after the optimizer's step and each add into .grad); inference may."""
+    from lucid_tvm import runtime
+
+    woken, first_tried = [], runtime._first_tried
+
+    def recording(serial, parallel, macs, limit):
+        def parallel_recorded(*args):
+            woken.append(macs)
+            return parallel(*args)
+        return first_tried(serial, parallel and parallel_recorded, macs, limit)
+
+    monkeypatch.setattr(runtime, "_first_tried", recording)
+    runtime._choices.__dict__.clear()  # the choices made before hold the variants unrecorded
+    ref, ours = twins(kind)
+    x = torch.randn(8192, IN)  # enough work that the parallel variant is tried first
+    for _ in range(2):  # the second after the first's weights changed: packed again
+        for layer in (ours, ref):
+            layer.detach_states()
+            layer(x).square().sum().backward()
+            with torch.no_grad():
+                for p in layer.parameters():
+                    p -= 1e-6 * p.grad
+    assert not woken
+    for ours_p, ref_p in zip(ours.parameters(), ref.parameters()):
+        torch.testing.assert_close(ours_p.grad, ref_p.grad, rtol=1e-4, atol=1e-3)
+    with torch.no_grad():
+        ours(x)
+    assert woken  # inference picks among the variants

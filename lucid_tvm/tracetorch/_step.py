@@ -5,6 +5,13 @@ elementwise kernels (``kernels/tracetorch.py``), and for the backward two more G
 ``d[H, x] = dpre @ W`` and ``[dW | db] = dpre^T @ [H, x, 1]``. Arrays are numpy (zero-copy views
 of torch tensors). Weights are packed once per parameter version (torch bumps ``_version`` on
 every in-place change, so an optimizer step is noticed).
+
+A step autograd records (training) runs its GEMMs on the calling thread, forward and backward.
+A training loop runs torch's parallel ops between the face's calls (the autograd engine adds each
+step's weight gradients into ``.grad``, the optimizer steps), whose OpenMP threads then spin for
+milliseconds: a parallel GEMM waits for the core one of them holds, and its own spinning worker
+slows torch's next add, which its own time does not show (docs/design.md, "Threads"). Inference
+keeps the faster of one thread and all, as measured at each call site.
 """
 
 import numpy as np
@@ -45,14 +52,14 @@ class _PackedLinear:
             self._key = key
         return self
 
-    def __call__(self, x):
-        return self.forward_gemm(x, self.forward)
+    def __call__(self, x, one_thread):
+        return self.forward_gemm(x, self.forward, one_thread)
 
     def input_grad(self, dpre):
         input_grad_gemm = gemm(self.linear.weight.shape[1], self.dtype)
         if self.transposed is None:
             self.transposed = input_grad_gemm.pack(self.linear.weight.detach().numpy().T)
-        return input_grad_gemm(dpre, self.transposed)[:, :input_grad_gemm.output_size]
+        return input_grad_gemm(dpre, self.transposed, one_thread=True)[:, :input_grad_gemm.output_size]
 
     def weight_grad(self, dpre, inputs):
         """(dW, db) from dpre (B, out) and the Linear's inputs (B, in); db is None without a bias."""
@@ -60,7 +67,7 @@ class _PackedLinear:
         ones = np.ones((batch, 1), self.dtype)
         extended = np.concatenate([inputs, ones], axis=1)  # the last column yields db
         wgemm = gemm(width + 1, self.dtype)
-        full = wgemm(dpre.T, wgemm.pack(extended.T))  # the GEMM makes its input contiguous
+        full = wgemm(dpre.T, wgemm.pack(extended.T), one_thread=True)  # the GEMM makes its input contiguous
         return full[:, :width], None if self.linear.bias is None else full[:, width]
 
 
@@ -82,12 +89,12 @@ class StepEngine:
     def _empty(self, batch, width=None):
         return aligned_empty((batch, width or self.hidden), self.dtype)
 
-    def forward(self, x, h, c=None):
-        """(h_new, c_new or None, saved-for-backward)."""
+    def forward(self, x, h, c=None, training=False):
+        """(h_new, c_new or None, saved-for-backward); ``training``: a step autograd records."""
         batch = x.shape[0]
         hx = aligned(np.concatenate([h, x], axis=1), self.dtype)
         first = self.linears[0].packed()
-        pre = first(hx)
+        pre = first(hx, training)
         h_new = self._empty(batch)
         if self.kind == "SimpleRNN":
             self.fns.forward(pre, h_new)
@@ -103,7 +110,7 @@ class StepEngine:
         ru, rhx = self._empty(batch, 2 * self.hidden), self._empty(batch, hx.shape[1])
         self.fns.forward_gates(pre, h, aligned(x, self.dtype), ru, rhx)
         cand = self._empty(batch)
-        self.fns.forward_out(self.linears[1].packed()(rhx), h, ru, h_new, cand)
+        self.fns.forward_out(self.linears[1].packed()(rhx, training), h, ru, h_new, cand)
         return h_new, None, (hx, h, ru, rhx, cand)
 
     def backward(self, saved, dh, dc=None):

@@ -19,7 +19,8 @@ class _Step(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, engine, x, h, c, *params):
-        h_new, c_new, saved = engine.forward(x.numpy(), h.numpy(), None if c is None else c.numpy())
+        h_new, c_new, saved = engine.forward(x.numpy(), h.numpy(), None if c is None else c.numpy(),
+                                             training=True)
         ctx.engine, ctx.saved, ctx.has_cell = engine, saved, c is not None
         outputs = (torch.from_numpy(h_new),) if c is None else (torch.from_numpy(h_new), torch.from_numpy(c_new))
         # ``saved`` shares this tensor's memory: saved here too, autograd checks it for in-place changes.
