@@ -15,6 +15,7 @@ import csv
 import io
 import os
 import statistics
+import subprocess
 import sys
 import time
 import tracemalloc
@@ -24,9 +25,13 @@ from pathlib import Path
 
 # Thread pools that spin after a call steal the 2 cores from whichever library runs next in the
 # interleaved rounds; make every pool go idle quickly (OpenBLAS under numpy and torch's OpenMP
-# here, ORT's below). Must be set before the libraries load.
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")  # 2^20 cycles: hot within a call, idle within the pause
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# here, ORT's below). Must be set before the libraries load. The tracetorch table runs in a child
+# process without them (TORCH_DEFAULT_THREADING), as tracetorch's users run torch.
+TORCH_DEFAULT_THREADING = "LUCID_TVM_BENCH_TORCH_DEFAULT_THREADING"
+POOL_SETTINGS = {"OPENBLAS_THREAD_TIMEOUT": "20",  # 2^20 cycles: hot within a call, idle within the pause
+                 "OMP_WAIT_POLICY": "PASSIVE"}
+SET_HERE = [] if os.environ.get(TORCH_DEFAULT_THREADING) else [k for k in POOL_SETTINGS if k not in os.environ]
+os.environ.update({k: POOL_SETTINGS[k] for k in SET_HERE})
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -202,8 +207,15 @@ TRACETORCH_CASES = [
 ]
 
 
+# A training loop's iteration: this many steps forward (each output's squared mean added to the
+# loss), the backward, an SGD step. Unlike the one-step calls, nothing pauses between its parts,
+# so the face's kernels run between torch's parallel ops (the adds into .grad, the optimizer's).
+TRAINING_STEPS = 20
+
+
 def bench_tracetorch_case(kind, in_features, out_features, batch, reps):
-    """Median us per call of (forward, forward+backward) for tracetorch and lucid_tvm.tracetorch."""
+    """Median us per call of (forward, forward+backward), and per iteration of a training loop
+    ("train"), for tracetorch and lucid_tvm.tracetorch."""
     import tracetorch
 
     import lucid_tvm.tracetorch as ours_tt
@@ -227,10 +239,24 @@ def bench_tracetorch_case(kind, in_features, out_features, batch, reps):
             layer(x_grad).sum().backward()
         return run
 
+    xs = torch.randn(TRAINING_STEPS, batch, in_features)
+
+    def training(layer):
+        optimizer = torch.optim.SGD(layer.parameters(), lr=1e-4)
+
+        def run():
+            layer.zero_states()
+            loss = sum(layer(x_t).square().mean() for x_t in xs)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return run
+
     with torch.no_grad():
         error = float((ours(x) - ref(x)).abs().max())
     impls = {("tracetorch", "fwd"): forward(ref), ("lucid_tvm", "fwd"): forward(ours),
-             ("tracetorch", "fwd+bwd"): forward_backward(ref), ("lucid_tvm", "fwd+bwd"): forward_backward(ours)}
+             ("tracetorch", "fwd+bwd"): forward_backward(ref), ("lucid_tvm", "fwd+bwd"): forward_backward(ours),
+             ("tracetorch", "train"): training(ref), ("lucid_tvm", "train"): training(ours)}
     for fn in impls.values():
         fn()  # warm up: compile, allocate
     # A recurrent layer is called step after step: time blocks of consecutive calls (steady state),
@@ -239,26 +265,36 @@ def bench_tracetorch_case(kind, in_features, out_features, batch, reps):
     for _ in range(reps):
         for key, fn in impls.items():
             time.sleep(PAUSE)
+            calls = 1 if key[1] == "train" else STEPS_PER_BLOCK
             start = time.perf_counter()
-            for _ in range(STEPS_PER_BLOCK):
+            for _ in range(calls):
                 fn()
-            times[key].append((time.perf_counter() - start) / STEPS_PER_BLOCK)
+            times[key].append((time.perf_counter() - start) / calls)
     return {key: statistics.median(t) * 1e6 for key, t in times.items()}, error
 
 
-def print_tracetorch_table(reps):
-    print(f"\ntracetorch layers, median us per one-step call, blocks of {STEPS_PER_BLOCK} calls in {reps} interleaved rounds")
-    header = f"{'layer':9s} {'in':>4s} {'out':>4s} {'B':>3s} | {'tracetorch':>10s} {'lucid_tvm':>9s} {'speedup':>7s} " \
-             f"| {'tracetorch':>10s} {'lucid_tvm':>9s} {'speedup':>7s} | {'max err':>8s}"
-    print(f"{'':24s} | {'forward':^29s} | {'forward + backward':^29s} |")
+def print_tracetorch_table(reps, threads):
+    """The tracetorch table, in a child process with torch's default threading unless this is it."""
+    if SET_HERE:
+        env = {k: v for k, v in os.environ.items() if k not in SET_HERE}
+        subprocess.run([sys.executable, __file__, "--only", "tracetorch", "--reps", str(reps), "--threads", str(threads)],
+                       env={**env, TORCH_DEFAULT_THREADING: "1"}, check=True)
+        return
+    print(f"\ntracetorch layers, median us per one-step call (blocks of {STEPS_PER_BLOCK} calls) and ms per training "
+          f"iteration ({TRAINING_STEPS} steps, backward, SGD step), {reps} interleaved rounds; "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
+    groups = {"fwd": ("forward, us", 1), "fwd+bwd": ("forward + backward, us", 1), "train": ("training loop, ms", 1e-3)}
+    header = f"{'layer':9s} {'in':>4s} {'out':>4s} {'B':>3s}" + \
+        f" | {'tracetorch':>10s} {'lucid_tvm':>9s} {'speedup':>7s}" * len(groups) + f" | {'max err':>8s}"
+    print(f"{'':24s}" + "".join(f" | {title:^29s}" for title, _ in groups.values()) + " |")
     print(header)
     print("-" * len(header))
     for kind, in_features, out_features, batch in TRACETORCH_CASES:
         us, error = bench_tracetorch_case(kind, in_features, out_features, batch, reps)
         row = f"{kind:9s} {in_features:4d} {out_features:4d} {batch:3d}"
-        for mode in ("fwd", "fwd+bwd"):
+        for mode, (_, scale) in groups.items():
             ref, ours = us[("tracetorch", mode)], us[("lucid_tvm", mode)]
-            row += f" | {ref:10.1f} {ours:9.1f} {ref / ours:6.2f}x"
+            row += f" | {ref * scale:10.1f} {ours * scale:9.1f} {ref / ours:6.2f}x"
         print(row + f" | {error:8.1e}", flush=True)
 
 
@@ -286,7 +322,7 @@ def main():
         if args.full:
             write_results(rows)
     if args.only != "sequence":
-        print_tracetorch_table(args.reps)
+        print_tracetorch_table(args.reps, args.threads)
 
 
 def print_sequence_table(cases, reps, threads):
