@@ -38,7 +38,8 @@ class _Step(torch.autograd.Function):
         # Views into the GEMMs' padded outputs, as they are: torch adds a strided gradient into
         # .grad as fast as a contiguous one (and copies the first into the layout .grad needs),
         # where a contiguous copy of each step's dW cost a pass over it.
-        grads = [None, torch.from_numpy(dx), torch.from_numpy(dh_prev), None if dc_prev is None else torch.from_numpy(dc_prev)]
+        grads = [None, torch.from_numpy(dx), torch.from_numpy(dh_prev),
+                 None if dc_prev is None else torch.from_numpy(dc_prev)]
         for dw, db in weight_grads:
             grads += [torch.from_numpy(dw), None if db is None else torch.from_numpy(db)]
         return tuple(grads)
