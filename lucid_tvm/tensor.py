@@ -107,10 +107,17 @@ def ones(*shape, requires_grad=False, dtype=DEFAULT_DTYPE):
 _NUMPY_FLOATS = ("torch.float16", "torch.float32", "torch.float64")
 
 
+def is_torch(value):
+    """Whether ``value`` is a torch object (a tensor, Parameter, dtype or device), told by its
+    type's module so that torch is never imported here: the lucid face runs without it."""
+    module = type(value).__module__
+    return module == "torch" or module.startswith("torch.")
+
+
 def numpy_dtype(dtype):
     """numpy's dtype for a numpy dtype, a name, or a torch dtype (``torch.float64``, which numpy
     does not take); TypeError where numpy has none."""
-    return np.dtype(str(dtype).removeprefix("torch.") if type(dtype).__module__ == "torch" else dtype)
+    return np.dtype(str(dtype).removeprefix("torch.") if is_torch(dtype) else dtype)
 
 
 def to_numpy(value, what):
@@ -122,7 +129,7 @@ def to_numpy(value, what):
         array = value.data
     elif isinstance(value, np.ndarray):
         array = value if type(value) is np.ndarray else np.asarray(value)  # np.matrix is always 2-D
-    elif type(value).__module__.startswith("torch"):
+    elif is_torch(value):
         if value.device.type != "cpu":
             raise TypeError(f"{what}: expected a CPU tensor, got a tensor on {value.device}")
         if str(value.layout) != "torch.strided":

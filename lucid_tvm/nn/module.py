@@ -5,12 +5,12 @@ from collections import OrderedDict, namedtuple
 
 import numpy as np
 
-from ..tensor import Tensor, numpy_dtype, to_numpy
+from ..tensor import Tensor, is_torch, numpy_dtype, to_numpy
 
 
 def _device_name(value):
     """"cpu", "cuda" or "gpu" for a device given as a string or a torch.device; None otherwise."""
-    name = getattr(value, "type", value) if type(value).__module__ == "torch" else value
+    name = getattr(value, "type", value) if is_torch(value) else value
     if isinstance(name, str) and re.fullmatch(r"(cpu|gpu|cuda)(:\d+)?", name):
         return name.split(":")[0]
     return None
@@ -18,8 +18,7 @@ def _device_name(value):
 
 def _tensor_dtype(value):
     """The dtype of an array or tensor (numpy, lucid_tvm or torch); None for anything else."""
-    if isinstance(value, (np.ndarray, Tensor)) or (type(value).__module__.startswith("torch")
-                                                   and hasattr(value, "shape")):
+    if isinstance(value, (np.ndarray, Tensor)) or (is_torch(value) and hasattr(value, "shape")):
         return value.dtype
     return None
 
@@ -47,7 +46,7 @@ class Parameter(Tensor):
     @data.setter
     def data(self, value):
         old = self.__dict__.get("_data")
-        if type(value).__module__.startswith("torch"):  # detached (a torch Parameter requires grad)
+        if is_torch(value):  # detached (a torch Parameter requires grad)
             value = to_numpy(value, "Parameter.data")
         self._set(np.array(value, dtype=None if old is None else old.dtype))  # a copy the module owns
 
