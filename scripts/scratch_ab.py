@@ -28,6 +28,12 @@ RECURRENCES = ("recur", "recur_parallel", "recur_batch_parallel")
 PROJECTIONS = ("project", "project_parallel")
 
 
+def parse_case(text):
+    """``MODE:H:B:T`` (input size = hidden size) -> (mode, hidden, batch, steps)."""
+    mode, hidden, batch, steps = text.split(":")
+    return mode, int(hidden), int(batch), int(steps)
+
+
 def in_turn(items, i):
     """``items`` rotated by ``i``: timed side by side, each goes first in turn (whichever runs
     later in a round can find the buffers they share already in cache)."""
@@ -51,8 +57,7 @@ def builds(spec, directory):
 def compare(case, calls, directory, builds=builds):
     """Prints a table row for ``case`` (MODE:H:B:T): the two modules ``builds(spec, directory)``
     returns (before, after), called in turn."""
-    mode, hidden, batch, steps = case.split(":")
-    hidden, batch, steps = int(hidden), int(batch), int(steps)
+    mode, hidden, batch, steps = parse_case(case)
     spec, gates = LayerSpec(mode, hidden, hidden, "float32"), NUM_GATES[mode]
     modules = builds(spec, directory)
     kernel = runtime.layer_kernel(mode, hidden, hidden, "float32")

@@ -25,7 +25,7 @@ from lucid_tvm import barrier, build, runtime
 from lucid_tvm.kernels import layout, recurrent
 from lucid_tvm.kernels.spec import NUM_GATES
 from lucid_tvm.schedule import compile_module, default_schedule
-from scratch_ab import in_turn
+from scratch_ab import in_turn, parse_case
 
 SPLITS = {"recur": None, "recur_parallel": "hidden", "recur_batch_parallel": "batch"}
 
@@ -45,8 +45,8 @@ def variant_call(mode, hidden, batch, steps, schedule, split, directory):
     barrier.export_library(module, path)
     recur = barrier.load_module(path)["recur"]
     blocks = layout.num_blocks(hidden, lanes)
-    w = runtime.aligned(layout.pack_weight(w_hh, gates, hidden, lanes, "float32"), np.float32)
-    rb = runtime.aligned(layout.pack_bias(b_hh, gates, hidden, lanes, "float32"), np.float32)
+    w = layout.pack_weight(w_hh, gates, hidden, lanes, "float32", runtime.aligned_empty)
+    rb = layout.pack_bias(b_hh, gates, hidden, lanes, "float32", runtime.aligned_empty)
     # A projected row has the packed layout of a bias, (NB, G, L).
     xp = runtime.aligned(np.reshape([layout.pack_bias(row, gates, hidden, lanes, "float32") for row in xp_rows],
                                     (steps, batch, blocks, gates, lanes)), np.float32)
@@ -71,8 +71,7 @@ def main():
     parser.add_argument("schedules", nargs="+", help="LANESxROWS or LANESxROWSxPIECES, e.g. 64x6")
     parser.add_argument("--calls", type=int, default=300)
     args = parser.parse_args()
-    mode, hidden, batch, steps = args.shape.split(":")
-    hidden, batch, steps = int(hidden), int(batch), int(steps)
+    mode, hidden, batch, steps = parse_case(args.shape)
     default = default_schedule(build.host_target(), NUM_GATES[mode], hidden, "float32")
     print(f"default: {default}")
     with tempfile.TemporaryDirectory() as directory:
