@@ -38,6 +38,10 @@ class _PackedLinear:
         self.linear, self.dtype, self.what, self.shape, self._key = linear, dtype, what, shape, None
         self.forward_gemm = gemm(shape[0], dtype)
 
+    def forget(self):
+        """Repack on the next :meth:`packed`, whatever the key says."""
+        self._key = None
+
     def packed(self):
         w, b = self.linear.weight, self.linear.bias
         key = (w.data_ptr(), w._version, None if b is None else (b.data_ptr(), b._version))
@@ -81,6 +85,7 @@ class StepEngine:
         self.linears = [_PackedLinear(linear, dtype, f"{kind}.{name}", (k * out_features, in_features + out_features))
                         for (name, linear), k in zip(linears.items(), LINEAR_OUTPUTS[kind])]
         self.fns = Functions(("tracetorch", kind, out_features, in_features, dtype))
+        self.backward_ran = False
 
     def runs(self, linears):
         """Whether this engine computes with these Linear modules (not ones since replaced)."""
@@ -91,6 +96,13 @@ class StepEngine:
 
     def forward(self, x, h, c=None, training=False):
         """(h_new, c_new or None, saved-for-backward); ``training``: a step autograd records."""
+        if self.backward_ran:
+            # Writes through ``param.data`` (manual SGD, clipping, an EMA) or another alias leave
+            # ``_version`` as it was; where they are usual, after a backward, the weights are
+            # packed again. An optimizer's step would have changed the key anyway.
+            for linear in self.linears:
+                linear.forget()
+            self.backward_ran = False
         batch = x.shape[0]
         hx = aligned(np.concatenate([h, x], axis=1), self.dtype)
         first = self.linears[0].packed()
@@ -115,6 +127,7 @@ class StepEngine:
 
     def backward(self, saved, dh, dc=None):
         """(dx, dh_prev, dc_prev or None, [(dW, db) per Linear])."""
+        self.backward_ran = True
         dh = aligned(dh, self.dtype)
         batch, hidden = dh.shape
         if self.kind in ("SimpleRNN", "LSTM"):

@@ -23,8 +23,16 @@ class _Step(torch.autograd.Function):
                                              training=True)
         ctx.engine, ctx.saved, ctx.has_cell = engine, saved, c is not None
         outputs = (torch.from_numpy(h_new),) if c is None else (torch.from_numpy(h_new), torch.from_numpy(c_new))
-        # ``saved`` shares this tensor's memory: saved here too, autograd checks it for in-place changes.
-        ctx.save_for_backward({"h": h, "c": c, "h_new": outputs[0]}[SAVED_STATE[engine.kind]])
+        # ``saved`` shares this tensor's memory: saved here too, autograd checks it for in-place
+        # changes. So are the weights where tracetorch's F.linear saves them, where the Linear's
+        # input requires grad (cat[H, x]; GRU's candidate also through r, from the gates' Linear),
+        # so that a backward after an optimizer's step changed them is refused as there.
+        needs = ctx.needs_input_grad  # of (engine, x, h, c, weight, bias[, weight, bias])
+        weights = params[0::2]
+        used = [weights[0]] if needs[1] or needs[2] else []
+        if len(weights) > 1 and (needs[1] or needs[2] or needs[4] or needs[5]):
+            used.append(weights[1])
+        ctx.save_for_backward({"h": h, "c": c, "h_new": outputs[0]}[SAVED_STATE[engine.kind]], *used)
         return outputs if c is not None else outputs[0]
 
     @staticmethod
