@@ -89,6 +89,17 @@ def test_assigning_other_than_a_parameter_is_refused_as_in_torch(rng):
     np.testing.assert_array_equal(cell(x).numpy(), before)
 
 
+def test_a_bias_assigned_to_a_cell_without_bias_is_its_bias_as_in_torch(rng):
+    ref, ours = torch.nn.GRUCell(4, 3, bias=False), nn.GRUCell(4, 3, bias=False)
+    ours.load_state_dict(ref.state_dict())
+    bias = rng.standard_normal(9).astype(np.float32)
+    ref.bias_ih, ours.bias_ih = torch.nn.Parameter(torch.from_numpy(bias.copy())), nn.Parameter(bias)
+    assert isinstance(ours.bias_ih, nn.Parameter) and list(ours.state_dict()) == list(ref.state_dict())
+    x = rng.standard_normal((2, 4)).astype(np.float32)
+    with torch.no_grad():
+        np.testing.assert_allclose(ours(x).numpy(), ref(torch.from_numpy(x)).numpy(), atol=1e-6)
+
+
 def test_to_keeps_the_parameter_objects_as_torch_does(rng):
     ref, ours = torch.nn.GRU(4, 3), nn.GRU(4, 3)
     ours.load_state_dict(ref.state_dict())

@@ -68,6 +68,10 @@ class Module:
         object.__setattr__(self, "training", True)
 
     def __setattr__(self, name, value):
+        if isinstance(value, (Parameter, Module)):
+            # A plain attribute of that name (``bias_ih = None`` of a layer without bias) would
+            # hide it from reads: dropped, as torch drops it.
+            self.__dict__.pop(name, None)
         if isinstance(value, Parameter) or (value is None and name in self._parameters):
             self._parameters[name] = value
             Parameter.writes += 1
