@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 import lucid_tvm.nn as nn
 
@@ -57,6 +58,9 @@ def test_hidden_state_errors():
         gru(x[:, 0], np.zeros((2, 1, 4), np.float32))
     with pytest.raises(TypeError, match="GRU hx"):
         gru(x, "zeros")
+    packed = torch.nn.utils.rnn.pack_padded_sequence(torch.zeros(6, 2, 3), [6, 4])
+    with pytest.raises(TypeError, match="GRU input: expected a lucid_tvm.Tensor, .* got PackedSequence"):
+        gru(packed)
     lstm = nn.LSTM(3, 4)
     with pytest.raises(ValueError, match=r"LSTM: expected hx as a tuple \(h_0, c_0\), got ndarray"):
         lstm(x, np.zeros((1, 2, 4), np.float32))
