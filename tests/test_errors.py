@@ -39,8 +39,8 @@ def test_dropout_with_one_layer_warns():
     ((4,), "expected input of 3 dimensions.*got 1"),
     ((2, 3, 4, 5), "expected input of 3 dimensions.*got 4"),
     ((6, 2, 5), r"feature size 3 \(last axis\), got shape \(6, 2, 5\)"),
-    ((0, 2, 3), "non-empty sequence"),
-    ((4, 0, 3), "non-empty sequence"),
+    ((0, 2, 3), "at least one step"),
+    ((0, 3), "at least one step"),
 ])
 def test_sequence_input_errors(shape, match):
     with pytest.raises(ValueError, match=f"GRU: .*{match}"):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import lucid_tvm.nn as nn
 from conftest import assert_close, torch_twin
 
 MODES = ["RNN_TANH", "RNN_RELU", "LSTM", "GRU"]
@@ -72,6 +73,27 @@ def test_unbatched_sequence(mode, bidirectional, rng):
     out, state = ours(x, hx)
     assert_close(out, ref_out)
     assert_close(state[0] if mode == "LSTM" else state, ref_state[0] if mode == "LSTM" else ref_state)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("mode", MODES)
+def test_empty_batch_gives_empty_outputs_as_in_torch(mode, batch_first, rng):
+    ref, ours = torch_twin(mode, I, H, num_layers=2, bidirectional=True, batch_first=batch_first)
+    x = np.zeros((0, T, I) if batch_first else (T, 0, I), np.float32)
+    h = np.zeros((4, 0, H), np.float32)
+    hx = (h, h) if mode == "LSTM" else h
+    torch_hx = tuple(map(torch.from_numpy, hx)) if mode == "LSTM" else torch.from_numpy(h)
+    for args, torch_args in (((), ()), ((hx,), (torch_hx,))):
+        with torch.no_grad():
+            expected = ref(torch.from_numpy(x), *torch_args)
+        out, state = ours(x, *args)
+        assert_close(out, expected[0])
+        for got, want in zip(state if mode == "LSTM" else (state,),
+                             expected[1] if mode == "LSTM" else (expected[1],)):
+            assert_close(got, want)
+    cell = {"RNN_TANH": nn.RNNCell, "RNN_RELU": nn.RNNCell, "LSTM": nn.LSTMCell, "GRU": nn.GRUCell}[mode](I, H)
+    outputs = cell(np.zeros((0, I), np.float32))
+    assert all(o.shape == (0, H) for o in (outputs if mode == "LSTM" else (outputs,)))
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -12,14 +12,13 @@ def cell_input(owner, shape, input_size):
         raise ValueError(f"{owner}: expected input with feature size {input_size} "
                          f"(last axis), got shape {shape}")
     batched = len(shape) == 2
-    if batched and shape[0] == 0:
-        raise ValueError(f"{owner}: expected a batch of at least 1, got shape {shape}")
     return batched, shape[0] if batched else 1
 
 
-def sequence_input(owner, shape, input_size):
+def sequence_input(owner, shape, input_size, batch_first):
     """Whether a sequence input of ``shape`` is batched: (seq, batch, input_size) (or batch first)
-    or (seq, input_size) unbatched, with no empty axis."""
+    or (seq, input_size) unbatched, of at least one step. A batch of 0 gives empty outputs, as
+    torch's layers do."""
     shape = tuple(shape)
     if len(shape) not in (2, 3):
         raise ValueError(f"{owner}: expected input of 3 dimensions ((seq, batch, feature), or "
@@ -28,6 +27,7 @@ def sequence_input(owner, shape, input_size):
     if shape[-1] != input_size:
         raise ValueError(f"{owner}: expected input with feature size {input_size} "
                          f"(last axis), got shape {shape}")
-    if 0 in shape[:-1]:
-        raise ValueError(f"{owner}: expected a non-empty sequence and batch, got input of shape {shape}")
+    steps = shape[1] if len(shape) == 3 and batch_first else shape[0]
+    if steps == 0:
+        raise ValueError(f"{owner}: expected a sequence of at least one step, got input of shape {shape}")
     return len(shape) == 3

@@ -93,6 +93,8 @@ def _run_layers(cells, x, h0, c0, directions, dropout, training):
     hidden, dtype = cells[0].hidden_size, cells[0].dtype
     is_lstm = cells[0].mode == "LSTM"
     h_n, c_n = torch.empty_like(h0), (torch.empty_like(c0) if is_lstm else None)
+    if batch == 0:  # empty outputs, as torch's; no kernel launched on an empty grid
+        return torch.empty((steps, 0, directions * hidden), dtype=x.dtype, device=x.device), h_n, c_n
     layer_input = x
     num_layers = len(cells) // directions
     for layer in range(num_layers):
@@ -121,7 +123,7 @@ def sequence_forward(module, input, hx):
     """``RNNBase.forward`` on a torch CUDA tensor."""
     owner = type(module).__name__
     x = _torch_tensor(input, f"{owner} input", module.dtype)
-    batched = checks.sequence_input(owner, x.shape, module.input_size)
+    batched = checks.sequence_input(owner, x.shape, module.input_size, module.batch_first)
     x = x.unsqueeze(1) if not batched else (x.transpose(0, 1) if module.batch_first else x)
     stack = module.num_layers * module.num_directions
     h0, c0 = _states(owner, hx, module.is_lstm, (stack, x.shape[1], module.hidden_size), batched, x)

@@ -116,7 +116,10 @@ class _Cell(Module):
     def run_sequence(self, x, h0, c0, y, yoff=0, reverse=False, hn=None, cn=None):
         """Run over ``x`` (T, B, I); see :meth:`lucid_tvm.runtime.LayerKernel.run`. The kernel and
         the packed weights are looked up again only after a parameter write anywhere or a kernel
-        registration (two integers to compare on every call of a small layer)."""
+        registration (two integers to compare on every call of a small layer). A batch of 0 has
+        nothing to compute: its outputs are empty."""
+        if x.shape[1] == 0:
+            return
         now = (Parameter.writes, registry_generation())
         if self._prepared_at != now:
             if x.dtype != self.dtype:  # from the layer before, of another dtype (one parameter write made it so)
@@ -298,7 +301,7 @@ class RNNBase(Module):
             return gpu.sequence_forward(self, input, hx)
         owner = type(self).__name__
         x = to_numpy(input, f"{owner} input")
-        batched = checks.sequence_input(owner, x.shape, self.input_size)
+        batched = checks.sequence_input(owner, x.shape, self.input_size, self.batch_first)
         # The cells without ``self.layers`` (Module.__getattr__): half a microsecond per call.
         cells = tuple(self._modules["layers"]._modules.values())
         dtype, hidden, directions = cells[0].dtype, self.hidden_size, self.num_directions
