@@ -286,6 +286,33 @@ def test_weights_written_through_data_after_a_backward_are_used(kind):
         torch.testing.assert_close(losses[1], losses[0], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_weights_written_through_data_before_a_new_sequence_are_used(kind):
+    """Inference: a write through ``param.data`` is seen at the next ``zero_states``."""
+    ref, ours, x = twins_after_a_step(kind)
+    for layer in (ref, ours):
+        for p in layer.parameters():
+            p.data.mul_(1.5)
+        layer.zero_states()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=0)
+
+
+def test_weights_are_compared_not_packed_again_when_unchanged(monkeypatch):
+    """After a backward and at zero_states the weights are compared with those packed, and packed
+    again only where they differ: a step and its backward, over and over, pack once."""
+    from lucid_tvm.tracetorch import _step
+    packs = []
+    real = _step._PackedLinear._pack
+    monkeypatch.setattr(_step._PackedLinear, "_pack", lambda self, *a: packs.append(1) or real(self, *a))
+    _, ours = twins("LSTM")
+    x = torch.randn(2, IN, requires_grad=True)
+    for _ in range(3):
+        ours.zero_states()
+        ours(x).sum().backward()
+    assert len(packs) == 1
+
+
 def backward_again_after_a_step(layer, needs_grad):
     """Input's gradient of a second backward through a step after an optimizer's step changed
     the weights it used; or "refused"."""

@@ -29,32 +29,44 @@ LINEAR_OUTPUTS = {"SimpleRNN": (1,), "LSTM": (4,), "GRU": (2, 1)}
 SAVED_STATE = {"SimpleRNN": "h_new", "LSTM": "c", "GRU": "h"}
 
 
+def _same_bits(a, b):
+    """Whether the arrays of the tuples ``a`` and ``b`` (or Nones) hold the same bits."""
+    return all((x is None) == (y is None) and (x is None or np.array_equal(x.view(f"u{x.itemsize}"),
+                                                                            y.view(f"u{y.itemsize}")))
+               for x, y in zip(a, b))
+
+
 class _PackedLinear:
     """A torch Linear's weights packed for the forward GEMM (W) and, on the first backward, for
     the input-gradient GEMM (W^T): inference never compiles or packs the backward's kernels.
     ``what`` names the Linear in errors; ``shape`` is the (out, in) its weight must have."""
 
     def __init__(self, linear, dtype, what, shape):
-        self.linear, self.dtype, self.what, self.shape, self._key = linear, dtype, what, shape, None
+        self.linear, self.dtype, self.what, self.shape = linear, dtype, what, shape
         self.forward_gemm = gemm(shape[0], dtype)
-
-    def forget(self):
-        """Repack on the next :meth:`packed`, whatever the key says."""
-        self._key = None
+        self._key, self._values = None, None  # of the weights last packed
+        self.compare_values = False  # at the next packed(), whatever the key says
 
     def packed(self):
         w, b = self.linear.weight, self.linear.bias
         key = (w.data_ptr(), w._version, None if b is None else (b.data_ptr(), b._version))
-        if key != self._key:
-            # A Linear replaced by one of other sizes, or given other weights: tracetorch fails
-            # in torch's matmul, or not at all where only the output is wider; we say which.
-            if tuple(w.shape) != self.shape or (b is not None and tuple(b.shape) != self.shape[:1]):
-                raise ValueError(f"{self.what}: expected a Linear({self.shape[1]}, {self.shape[0]}), got weight "
-                                 f"{tuple(w.shape)}" + ("" if b is None else f" and bias {tuple(b.shape)}"))
-            self.forward = self.forward_gemm.pack(w.detach().numpy(), None if b is None else b.detach().numpy())
-            self.transposed = None
-            self._key = key
+        if key != self._key or self.compare_values:
+            values = (w.detach().numpy(), None if b is None else b.detach().numpy())
+            if key != self._key or not _same_bits(self._values, values):
+                self._pack(key, values)
+            self.compare_values = False
         return self
+
+    def _pack(self, key, values):
+        # A Linear replaced by one of other sizes, or given other weights: tracetorch fails in
+        # torch's matmul, or not at all where only the output is wider; we say which.
+        w, b = values
+        if w.shape != self.shape or (b is not None and b.shape != self.shape[:1]):
+            raise ValueError(f"{self.what}: expected a Linear({self.shape[1]}, {self.shape[0]}), got weight "
+                             f"{w.shape}" + ("" if b is None else f" and bias {b.shape}"))
+        self.forward = self.forward_gemm.pack(w, b)
+        self.transposed = None
+        self._key, self._values = key, (w.copy(), None if b is None else b.copy())
 
     def __call__(self, x, one_thread):
         return self.forward_gemm(x, self.forward, one_thread)
@@ -85,7 +97,12 @@ class StepEngine:
         self.linears = [_PackedLinear(linear, dtype, f"{kind}.{name}", (k * out_features, in_features + out_features))
                         for (name, linear), k in zip(linears.items(), LINEAR_OUTPUTS[kind])]
         self.fns = Functions(("tracetorch", kind, out_features, in_features, dtype))
-        self.backward_ran = False
+        # Writes through ``param.data`` (manual SGD, clipping, an EMA) or a numpy view leave
+        # ``_version`` as it was. Where they are usual, after a backward and at a new sequence
+        # (``zero_states``), the next forward compares the weights with those packed (15 us for
+        # 512 KB, where packing again took 100-200): not on every call, which would add as much
+        # to each step of a small layer.
+        self.compare_values = False
 
     def runs(self, linears):
         """Whether this engine computes with these Linear modules (not ones since replaced)."""
@@ -96,13 +113,10 @@ class StepEngine:
 
     def forward(self, x, h, c=None, training=False):
         """(h_new, c_new or None, saved-for-backward); ``training``: a step autograd records."""
-        if self.backward_ran:
-            # Writes through ``param.data`` (manual SGD, clipping, an EMA) or another alias leave
-            # ``_version`` as it was; where they are usual, after a backward, the weights are
-            # packed again. An optimizer's step would have changed the key anyway.
+        if self.compare_values:
             for linear in self.linears:
-                linear.forget()
-            self.backward_ran = False
+                linear.compare_values = True
+            self.compare_values = False
         batch = x.shape[0]
         hx = aligned(np.concatenate([h, x], axis=1), self.dtype)
         first = self.linears[0].packed()
@@ -127,7 +141,7 @@ class StepEngine:
 
     def backward(self, saved, dh, dc=None):
         """(dx, dh_prev, dc_prev or None, [(dW, db) per Linear])."""
-        self.backward_ran = True
+        self.compare_values = True
         dh = aligned(dh, self.dtype)
         batch, hidden = dh.shape
         if self.kind in ("SimpleRNN", "LSTM"):

@@ -77,6 +77,11 @@ class _CompiledLayer(Layer):
         """What ``copy`` and ``pickle`` (``torch.save``) keep: all but the compiled engines."""
         return {**super().__getstate__(), "_engines": {}}
 
+    def zero_states(self):
+        super().zero_states()
+        for engine in self._engines.values():  # a new sequence: weights written unseen are looked for
+            engine.compare_values = True
+
     def _linears(self):
         """name -> Linear, in the order the kernels take them (``_step.LINEAR_OUTPUTS``)."""
         return {name: getattr(self, name) for name in self.linear_names}
