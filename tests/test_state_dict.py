@@ -81,6 +81,8 @@ def test_assigning_other_than_a_parameter_is_refused_as_in_torch(rng):
         with pytest.raises(TypeError, match=r"GRUCell: cannot assign \w+ as parameter 'weight_ih' \(a Parameter or "
                                             r"None; to change its values assign weight_ih.data = array\)"):
             cell.weight_ih = value
+    with pytest.raises(TypeError, match="cannot assign GRUCell as parameter 'bias_ih'"):
+        cell.bias_ih = nn.GRUCell(1, 1)
     stacked = nn.LSTM(4, 3)
     with pytest.raises(TypeError, match="cannot assign list as submodule 'layers'"):
         stacked.layers = [nn.LSTMCell(4, 3)]
@@ -89,7 +91,7 @@ def test_assigning_other_than_a_parameter_is_refused_as_in_torch(rng):
     np.testing.assert_array_equal(cell(x).numpy(), before)
 
 
-def test_a_bias_assigned_to_a_cell_without_bias_is_its_bias_as_in_torch(rng):
+def test_a_parameter_assigned_replaces_what_had_its_name_as_in_torch(rng):
     ref, ours = torch.nn.GRUCell(4, 3, bias=False), nn.GRUCell(4, 3, bias=False)
     ours.load_state_dict(ref.state_dict())
     bias = rng.standard_normal(9).astype(np.float32)
@@ -98,6 +100,10 @@ def test_a_bias_assigned_to_a_cell_without_bias_is_its_bias_as_in_torch(rng):
     x = rng.standard_normal((2, 4)).astype(np.float32)
     with torch.no_grad():
         np.testing.assert_allclose(ours(x).numpy(), ref(torch.from_numpy(x)).numpy(), atol=1e-6)
+    # A Parameter replaces a submodule of its name too, as in torch.
+    cell = nn.RNNCell(4, 3)
+    cell.nonlinearity = nn.Parameter(bias)
+    assert cell.nonlinearity is cell._parameters["nonlinearity"] and "nonlinearity" not in cell._modules
 
 
 def test_to_keeps_the_parameter_objects_as_torch_does(rng):

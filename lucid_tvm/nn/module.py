@@ -68,21 +68,25 @@ class Module:
         object.__setattr__(self, "training", True)
 
     def __setattr__(self, name, value):
-        if isinstance(value, (Parameter, Module)):
-            # A plain attribute of that name (``bias_ih = None`` of a layer without bias) would
-            # hide it from reads: dropped, as torch drops it.
+        # torch's rules. A Parameter replaces whatever had its name: a plain attribute left there
+        # (``bias_ih = None`` of a cell without bias) would hide it from reads. A registered
+        # parameter takes a Parameter or None only, and a submodule a Module only: set as a plain
+        # attribute, anything else would hide it from reads while the layer, state_dict() and
+        # parameters() went on with the old one.
+        if isinstance(value, Parameter):
             self.__dict__.pop(name, None)
-        if isinstance(value, Parameter) or (value is None and name in self._parameters):
+            self._modules.pop(name, None)
             self._parameters[name] = value
             Parameter.writes += 1
-        elif isinstance(value, Module):
-            self._modules[name] = value
-        # Set as a plain attribute, anything else would hide a registered parameter or submodule
-        # from reads only: the layer, state_dict() and parameters() would go on with the old one
-        # (torch refuses it too).
         elif name in self.__dict__.get("_parameters", ()):
-            raise TypeError(f"{type(self).__name__}: cannot assign {type(value).__name__} as parameter {name!r} "
-                            f"(a Parameter or None; to change its values assign {name}.data = array)")
+            if value is not None:
+                raise TypeError(f"{type(self).__name__}: cannot assign {type(value).__name__} as parameter "
+                                f"{name!r} (a Parameter or None; to change its values assign {name}.data = array)")
+            self._parameters[name] = None
+            Parameter.writes += 1
+        elif isinstance(value, Module):
+            self.__dict__.pop(name, None)
+            self._modules[name] = value
         elif name in self.__dict__.get("_modules", ()):
             raise TypeError(f"{type(self).__name__}: cannot assign {type(value).__name__} as submodule {name!r} "
                             f"(a Module)")
