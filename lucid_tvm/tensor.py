@@ -129,7 +129,7 @@ def to_numpy(value, what):
         array = value.data
     elif isinstance(value, np.ndarray):
         array = value if type(value) is np.ndarray else np.asarray(value)  # np.matrix is always 2-D
-    elif is_torch(value) and hasattr(value, "device"):  # a tensor (a PackedSequence is not one)
+    elif is_torch(value) and hasattr(value, "__dlpack__"):  # a tensor (not a PackedSequence, a Generator)
         if value.device.type != "cpu":
             raise TypeError(f"{what}: expected a CPU tensor, got a tensor on {value.device}")
         if str(value.layout) != "torch.strided":

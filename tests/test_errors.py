@@ -61,6 +61,8 @@ def test_hidden_state_errors():
     packed = torch.nn.utils.rnn.pack_padded_sequence(torch.zeros(6, 2, 3), [6, 4])
     with pytest.raises(TypeError, match="GRU input: expected a lucid_tvm.Tensor, .* got PackedSequence"):
         gru(packed)
+    with pytest.raises(TypeError, match="GRU input: expected a lucid_tvm.Tensor, .* got Generator"):
+        gru(torch.Generator())
     lstm = nn.LSTM(3, 4)
     with pytest.raises(ValueError, match=r"LSTM: expected hx as a tuple \(h_0, c_0\), got ndarray"):
         lstm(x, np.zeros((1, 2, 4), np.float32))
