@@ -3,8 +3,9 @@
 Each step is a few calls: the Linear over cat([H, x]) on the compiled GEMM, the cell's
 elementwise kernels (``kernels/tracetorch.py``), and for the backward two more GEMMs per Linear:
 ``d[H, x] = dpre @ W`` and ``[dW | db] = dpre^T @ [H, x, 1]``. Arrays are numpy (zero-copy views
-of torch tensors). Weights are packed once per parameter version (torch bumps ``_version`` on
-every in-place change, so an optimizer step is noticed).
+of torch tensors). Weights are packed once per parameter version and storage (torch bumps
+``_version`` on every in-place change, so an optimizer step is noticed), and compared bit for bit
+with those packed where writes torch does not count are usual (``StepEngine.compare_values``).
 
 A step autograd records (training) runs its GEMMs on the calling thread, forward and backward.
 A training loop runs torch's parallel ops between the face's calls (the autograd engine adds each
@@ -45,16 +46,19 @@ class _PackedLinear:
         self.linear, self.dtype, self.what, self.shape = linear, dtype, what, shape
         self.forward_gemm = gemm(shape[0], dtype)
         self._key, self._values = None, None  # of the weights last packed
-        self.compare_values = False  # at the next packed(), whatever the key says
 
-    def packed(self):
+    def packed(self, compare_values=False):
+        """Itself, its weights packed as the Linear's are now; ``compare_values``: compare them with
+        those last packed, whatever the version counters say."""
         w, b = self.linear.weight, self.linear.bias
         key = (w.data_ptr(), w._version, None if b is None else (b.data_ptr(), b._version))
-        if key != self._key or self.compare_values:
+        if key != self._key or compare_values:
             values = (w.detach().numpy(), None if b is None else b.detach().numpy())
             if key != self._key or not _same_bits(self._values, values):
                 self._pack(key, values)
-            self.compare_values = False
+                # The packed tensors' memory is kept: after ``p.data = new`` freed it, a later
+                # tensor at the same address would have matched the key.
+                self._held = (w.detach(), None if b is None else b.detach())
         return self
 
     def _pack(self, key, values):
@@ -99,9 +103,9 @@ class StepEngine:
         self.fns = Functions(("tracetorch", kind, out_features, in_features, dtype))
         # Writes through ``param.data`` (manual SGD, clipping, an EMA) or a numpy view leave
         # ``_version`` as it was. Where they are usual, after a backward and at a new sequence
-        # (``zero_states``), the next forward compares the weights with those packed (15 us for
-        # 512 KB, where packing again took 100-200): not on every call, which would add as much
-        # to each step of a small layer.
+        # (``zero_states``), the next forward compares the weights with a copy of those packed
+        # (15 us for 512 KB, where packing W and W^T again took 100-200): not on every call,
+        # which would add as much to each step of a small layer.
         self.compare_values = False
 
     def runs(self, linears):
@@ -113,13 +117,10 @@ class StepEngine:
 
     def forward(self, x, h, c=None, training=False):
         """(h_new, c_new or None, saved-for-backward); ``training``: a step autograd records."""
-        if self.compare_values:
-            for linear in self.linears:
-                linear.compare_values = True
-            self.compare_values = False
+        compare, self.compare_values = self.compare_values, False
         batch = x.shape[0]
         hx = aligned(np.concatenate([h, x], axis=1), self.dtype)
-        first = self.linears[0].packed()
+        first = self.linears[0].packed(compare)
         pre = first(hx, training)
         h_new = self._empty(batch)
         if self.kind == "SimpleRNN":
@@ -136,7 +137,7 @@ class StepEngine:
         ru, rhx = self._empty(batch, 2 * self.hidden), self._empty(batch, hx.shape[1])
         self.fns.forward_gates(pre, h, aligned(x, self.dtype), ru, rhx)
         cand = self._empty(batch)
-        self.fns.forward_out(self.linears[1].packed()(rhx, training), h, ru, h_new, cand)
+        self.fns.forward_out(self.linears[1].packed(compare)(rhx, training), h, ru, h_new, cand)
         return h_new, None, (hx, h, ru, rhx, cand)
 
     def backward(self, saved, dh, dc=None):
