@@ -50,6 +50,25 @@ def _cpu_flags():
     return None
 
 
+# x86 instruction sets LLVM may use for a named CPU, by LLVM's name, as /proc/cpuinfo names them.
+_X86_FLAGS = {"ssse3": "ssse3", "sse4.1": "sse4_1", "sse4.2": "sse4_2", "avx": "avx", "avx2": "avx2", "fma": "fma",
+              "f16c": "f16c", "bmi2": "bmi2", "avx512f": "avx512f", "avx512bw": "avx512bw", "avx512cd": "avx512cd",
+              "avx512dq": "avx512dq", "avx512vl": "avx512vl"}
+
+
+def _required_flags(target, on_host, machine):
+    """The CPU feature flags a machine needs to run the kernels: all of this one's for the host
+    target, those LLVM enables for a named x86 CPU (``-mcpu=skylake-avx512``) otherwise; None
+    where neither is known (Arm, CUDA)."""
+    if on_host:
+        return _cpu_flags()
+    if target.kind.name != "llvm" or machine != "x86_64":
+        return None
+    from tvm.target import codegen
+
+    return sorted(_X86_FLAGS[name] for name in codegen.llvm_get_cpu_features(target) if name in _X86_FLAGS)
+
+
 def _describe(module):
     """(face, class name, constructor arguments, dtype name) of a supported layer."""
     from . import nn
@@ -105,14 +124,14 @@ def _write_kernel(built, path, file, machine):
     from tvm.support import cc
 
     if machine == platform.machine():
-        barrier.export_library(built, path / file)
+        write_atomic(path / file, lambda tmp: barrier.export_library(built, tmp))
         return file, None
     cross = shutil.which(f"{machine}-linux-gnu-g++")
     if cross:
-        barrier.export_library(built, path / file, fcompile=cc.cross_compiler(cross))
+        write_atomic(path / file, lambda tmp: barrier.export_library(built, tmp, fcompile=cc.cross_compiler(cross)))
         return file, None
     archive = file.replace(".so", ".tar")
-    barrier.export_library(built, path / archive)
+    write_atomic(path / archive, lambda tmp: barrier.export_library(built, tmp))
     return archive, (f"no {machine}-linux-gnu-g++ here: this archive holds the object files and "
                      f"{barrier.SOURCE.name}; on a {machine} machine link them with "
                      f"`g++ -O2 -shared -fPIC -o {Path(file).name} *.o {barrier.SOURCE.name}` "
@@ -143,6 +162,9 @@ def export(module, path, target="llvm", example_input=None):
                          "exports for llvm targets only")
     with runtime.recording() as used:
         _run_once(module, face, example_input)
+    if not used:  # an empty batch: the artifact would hold no kernel to run a real one
+        raise ValueError(f"export: the example input of shape {tuple(np.shape(example_input))} ran no "
+                         "kernel; give one with at least one batch entry")
     path = Path(path)
     (path / "kernels").mkdir(parents=True, exist_ok=True)
     on_host = str(target) == str(build.host_target())
@@ -153,10 +175,13 @@ def export(module, path, target="llvm", example_input=None):
         if on_host:  # the modules this process runs, from the kernel cache
             entry = runtime.registered(identity)
             schedule = entry.schedule
+            # Each file is written aside and renamed into place: a process that has loaded the
+            # artifact keeps its mapped kernels, and one exporting a loaded artifact again into
+            # its own directory copies each file onto itself.
             if entry.path is not None:
-                shutil.copyfile(entry.path, path / file)
+                write_atomic(path / file, lambda tmp: shutil.copyfile(entry.path, tmp))
             else:  # built in this process (the kernel cache was not writable)
-                barrier.export_library(entry.module, path / file)
+                write_atomic(path / file, lambda tmp: barrier.export_library(entry.module, tmp))
         else:
             found = build.build_for(identity, target)
             if found is None:  # a tuned projection with no record for that target: the default runs
@@ -172,14 +197,14 @@ def export(module, path, target="llvm", example_input=None):
         kernels.append(kernel)
     weights = {key: np.asarray(value.detach().cpu() if hasattr(value, "detach") else value)
                for key, value in module.state_dict().items()}
-    np.savez(path / "weights.npz", **weights)
+    write_atomic(path / "weights.npz", lambda tmp: np.savez(tmp, **weights))
     files = ["weights.npz"] + [k["file"] for k in kernels]
     manifest = {
         "format": FORMAT,
         "lucid_tvm": __version__,
         "tvm": tvm.__version__,
         "target": {"string": str(target), "kind": target.kind.name, "machine": machine,
-                   "cpu_flags": _cpu_flags() if on_host else None,
+                   "cpu_flags": _required_flags(target, on_host, machine),
                    **({"arch": build.cuda_arch(target)} if is_cuda else {})},
         "layer": {"face": face, "class": name, "config": config, "training": bool(module.training)},
         "dtype": dtype,
@@ -226,7 +251,7 @@ def _check_machine(path, target):
     if needed and here is not None:
         missing = sorted(set(needed) - set(here))
         # Only instruction-set flags matter; virtualization and bug flags may differ between hosts.
-        missing = [flag for flag in missing if flag.startswith(("avx", "sse", "fma", "f16c", "bmi", "amx", "asimd", "sve"))]
+        missing = [flag for flag in missing if flag.startswith(("avx", "sse", "ssse", "fma", "f16c", "bmi", "amx", "asimd", "sve"))]
         if missing:
             raise ArtifactError(f"{path} was compiled for a CPU with {', '.join(missing)}, "
                                 "which this CPU lacks; export it again on (or for) this machine")

@@ -10,14 +10,24 @@ def sha256(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path, write):
-    """``write(tmp)`` then rename onto ``path``: readers see the old file or the new, never half."""
+    """``write(tmp)`` then rename onto ``path``: readers see the old file or the new, never half,
+    and a process that has the old one mapped (a loaded kernel library) keeps reading the old.
+    The file gets the mode a plain ``open`` would give it: ``mkstemp``'s 0600 would leave an
+    artifact exported by one user unreadable to the others."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

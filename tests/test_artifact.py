@@ -170,9 +170,37 @@ def test_corrupt_manifest_is_refused(artifact):
         lucid_tvm.load(artifact)
 
 
+def test_files_are_readable_by_others_and_replaced_not_rewritten(artifact, tmp_path):
+    """Exported files get the umask's mode (mkstemp's 0600 left the manifest unreadable to other
+    users), and exporting into an artifact a process has loaded replaces its files: that process
+    keeps its mapped kernels, and a loaded layer exported into its own directory works."""
+    for file in ("manifest.json", "weights.npz", "kernels/0.so"):
+        assert (artifact / file).stat().st_mode & 0o777 == 0o666 & ~_umask(), file
+    script = textwrap.dedent("""
+        import sys, numpy as np, lucid_tvm, lucid_tvm.nn as nn
+        path, x = sys.argv[1], np.ones((3, 2, 4), np.float32)
+        loaded = lucid_tvm.load(path)
+        before = loaded(x)[0].numpy()
+        lucid_tvm.export(nn.GRU(4, 9), path, example_input=x)  # another layer's kernel as kernels/0.so
+        assert np.array_equal(loaded(x)[0].numpy(), before)
+        lucid_tvm.export(loaded, path, example_input=x)  # the loaded layer into its own directory
+        assert np.array_equal(lucid_tvm.load(path)(x)[0].numpy(), before)
+    """)
+    done = subprocess.run([sys.executable, "-c", script, str(artifact)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def test_export_arguments():
     with pytest.raises(ValueError, match="example_input is required"):
         lucid_tvm.export(nn.GRU(2, 3), "/tmp/unused")
+    with pytest.raises(ValueError, match=r"example input of shape \(1, 0, 2\) ran no kernel"):
+        lucid_tvm.export(nn.GRU(2, 3), "/tmp/unused", example_input=np.zeros((1, 0, 2), np.float32))
     with pytest.raises(ValueError, match="expected an llvm .CPU. or cuda target, got opencl"):
         lucid_tvm.export(nn.GRU(2, 3), "/tmp/unused", target="opencl", example_input=np.zeros((1, 1, 2)))
     with pytest.raises(ValueError, match="expected options like -key=value"):
@@ -233,3 +261,11 @@ def test_host_target_strings(tmp_path):
     np.testing.assert_allclose(layer(x)[0].numpy(), expected, atol=2e-6, rtol=0)  # repacked for it
     # Batch 1: one step's workspace (3 gates x 8 lanes) is not a multiple of 64 bytes.
     np.testing.assert_allclose(loaded(x[:, :1])[0].numpy(), expected[:, :1], atol=2e-6, rtol=0)
+    # It needs what LLVM uses for that CPU (AVX2, FMA): a CPU without them is refused.
+    flags = json.loads((path / "manifest.json").read_text())["target"]["cpu_flags"]
+    assert {"avx2", "fma"} <= set(flags) and "avx512f" not in flags
+    without = [flag for flag in lucid_tvm.artifact._cpu_flags() if flag not in ("avx2", "fma")]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(lucid_tvm.artifact, "_cpu_flags", lambda: without)
+        with pytest.raises(lucid_tvm.ArtifactError, match="compiled for a CPU with avx2, fma"):
+            lucid_tvm.load(path)
