@@ -12,6 +12,7 @@ with our keys or PyTorch's / tracetorch's.
 
 import argparse
 import json
+import pickle
 import statistics
 import sys
 import time
@@ -44,7 +45,12 @@ def read_weights(path):
     if path.suffix in (".pt", ".pth"):
         import torch
 
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:  # e.g. a whole pickled module, which weights_only refuses
+            raise ValueError(f"weights file {path}: expected a state dict of tensors ({err})") from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ValueError(f"weights file {path}: expected a state dict of tensors, got {type(state).__name__}")
         return {key: value.numpy() for key, value in state.items()}
     raise ValueError(f"weights file {path}: expected .npz, .safetensors, .pt or .pth")
 
@@ -55,7 +61,14 @@ def _make_layer(args):
 
         if args.layer not in TRACETORCH_CLASSES:
             raise SystemExit(f"tracetorch layers are {TRACETORCH_CLASSES}, got {args.layer}")
-        return getattr(tt.rnn, args.layer)(args.input_size, args.hidden_size, args.dim)
+        lucid_only = [option for option, given in (("--num-layers", args.num_layers != 1), ("--no-bias", args.no_bias),
+                                                   ("--batch-first", args.batch_first),
+                                                   ("--bidirectional", args.bidirectional)) if given]
+        if lucid_only:
+            raise ValueError(f"{', '.join(lucid_only)}: lucid layers only; a tracetorch {args.layer} has one "
+                             "layer with bias and its feature axis at --dim")
+        layer = getattr(tt.rnn, args.layer)(args.input_size, args.hidden_size, args.dim)
+        return layer.double() if args.dtype == "float64" else layer
     import lucid_tvm.nn as nn
 
     if args.layer not in LUCID_CLASSES:
@@ -82,8 +95,6 @@ def compile_command(args):
             import torch
 
             layer.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.items()})
-            if args.dtype == "float64":
-                layer.double()
         else:
             layer.load_state_dict(weights)
     else:
@@ -220,7 +231,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, OSError) as err:  # OSError: a path missing, unwritable, not a directory
         print(f"lucid-tvm {args.command}: {err}", file=sys.stderr)
         return 2
     return 0

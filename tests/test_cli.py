@@ -53,12 +53,32 @@ def test_compile_tracetorch_layer(tmp_path):
         torch.testing.assert_close(layer(x), ref(x), atol=1e-5, rtol=0)
 
 
+def test_compile_tracetorch_float64_without_weights(tmp_path):
+    out = tmp_path / "artifact"
+    assert main(["compile", "SimpleRNN", "--face", "tracetorch", "--input-size", "4", "--hidden-size", "6",
+                 "--dtype", "float64", "--example-shape", "3,4", "-o", str(out)]) == 0
+    with torch.no_grad():
+        assert lucid_tvm.load(out)(torch.zeros(3, 4, dtype=torch.float64)).dtype == torch.float64
+
+
 def test_errors_are_reported_not_raised(tmp_path, capsys):
     assert main(["info", str(tmp_path / "missing")]) == 2
     assert "manifest.json is missing" in capsys.readouterr().err
-    assert main(["compile", "GRU", "--input-size", "4", "--hidden-size", "6", "--weights",
-                 str(tmp_path / "nope.npz"), "--example-shape", "3,1,4", "-o", str(tmp_path / "a")]) == 2
+    compile_gru = ["compile", "GRU", "--input-size", "4", "--hidden-size", "6", "--example-shape", "3,1,4"]
+    assert main(compile_gru + ["--weights", str(tmp_path / "nope.npz"), "-o", str(tmp_path / "a")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    torch.save([torch.zeros(1)], tmp_path / "list.pt")
+    assert main(compile_gru + ["--weights", str(tmp_path / "list.pt"), "-o", str(tmp_path / "a")]) == 2
+    assert "expected a state dict of tensors, got list" in capsys.readouterr().err
+    torch.save(torch.nn.GRU(4, 6), tmp_path / "module.pt")
+    assert main(compile_gru + ["--weights", str(tmp_path / "module.pt"), "-o", str(tmp_path / "a")]) == 2
+    assert "expected a state dict of tensors" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert main(compile_gru + ["-o", str(tmp_path / "file")]) == 2
+    assert "lucid-tvm compile:" in capsys.readouterr().err
+    assert main(["compile", "GRU", "--face", "tracetorch", "--input-size", "4", "--hidden-size", "6",
+                 "--num-layers", "2", "--example-shape", "3,4", "-o", str(tmp_path / "a")]) == 2
+    assert "--num-layers: lucid layers only" in capsys.readouterr().err
 
 
 def test_console_script_is_installed():
