@@ -274,10 +274,16 @@ def _check_gpu(path, target):
                             "that TVM's runtime can use. Load it on a machine with an NVIDIA GPU "
                             "and driver, or export the layer again for an llvm target")
     here = tvm.cuda(0).compute_version  # e.g. "9.0"
-    wanted = arch[len("sm_"):].rstrip("a")
-    if tuple(int(v) for v in here.split(".")) < (int(wanted[:-1]), int(wanted[-1])):
+    have = tuple(int(v) for v in here.split("."))
+    wanted = arch[len("sm_"):]
+    need = (int(wanted.rstrip("a")[:-1]), int(wanted.rstrip("a")[-1]))
+    if have < need:
         raise ArtifactError(f"{path} was compiled for {arch}; this GPU has compute capability "
                             f"{here}, too old to run it. Export again with target 'cuda' on this machine")
+    if wanted.endswith("a") and have != need:  # sm_90a: that architecture's own features, no later one's
+        raise ArtifactError(f"{path} was compiled for {arch}, whose code runs on compute capability "
+                            f"{need[0]}.{need[1]} only; this GPU has {here}. Export again with target "
+                            f"'cuda -arch=sm_{wanted.rstrip('a')}' (which later GPUs run) or 'cuda' on this machine")
 
 
 def load(path):

@@ -214,7 +214,10 @@ def parse_target(value):
     longer parses itself. Plain ``"llvm"`` means this CPU, with its own -mcpu and core count;
     plain ``"cuda"`` this machine's GPU. CUDA targets get a generic x86-64 LLVM host."""
     if isinstance(value, tvm.target.Target):
-        return _with_host(value) if value.kind.name == "cuda" else value
+        if value.kind.name == "cuda":
+            return _with_host(value)
+        _check_cpu_name(value)
+        return value
     if isinstance(value, dict):
         return parse_target(tvm.target.Target(_cuda_arch_named(value, value)))
     if not isinstance(value, str) or not value.strip():
@@ -241,6 +244,16 @@ def parse_target(value):
     except Exception as err:  # noqa: BLE001 - TVM's own message says what is wrong
         raise ValueError(f"target {value!r} is not valid: {err}") from None
     return parse_target(target)
+
+
+def _check_cpu_name(target):
+    """A CPU LLVM does not know would compile, after some 200 lines of complaint from LLVM, for
+    a generic one (4 lanes on x86): a typo would export slow code without a word."""
+    cpu = target.attrs.get("mcpu")
+    if target.kind.name == "llvm" and cpu:
+        triple = str(target.attrs.get("mtriple") or codegen.llvm_get_system_triple())
+        if not codegen.llvm_is_valid_cpu(str(cpu), triple):
+            raise ValueError(f"target {str(target)!r}: LLVM knows no CPU {str(cpu)!r} for {triple}")
 
 
 def _cuda_arch_named(config, value):

@@ -164,6 +164,20 @@ def test_missing_cpu_features_are_refused(artifact):
         lucid_tvm.load(artifact)
 
 
+@pytest.mark.parametrize("arch,here,refused", [("sm_90", "9.0", None), ("sm_90", "10.0", None),
+                                               ("sm_90", "8.6", "too old"), ("sm_90a", "9.0", None),
+                                               ("sm_90a", "10.0", "runs on compute capability 9.0 only")])
+def test_gpu_architecture_checks(arch, here, refused, monkeypatch):
+    """sm_XX code runs on later GPUs; sm_XXa (the h100 tag's sm_90a) on that architecture only."""
+    monkeypatch.setattr(lucid_tvm.runtime, "cuda_device_present", lambda: True)
+    monkeypatch.setattr(lucid_tvm.artifact.tvm, "cuda", lambda index=0: type("GPU", (), {"compute_version": here}))
+    if refused is None:
+        lucid_tvm.artifact._check_gpu("art", {"arch": arch})
+    else:
+        with pytest.raises(lucid_tvm.ArtifactError, match=refused):
+            lucid_tvm.artifact._check_gpu("art", {"arch": arch})
+
+
 def test_corrupt_manifest_is_refused(artifact):
     (artifact / "manifest.json").write_text("{not json")
     with pytest.raises(lucid_tvm.ArtifactError, match="cannot be read"):
@@ -205,6 +219,8 @@ def test_export_arguments():
         lucid_tvm.export(nn.GRU(2, 3), "/tmp/unused", target="opencl", example_input=np.zeros((1, 1, 2)))
     with pytest.raises(ValueError, match="expected options like -key=value"):
         lucid_tvm.export(nn.GRU(2, 3), "/tmp/unused", target="llvm mcpu", example_input=np.zeros((1, 1, 2)))
+    with pytest.raises(ValueError, match="LLVM knows no CPU 'znver33'"):
+        lucid_tvm.export(nn.GRU(2, 3), "/tmp/unused", target="llvm -mcpu=znver33", example_input=np.zeros((1, 1, 2)))
     with pytest.raises(TypeError, match="expected a lucid_tvm.nn or lucid_tvm.tracetorch"):
         lucid_tvm.export(torch.nn.GRU(2, 3), "/tmp/unused", example_input=np.zeros((1, 1, 2)))
 
