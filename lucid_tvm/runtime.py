@@ -154,8 +154,13 @@ def recording():
 
 def _build():
     # The compiler is imported on first compile only: loading an artifact needs TVM's runtime alone.
-    from . import build
-
+    try:
+        from . import build
+    except ImportError as err:  # TVM's runtime alone, which fails deep inside tvm's imports
+        raise ImportError(f"lucid_tvm needs a kernel that no loaded artifact holds (a layer size, "
+                          f"dtype or backward the example input did not use), and this TVM cannot "
+                          f"compile one ({err}); export the layer with an example that uses it, or "
+                          f"install the full apache-tvm") from err
     return build
 
 

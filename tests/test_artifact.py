@@ -103,6 +103,22 @@ def artifact(tmp_path):
     return lucid_tvm.export(layer, tmp_path / "artifact", example_input=np.zeros((2, 1, 4), np.float32))
 
 
+def test_a_kernel_missing_from_the_artifact_is_named_on_a_runtime_only_machine(artifact, tmp_path):
+    script = textwrap.dedent("""
+        import sys, numpy as np, lucid_tvm
+        layer = lucid_tvm.load(sys.argv[1]).double()  # float64 kernels: not in the artifact
+        try:
+            layer(np.zeros((2, 1, 4)))
+        except ImportError as error:
+            print(error)
+    """)
+    env = {**os.environ, "TVM_USE_RUNTIME_LIB": "1", "LUCID_TVM_CACHE_DIR": str(tmp_path / "empty-cache")}
+    done = subprocess.run([sys.executable, "-c", script, str(artifact)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "needs a kernel that no loaded artifact holds" in done.stdout
+
+
 def test_changed_files_are_refused(artifact):
     kernel = next((artifact / "kernels").glob("*.so"))
     data = bytearray(kernel.read_bytes())
