@@ -240,6 +240,9 @@ def read_manifest(path):
         raise ArtifactError(f"{path} has manifest format {manifest['format']}, from an older lucid_tvm "
                             f"whose kernels this one cannot call (it reads format {FORMAT}); export "
                             "the layer again")
+    missing = [key for key in ("target", "layer", "dtype", "shapes", "kernels", "files") if key not in manifest]
+    if missing:
+        raise ArtifactError(f"{path}/manifest.json lacks {', '.join(missing)}; export the layer again")
     return manifest
 
 

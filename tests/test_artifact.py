@@ -195,6 +195,11 @@ def test_gpu_architecture_checks(arch, here, refused, monkeypatch):
 
 
 def test_corrupt_manifest_is_refused(artifact):
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    del manifest["target"], manifest["files"]
+    (artifact / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(lucid_tvm.ArtifactError, match="manifest.json lacks target, files"):
+        lucid_tvm.load(artifact)
     (artifact / "manifest.json").write_text("{not json")
     with pytest.raises(lucid_tvm.ArtifactError, match="cannot be read"):
         lucid_tvm.load(artifact)
