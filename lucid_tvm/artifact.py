@@ -50,10 +50,10 @@ def _cpu_flags():
     return None
 
 
-# x86 instruction sets LLVM may use for a named CPU, by LLVM's name, as /proc/cpuinfo names them.
-_X86_FLAGS = {"ssse3": "ssse3", "sse4.1": "sse4_1", "sse4.2": "sse4_2", "avx": "avx", "avx2": "avx2", "fma": "fma",
-              "f16c": "f16c", "bmi2": "bmi2", "avx512f": "avx512f", "avx512bw": "avx512bw", "avx512cd": "avx512cd",
-              "avx512dq": "avx512dq", "avx512vl": "avx512vl"}
+# x86 instruction sets LLVM may use for a named CPU, by LLVM's names; /proc/cpuinfo's are the same
+# with "_" for ".".
+_X86_FEATURES = ("ssse3", "sse4.1", "sse4.2", "avx", "avx2", "fma", "f16c", "bmi2", "avx512f", "avx512bw",
+                 "avx512cd", "avx512dq", "avx512vl")
 
 
 def _required_flags(target, on_host, machine):
@@ -66,7 +66,8 @@ def _required_flags(target, on_host, machine):
         return None
     from tvm.target import codegen
 
-    return sorted(_X86_FLAGS[name] for name in codegen.llvm_get_cpu_features(target) if name in _X86_FLAGS)
+    enabled = codegen.llvm_get_cpu_features(target)
+    return sorted(name.replace(".", "_") for name in _X86_FEATURES if name in enabled)
 
 
 def _describe(module):
@@ -278,15 +279,15 @@ def _check_gpu(path, target):
                             "and driver, or export the layer again for an llvm target")
     here = tvm.cuda(0).compute_version  # e.g. "9.0"
     have = tuple(int(v) for v in here.split("."))
-    wanted = arch[len("sm_"):]
-    need = (int(wanted.rstrip("a")[:-1]), int(wanted.rstrip("a")[-1]))
+    digits = arch[len("sm_"):].rstrip("a")
+    need = (int(digits[:-1]), int(digits[-1]))
     if have < need:
         raise ArtifactError(f"{path} was compiled for {arch}; this GPU has compute capability "
                             f"{here}, too old to run it. Export again with target 'cuda' on this machine")
-    if wanted.endswith("a") and have != need:  # sm_90a: that architecture's own features, no later one's
+    if arch.endswith("a") and have != need:  # sm_90a: that architecture's own features, no later one's
         raise ArtifactError(f"{path} was compiled for {arch}, whose code runs on compute capability "
                             f"{need[0]}.{need[1]} only; this GPU has {here}. Export again with target "
-                            f"'cuda -arch=sm_{wanted.rstrip('a')}' (which later GPUs run) or 'cuda' on this machine")
+                            f"'cuda -arch=sm_{digits}' (which later GPUs run) or 'cuda' on this machine")
 
 
 def load(path):

@@ -210,7 +210,7 @@ def test_files_are_readable_by_others_and_replaced_not_rewritten(artifact, tmp_p
     users), and exporting into an artifact a process has loaded replaces its files: that process
     keeps its mapped kernels, and a loaded layer exported into its own directory works."""
     for file in ("manifest.json", "weights.npz", "kernels/0.so"):
-        assert (artifact / file).stat().st_mode & 0o777 == 0o666 & ~_umask(), file
+        assert (artifact / file).stat().st_mode & 0o777 == 0o666 & ~lucid_tvm.files._umask(), file
     script = textwrap.dedent("""
         import sys, numpy as np, lucid_tvm, lucid_tvm.nn as nn
         path, x = sys.argv[1], np.ones((3, 2, 4), np.float32)
@@ -223,12 +223,6 @@ def test_files_are_readable_by_others_and_replaced_not_rewritten(artifact, tmp_p
     """)
     done = subprocess.run([sys.executable, "-c", script, str(artifact)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-
-
-def _umask():
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def test_export_arguments():
