@@ -122,7 +122,8 @@ def tuned_rows(spec, target):
     suffix = workload.name[len("rows1"):]
     entries = _read_measurements(schedules_dir() / hardware_key(target))
     return frozenset(int(name[len("rows"):-len(suffix)]) for name, entry in entries.items()
-                     if name.startswith("rows") and name.endswith(suffix) and entry.get("use"))
+                     if name.startswith("rows") and name.endswith(suffix) and name[len("rows"):-len(suffix)].isdigit()
+                     and _in_use(entry))
 
 
 def chunk_rows(batch, seq_len, row_bytes):
@@ -160,14 +161,30 @@ def layer_workloads(mode, input_size, hidden_size, batch, seq_len, dtype, target
 
 
 def _read_measurements(directory):
+    """workload name -> its entry (a dict), from ``directory``'s measurements. A file that is not
+    JSON, or not an object of objects (hand-edited), is reported and read as empty, or without
+    the entries that are not objects: a layer call never fails on it."""
     path = directory / MEASUREMENTS
     if not path.exists():
         return {}
     try:
-        return json.loads(path.read_text())
+        entries = json.loads(path.read_text())
     except ValueError as err:
         warnings.warn(f"lucid_tvm: {path} is not valid JSON ({err}); using default schedules", stacklevel=3)
         return {}
+    if not isinstance(entries, dict):
+        warnings.warn(f"lucid_tvm: {path} holds a {type(entries).__name__}, not an object of workloads; "
+                      "using default schedules", stacklevel=3)
+        return {}
+    bad = [name for name, entry in entries.items() if not isinstance(entry, dict)]
+    if bad:
+        warnings.warn(f"lucid_tvm: {path}: the entries {bad} are not objects; using default schedules for "
+                      "them", stacklevel=3)
+    return {name: entry for name, entry in entries.items() if isinstance(entry, dict)}
+
+
+def _in_use(entry):
+    return entry.get("use") is True  # a hand-edited "no" is not a yes
 
 
 def _workload_hash(mod):
@@ -206,7 +223,7 @@ def tuned_projection(workload, target):
     record that fails to apply (with a warning). ``record`` says where the schedule came from."""
     directory = schedules_dir() / hardware_key(target)
     entry = _read_measurements(directory).get(workload.name)
-    if entry is None or not entry.get("use"):
+    if entry is None or not _in_use(entry):
         return None
     try:
         record = {"database": directory.name, "workload": workload.name,

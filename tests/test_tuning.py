@@ -2,6 +2,7 @@
 (the manifest says so), fallback with a warning for a broken record, tuning through TVM's RPC
 tracker and server, and the ``lucid-tvm tune`` command. Only the last two tune, with 2 trials."""
 
+import contextlib
 import json
 import re
 import shutil
@@ -159,6 +160,24 @@ def test_record_slower_than_default_is_not_used(monkeypatch, tmp_path):
     (directory / tuning.MEASUREMENTS).write_text(json.dumps(
         {workload.name: {"use": False, "tuned_us": 9.0, "default_us": 1.0}}))
     assert tuning.tuned_projection(workload, host_target()) is None
+
+
+@pytest.mark.parametrize("content,warning", [("[]", "holds a list"), ("null", "holds a NoneType"),
+                                             ("{NAME: true}", "are not objects"), ('{XNAME: {"use": true}}', None),
+                                             ('{NAME: {"use": "no"}}', None)])
+def test_hand_edited_measurements_never_fail_a_layer(content, warning, monkeypatch, tmp_path, rng):
+    """JSON of the wrong shape is reported and read as no records; a "use" that is not true is not
+    used: the layer runs its default schedule."""
+    monkeypatch.setenv("LUCID_TVM_SCHEDULES_DIR", str(tmp_path))
+    spec = LayerSpec("LSTM", 3, 16, "float32")
+    workload = tuning.projection_workload(spec, 4, host_target())
+    directory = tmp_path / tuning.hardware_key(host_target())
+    directory.mkdir()
+    named = content.replace("XNAME", json.dumps(workload.name.replace("rows4", "rowsX", 1)))
+    (directory / tuning.MEASUREMENTS).write_text(named.replace("NAME", json.dumps(workload.name)))
+    with pytest.warns(UserWarning, match=warning) if warning else contextlib.nullcontext():
+        assert tuning.tuned_rows(spec, host_target()) == frozenset()
+        assert tuning.tuned_projection(workload, host_target()) is None
 
 
 def _free_port():
