@@ -1,6 +1,7 @@
 """Measure this machine's limits for recurrent layers: FMA peak and read bandwidth per cache level.
 
     python scripts/machine_limits.py          # prints the numbers, writes docs/perf/machine.json
+    python scripts/machine_limits.py -o FILE  # ... writes FILE instead
 
 How: small TIR kernels compiled for this CPU, run on every core at once (one task per core):
 
@@ -17,6 +18,7 @@ Each kernel runs several times; the best time counts (the machine's limit, not i
 ``bench.py`` turns these into a lower bound per benchmark shape.
 """
 
+import argparse
 import json
 import os
 import time
@@ -121,26 +123,32 @@ def measure():
 
 def load_or_measure():
     """The saved limits when they were measured on this kind of machine, else new ones."""
-    if OUT.exists():
+    try:
         limits = json.loads(OUT.read_text())
-        cores = worker_count()
-        if limits["cpu"] == str(host_target().attrs["mcpu"]) and limits["cores"] == cores:
+        if limits["cpu"] == str(host_target().attrs["mcpu"]) and limits["cores"] == worker_count():
             return limits
+    except FileNotFoundError:
+        pass
+    except (ValueError, KeyError, TypeError) as err:  # hand-edited or cut short: measured again
+        print(f"{OUT} cannot be read ({type(err).__name__}: {err}); measuring this machine again")
     return save(measure())
 
 
-def save(limits):
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(limits, indent=2))
+def save(limits, path=OUT):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(limits, indent=2))
     return limits
 
 
 def main():
-    limits = save(measure())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-o", "--output", type=Path, default=OUT, help=f"where to write the limits (default {OUT})")
+    args = parser.parse_args()
+    limits = save(measure(), args.output)
     print(f"{limits['cpu']}, {limits['cores']} cores: FMA peak {limits['fma_peak_flops'] / 1e9:.0f} GFLOP/s (float32)")
     for level, value in limits["bandwidth_bytes_per_s"].items():
         print(f"  read bandwidth from {level:4s}: {value / 1e9:7.1f} GB/s (all cores)")
-    print(f"  L2 {limits['l2_bytes_per_core'] >> 10} KiB per core, L3 {limits['l3_bytes'] >> 20} MiB; wrote {OUT}")
+    print(f"  L2 {limits['l2_bytes_per_core'] >> 10} KiB per core, L3 {limits['l3_bytes'] >> 20} MiB; wrote {args.output}")
 
 
 if __name__ == "__main__":
