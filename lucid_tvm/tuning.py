@@ -24,6 +24,7 @@ import functools
 import json
 import logging
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -121,9 +122,8 @@ def tuned_rows(spec, target):
     workload = projection_workload(spec, 1, target)
     suffix = workload.name[len("rows1"):]
     entries = _read_measurements(schedules_dir() / hardware_key(target))
-    return frozenset(int(name[len("rows"):-len(suffix)]) for name, entry in entries.items()
-                     if name.startswith("rows") and name.endswith(suffix) and name[len("rows"):-len(suffix)].isdigit()
-                     and _in_use(entry))
+    names = {name: re.fullmatch(r"rows(\d+)" + re.escape(suffix), name) for name in entries}
+    return frozenset(int(match[1]) for name, match in names.items() if match and _in_use(entries[name]))
 
 
 def chunk_rows(batch, seq_len, row_bytes):
