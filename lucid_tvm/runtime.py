@@ -22,7 +22,7 @@ import tvm_ffi
 
 from .kernels.layout import num_blocks, pack_bias, pack_weight, packed_row_bytes
 from .kernels.spec import LayerSpec
-from .schedule import PROJECTING_ROWS, chunk_steps
+from .schedule import PROJECTING_ROWS, STACK_CHUNK_BYTES, chunk_steps
 
 ALIGNMENT = 64
 
@@ -465,20 +465,24 @@ def release_workspaces():
     _plans.__dict__.clear()
 
 
-def between_layers(slot, shape, dtype):
-    """This thread's buffer for a stacked layer's output that only the next layer reads (``slot``
-    0 or 1, alternate layers), kept for the next call of the same shape like the workspaces.
+def between_layers(shape, dtype):
+    """This thread's buffer for what one layer of a stack hands the next, kept for the next call
+    when it holds at most ``STACK_CHUNK_BYTES`` (a unidirectional stack's chunk; a bidirectional
+    one hands on the whole sequence): views of its first values serve smaller calls.
 
     Allocated and freed on every call, such a buffer and the output, freed together when the
     caller drops the output, made glibc give their memory back to the system (they passed its
     trim threshold), and the page faults of the next call took as long as the layers: RNN
     40->128, batch 32, 100 steps, 2 layers, 1.86 ms and 878 page faults a call, 0.98 ms and none
-    with the buffer kept."""
-    key = ("between layers", slot)
-    kept = _plans.__dict__.get(key)
-    if kept is None or kept.shape != shape or kept.dtype != dtype:
-        kept = _plans.__dict__[key] = np.empty(shape, dtype)
-    return kept
+    with the buffer kept. A larger buffer is filled by layers that take far longer than its
+    page faults, and kept it would hold its memory after the call."""
+    size = math.prod(shape)
+    kept = _plans.__dict__.get("between layers")
+    if kept is None or kept.dtype != dtype or kept.size < size:
+        kept = np.empty(size, dtype)
+        if kept.nbytes <= STACK_CHUNK_BYTES:
+            _plans.__dict__["between layers"] = kept
+    return kept[:size].reshape(shape)
 
 
 class _Plan:

@@ -249,25 +249,81 @@ def test_stacked_layers_return_new_outputs(rng):
         assert_close(h_n, ref_h)
 
 
-def test_between_layers_buffers_are_kept_per_thread_slot_and_shape():
+def test_between_layers_buffer_is_kept_per_thread_up_to_a_bound():
     import threading
+
+    from lucid_tvm import runtime, schedule
+
+    f32 = np.dtype(np.float32)
+    runtime.release_workspaces()
+    kept = runtime.between_layers((3, 2, 4), f32)
+    again = runtime.between_layers((3, 2, 4), f32)
+    assert again.shape == (3, 2, 4) and np.shares_memory(again, kept)
+    assert np.shares_memory(runtime.between_layers((2, 2, 4), f32), kept)  # a smaller call: a view
+    others = []
+    thread = threading.Thread(target=lambda: others.append(runtime.between_layers((3, 2, 4), f32)))
+    thread.start()
+    thread.join()
+    assert not np.shares_memory(others[0], kept)
+    assert runtime.between_layers((3, 2, 4), np.dtype(np.float64)).dtype == np.float64
+    kept = runtime.between_layers((5, 2, 4), f32)
+    runtime.release_workspaces()
+    assert not np.shares_memory(runtime.between_layers((5, 2, 4), f32), kept)
+    # One larger than the bound is the caller's alone: kept, it would hold its memory after the call.
+    kept = runtime.between_layers((5, 2, 4), f32)
+    large = (schedule.STACK_CHUNK_BYTES // 16 + 1, 2, 2)
+    assert not np.shares_memory(runtime.between_layers(large, f32), runtime.between_layers(large, f32))
+    assert np.shares_memory(runtime.between_layers((5, 2, 4), f32), kept)
+
+
+@pytest.mark.parametrize("mode", ["RNN_TANH", "LSTM", "GRU"])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_stacks_run_chunk_by_chunk_as_torch(rng, monkeypatch, mode, batch_first):
+    """A unidirectional stack runs a chunk of steps at a time through all its layers, each layer
+    starting where its last chunk ended. With the smallest bound, a chunk is one of the kernel's
+    own (1024 rows at this size, 128 steps of batch 8): 340 steps take 128, 128 and 84."""
+    from lucid_tvm import schedule
+
+    monkeypatch.setattr(schedule, "STACK_CHUNK_BYTES", 1)
+    ref, ours = torch_twin(mode, 5, 6, num_layers=3, batch_first=batch_first)
+    ours.train()  # dropout 0: the same answers, through the training branch
+    x = rng.standard_normal((8, 340, 5) if batch_first else (340, 8, 5)).astype(np.float32)
+    h0 = rng.standard_normal((3, 8, 6)).astype(np.float32)
+    hx = (h0, -h0) if mode == "LSTM" else h0
+    calls = []
+    run = type(ours.layers[0]).run_sequence
+    monkeypatch.setattr(type(ours.layers[0]), "run_sequence",
+                        lambda cell, x, *args: calls.append(x.shape[0]) or run(cell, x, *args))
+    ours_out = ours(x, hx)
+    with torch.no_grad():
+        ref_out = ref(torch.from_numpy(x), tuple(map(torch.from_numpy, hx)) if mode == "LSTM" else torch.from_numpy(h0))
+    assert_close(ours_out[0], ref_out[0])
+    for ours_state, ref_state in zip(ours_out[1] if mode == "LSTM" else [ours_out[1]],
+                                     ref_out[1] if mode == "LSTM" else [ref_out[1]]):
+        assert_close(ours_state, ref_state)
+    assert calls == [128] * 6 + [84] * 3
+
+
+def test_stack_memory_does_not_grow_with_the_sequence():
+    """Beyond its output, a unidirectional stack's call allocates one chunk that a layer hands the
+    next (and the kernels' workspace), whatever the length: at 16 x 64 a step's output is 4 KiB,
+    so 4000 steps would hold 16 MiB per layer between layers where the chunk holds 4 MiB."""
+    import tracemalloc
 
     from lucid_tvm import runtime
 
-    runtime.release_workspaces()
-    kept = runtime.between_layers(0, (3, 2, 4), np.dtype(np.float32))
-    assert runtime.between_layers(0, (3, 2, 4), np.dtype(np.float32)) is kept
-    assert runtime.between_layers(1, (3, 2, 4), np.dtype(np.float32)) is not kept
-    others = []
-    thread = threading.Thread(target=lambda: others.append(runtime.between_layers(0, (3, 2, 4), np.dtype(np.float32))))
-    thread.start()
-    thread.join()
-    assert others[0] is not kept
-    assert runtime.between_layers(0, (3, 2, 4), np.dtype(np.float64)).dtype == np.float64
-    assert runtime.between_layers(0, (5, 2, 4), np.dtype(np.float32)).shape == (5, 2, 4)
-    kept = runtime.between_layers(0, (5, 2, 4), np.dtype(np.float32))
-    runtime.release_workspaces()
-    assert runtime.between_layers(0, (5, 2, 4), np.dtype(np.float32)) is not kept
+    layer = torch_twin("GRU", 8, 64, num_layers=3)[1]
+    extra = []
+    for steps in (2000, 4000):
+        x = np.ones((steps, 16, 8), np.float32)
+        runtime.release_workspaces()
+        tracemalloc.start()
+        try:
+            output = layer(x)[0].numpy()
+            extra.append(tracemalloc.get_traced_memory()[1] - output.nbytes)
+        finally:
+            tracemalloc.stop()
+    assert extra[1] - extra[0] < 2**20, extra
 
 
 def test_dropout_only_in_training(rng):

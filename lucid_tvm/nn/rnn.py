@@ -14,12 +14,20 @@ import numpy as np
 
 from ..kernels.spec import MODES, NUM_GATES
 from ..runtime import between_layers, contiguous, in_place, layer_kernel, registry_generation
+from .. import schedule
 from ..tensor import Tensor, generator, to_numpy
 from . import checks, gpu
 from .activation import ReLU, Tanh
 from .module import Module, ModuleList, Parameter
 
 _NONLINEARITIES = {"tanh": Tanh, "relu": ReLU}
+
+
+def _kernel_rows(x, dtype):
+    """Steps of a sequence (T, B, I) as the layer kernels read them: time-major rows in place,
+    and a batch-first array seen time-major too (the kernel copies it a chunk at a time);
+    anything else copied, time-major."""
+    return x if in_place(x, dtype) or in_place(x.transpose(1, 0, 2), dtype) else contiguous(x, dtype)
 
 
 def _check_size(owner, name, value, minimum=1):
@@ -291,10 +299,11 @@ class RNNBase(Module):
         return state
 
     def _dropout(self, y):
-        """Inverted dropout: keep each value with probability 1 - p and scale it by 1 / (1 - p)."""
-        keep = generator().random(y.shape) >= self.dropout
-        scale = 0.0 if self.dropout >= 1 else 1.0 / (1.0 - self.dropout)
-        return np.where(keep, y * y.dtype.type(scale), y.dtype.type(0))
+        """Inverted dropout, in place: keep each value with probability 1 - p and scale it by
+        1 / (1 - p)."""
+        drop = generator().random(y.shape) < self.dropout
+        y *= y.dtype.type(0.0 if self.dropout >= 1 else 1.0 / (1.0 - self.dropout))
+        np.copyto(y, 0, where=drop)  # a dropped inf or NaN is 0 too
 
     def forward(self, input, hx=None):
         if gpu.on_cuda(input):  # torch CUDA tensors in and out, on the GPU kernels
@@ -309,10 +318,6 @@ class RNNBase(Module):
             x = x[:, None]
         elif self.batch_first:
             x = x.transpose(1, 0, 2)
-        # Time-major rows are read in place, and so is a batch-first array seen time-major (the
-        # first layer copies it a chunk at a time); anything else is copied once, time-major.
-        if not (in_place(x, dtype) or in_place(x.transpose(1, 0, 2), dtype)):
-            x = contiguous(x, dtype)
         steps, batch = x.shape[0], x.shape[1]
         if hx is None:
             h0 = c0 = None  # zeros
@@ -326,21 +331,33 @@ class RNNBase(Module):
 
         h_n = np.empty((self.num_layers * directions, batch, hidden), dtype)
         c_n = np.empty_like(h_n) if self.is_lstm else None
-        layer_input = x
-        for layer in range(self.num_layers):
-            shape = (steps, batch, directions * hidden)
-            # Only the last layer's output is the caller's; the others go to kept buffers.
-            y = np.empty(shape, dtype) if layer == self.num_layers - 1 else between_layers(layer % 2, shape, dtype)
-            for direction in range(directions):
-                index = layer * directions + direction
-                cells[index].run_sequence(
-                    layer_input, None if h0 is None else h0[index], None if c0 is None else c0[index],
-                    y, direction * hidden, direction == 1, h_n[index], None if c_n is None else c_n[index])
-            if self.training and self.dropout > 0 and layer < self.num_layers - 1:
-                y = self._dropout(y)
-            layer_input = y
+        width = directions * hidden
+        output = np.empty((steps, batch, width), dtype)
+        step_bytes = batch * width * dtype.itemsize
+        chunk = steps
+        # A unidirectional stack whose layers would hand on more than STACK_CHUNK_BYTES runs a
+        # chunk of steps at a time through all of them. (A reverse direction starts at the last
+        # step, so the layer above it needs all of the layer's output.)
+        if directions == 1 and self.num_layers > 1 and steps * step_bytes > schedule.STACK_CHUNK_BYTES:
+            chunk = schedule.stack_chunk_steps(steps, batch, cells[-1]._kernel().row_bytes, step_bytes)
+        # The layers write alternately into the output and one buffer, the last into the output.
+        between = between_layers((chunk, batch, width), dtype) if self.num_layers > 1 else None
+        for t0 in range(0, steps, chunk):
+            t1 = min(t0 + chunk, steps)
+            layer_input = _kernel_rows(x[t0:t1], dtype)
+            h_start, c_start = (h0, c0) if t0 == 0 else (h_n, c_n)  # then where the last chunk ended
+            for layer in range(self.num_layers):
+                y = output[t0:t1] if (self.num_layers - 1 - layer) % 2 == 0 else between[:t1 - t0]
+                for direction in range(directions):
+                    index = layer * directions + direction
+                    cells[index].run_sequence(
+                        layer_input, None if h_start is None else h_start[index],
+                        None if c_start is None else c_start[index], y, direction * hidden, direction == 1,
+                        h_n[index], None if c_n is None else c_n[index])
+                if self.training and self.dropout > 0 and layer < self.num_layers - 1:
+                    self._dropout(y)
+                layer_input = y
 
-        output = layer_input
         if not batched:
             output, h_n = output[:, 0], h_n[:, 0]
             c_n = c_n[:, 0] if self.is_lstm else None
