@@ -24,6 +24,7 @@ import tvm
 
 from . import __version__, barrier, runtime
 from .files import sha256, write_atomic
+from .kernels.spec import LayerSpec
 from .tensor import numpy_dtype
 
 # 2: the kernels read the layer's input and write its output in place at any element alignment
@@ -171,9 +172,10 @@ def export(module, path, target="llvm", example_input=None):
     on_host = str(target) == str(build.host_target())
     machine = _machine(target.host if is_cuda else target)
     kernels = []
-    for index, identity in enumerate(sorted(used, key=repr)):
+    shipped = used if is_cuda else used | _tuned_projections(used, target)
+    for index, identity in enumerate(sorted(shipped, key=repr)):
         file, note = f"kernels/{index}.so", None
-        if on_host:  # the modules this process runs, from the kernel cache
+        if on_host and identity in used:  # the modules this process runs, from the kernel cache
             entry = runtime.registered(identity)
             schedule = entry.schedule
             # Each file is written aside and renamed into place: a process that has loaded the
@@ -219,6 +221,17 @@ def export(module, path, target="llvm", example_input=None):
     }
     write_atomic(path / "manifest.json", lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))
     return path
+
+
+def _tuned_projections(used, target):
+    """The input projections of every layer kind in ``used`` that ``target``'s tuning database
+    has a record in use for: the artifact's sequence lengths and batches, and so its chunks' row
+    counts, may differ from the example's."""
+    from . import tuning
+
+    layers = [LayerSpec(*identity[1:]) for identity in used if identity[0] == "layer"]
+    return {("projection", s.mode, s.input_size, s.hidden_size, rows, s.dtype)
+            for s in layers for rows in tuning.tuned_rows(s, target)}
 
 
 def _feature_axis(face, module):
