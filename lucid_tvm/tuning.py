@@ -418,21 +418,31 @@ def tune(mode, input_size, hidden_size, batch, seq_len, dtype="float32", target=
     target = parse_target(target)
     if target.kind.name != "llvm":
         raise ValueError(f"tune: only CPU (llvm) targets are supported so far, got {target.kind.name}")
+    if not target.attrs.get("num-cores"):  # meta_schedule needs it, and would say so only after its imports
+        raise ValueError(f"tune: the target {target} names no core count; add -num-cores=N (the "
+                         "device's physical cores)")
     directory = schedules_dir() / hardware_key(target)
+    directory.mkdir(parents=True, exist_ok=True)  # before the search, not after: where it fails
     workloads = layer_workloads(mode, input_size, hidden_size, batch, seq_len, dtype, target,
                                 num_layers, bidirectional)
     measurements = _read_measurements(directory)
     say(f"tuning {len(workloads)} projection workload(s) of {mode} I={input_size} H={hidden_size} "
         f"B={batch} T={seq_len} for {target} into {directory}")
     for index, workload in enumerate(workloads, 1):
-        if workload.name in measurements and not retune:
+        earlier = measurements.get(workload.name)
+        if earlier is not None and not retune:
             say(f"[{index}/{len(workloads)}] {workload.name}: already tuned, skipped")
             continue
         say(f"[{index}/{len(workloads)}] {workload.name}: {trials} trials")
         entry = tune_workload(workload, target, trials, directory, runner, say)
+        if earlier is not None and earlier.get("workload_hash") == entry["workload_hash"]:
+            # The database keeps the earlier search's records, and its best of all is the one
+            # used and timed: the entry counts every search's trials.
+            for key in ("trials", "search_s"):
+                if isinstance(earlier.get(key), (int, float)):
+                    entry[key] = round(entry[key] + earlier[key], 1)
         measurements[workload.name] = entry
-        write_atomic(directory / MEASUREMENTS,
-                     lambda tmp: Path(tmp).write_text(json.dumps(measurements, indent=1, sort_keys=True)))
+        _write_measurements(directory, measurements)
         verdict = "used" if entry["use"] else "not used: not 10% faster than the default kernel"
         say(f"      tuned {entry['tuned_us']} us, default {entry['default_us']} us ({verdict})")
     return directory
@@ -448,12 +458,22 @@ def remeasure(target="llvm", runner=None, say=print):
     directory = schedules_dir() / hardware_key(target)
     measurements = _read_measurements(directory)
     for index, (name, entry) in enumerate(sorted(measurements.items()), 1):
-        tuned, default = _measure(ProjectionWorkload(**entry["workload"]), directory, target, runner)
-        entry.update(tuned_us=round(float(tuned) * 1e6, 2), default_us=round(float(default) * 1e6, 2),
-                     use=bool(tuned < SPEEDUP_MARGIN * default))
-        say(f"[{index}/{len(measurements)}] {name}: tuned {entry['tuned_us']} us, default "
-            f"{entry['default_us']} us{' (used)' if entry['use'] else ''}")
+        try:
+            tuned, default = _measure(ProjectionWorkload(**entry["workload"]), directory, target, runner)
+        except Exception as err:  # noqa: BLE001 - one entry's failure (no record, a hand edit) is reported
+            entry["use"] = False
+            say(f"[{index}/{len(measurements)}] {name}: not measured, so not used "
+                f"({type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''})")
+        else:
+            entry.update(tuned_us=round(float(tuned) * 1e6, 2), default_us=round(float(default) * 1e6, 2),
+                         use=bool(tuned < SPEEDUP_MARGIN * default))
+            say(f"[{index}/{len(measurements)}] {name}: tuned {entry['tuned_us']} us, default "
+                f"{entry['default_us']} us{' (used)' if entry['use'] else ''}")
+        _write_measurements(directory, measurements)  # after each: an interrupted run keeps its work
+    return directory
+
+
+def _write_measurements(directory, measurements):
     write_atomic(directory / MEASUREMENTS,
                  lambda tmp: Path(tmp).write_text(json.dumps(measurements, indent=1, sort_keys=True)))
-    return directory
 

@@ -310,6 +310,9 @@ def main():
     parser.add_argument("--cuda", action="store_true",
                         help="only the GPU table: lucid_tvm's CUDA kernels against torch (cuDNN)")
     args = parser.parse_args()
+    for name in ("reps", "threads"):  # before any case runs, not after the first's setup
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     torch.set_num_threads(args.threads)
     if args.cuda:
         print_cuda_table(FULL_CASES if args.full else DESIGN_CASES, args.reps)

@@ -8,6 +8,7 @@ Options are those of ``lucid-tvm tune``. Run it under ``nice -n 19`` on a shared
 measures on the target, so the machine should be otherwise quiet for the numbers to mean much.
 """
 
+import argparse
 import sys
 import time
 
@@ -20,21 +21,33 @@ BENCHMARK_SHAPES = [(256, 256, 1, 150), (256, 256, 16, 150), (512, 512, 1, 25), 
 BENCHMARK_MODES = ("LSTM", "GRU", "RNN_TANH")
 
 
-def benchmark_shapes(trials):
+def benchmark_shapes(trials, target):
     started = time.perf_counter()
     configs = [(mode, i, h, b, t) for i, h, b, t in BENCHMARK_SHAPES for mode in BENCHMARK_MODES]
     for index, (mode, i, h, b, t) in enumerate(configs, 1):
         print(f"=== config {index}/{len(configs)}: {mode} I={i} H={h} B={b} T={t}, 2 layers "
               f"({time.perf_counter() - started:.0f} s so far)", flush=True)
-        tuning.tune(mode, i, h, b, t, trials=trials, num_layers=2)
+        tuning.tune(mode, i, h, b, t, target=target, trials=trials, num_layers=2)
+
+
+def main(argv):
+    if "--remeasure" not in argv and "--benchmark-shapes" not in argv:
+        return cli.main(["tune"] + argv)  # one configuration, as ``lucid-tvm tune``
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    job = parser.add_mutually_exclusive_group(required=True)
+    job.add_argument("--remeasure", action="store_true", help="time the target's database against the default again")
+    job.add_argument("--benchmark-shapes", action="store_true", help="tune every shape of scripts/bench.py --full")
+    parser.add_argument("--target", default="llvm", help='"llvm" (this CPU) or e.g. "llvm -mcpu=znver3 -num-cores=8"')
+    parser.add_argument("--trials", type=int, default=16, help="meta_schedule trials per workload (--benchmark-shapes)")
+    args = parser.parse_args(argv)
+    if args.trials < 1:
+        parser.error(f"--trials must be at least 1, got {args.trials}")
+    if args.remeasure:
+        tuning.remeasure(target=args.target)
+    else:
+        benchmark_shapes(args.trials, args.target)
+    return 0
 
 
 if __name__ == "__main__":
-    if "--remeasure" in sys.argv:
-        tuning.remeasure()
-    elif "--benchmark-shapes" in sys.argv:
-        args = sys.argv[1:]
-        trials = int(args[args.index("--trials") + 1]) if "--trials" in args else 16
-        benchmark_shapes(trials)
-    else:
-        sys.exit(cli.main(["tune"] + sys.argv[1:]))
+    sys.exit(main(sys.argv[1:]))

@@ -268,3 +268,80 @@ def test_cli_tune_writes_the_database(monkeypatch, tmp_path, capsys):
     assert cli.main(["tune", "GRU", "--input-size", "4", "--hidden-size", "8", "--batch", "1",
                      "--seq-len", "2", "--rpc-tracker", "127.0.0.1:9190"]) == 2
     assert "--rpc-key" in capsys.readouterr().err
+
+
+def test_tune_refuses_what_would_fail_after_the_search(monkeypatch, tmp_path):
+    """A target without a core count (meta_schedule needs one) and a schedules directory that
+    cannot be made are refused before any search starts, not after its minutes."""
+    monkeypatch.setattr(tuning, "tune_workload", lambda *args, **kwargs: pytest.fail("the search started"))
+    monkeypatch.setenv("LUCID_TVM_SCHEDULES_DIR", str(tmp_path))
+    with pytest.raises(ValueError, match="-num-cores=N"):
+        tuning.tune("GRU", 4, 8, 1, 2, target=f"llvm -mcpu={host_target().attrs['mcpu']}")
+    (tmp_path / "a file").write_text("")
+    monkeypatch.setenv("LUCID_TVM_SCHEDULES_DIR", str(tmp_path / "a file"))
+    with pytest.raises(OSError):
+        tuning.tune("GRU", 4, 8, 1, 2)
+
+
+def test_retune_counts_every_search_of_the_record_in_use(monkeypatch, tmp_path):
+    """The database keeps the earlier search's records and uses the best of all, so a retuned
+    entry counts both searches' trials and seconds."""
+    monkeypatch.setenv("LUCID_TVM_SCHEDULES_DIR", str(tmp_path))
+    workload = tuning.projection_workload(LayerSpec("GRU", 4, 8, "float32"), 2, host_target())
+    directory = tmp_path / tuning.hardware_key(host_target())
+    directory.mkdir()
+    earlier = {"workload_hash": "7", "trials": 3, "search_s": 10.0, "use": False}
+    (directory / tuning.MEASUREMENTS).write_text(json.dumps({workload.name: earlier}))
+    searched = {"workload_hash": "7", "trials": 2, "search_s": 5.5, "tuned_us": 1.0, "default_us": 2.0, "use": True}
+    monkeypatch.setattr(tuning, "tune_workload", lambda *args, **kwargs: dict(searched))
+    tuning.tune("GRU", 4, 8, 1, 2, trials=2, retune=True, say=lambda line: None)
+    entry = json.loads((directory / tuning.MEASUREMENTS).read_text())[workload.name]
+    assert (entry["trials"], entry["search_s"], entry["use"]) == (5, 15.5, True)
+
+
+def test_remeasure_reports_an_entry_it_cannot_measure_and_keeps_its_progress(monkeypatch, tmp_path):
+    """An entry without a database record is reported and not used, the others are measured, and
+    each result is written as it comes: an interrupted run keeps what it measured."""
+    monkeypatch.setenv("LUCID_TVM_SCHEDULES_DIR", str(tmp_path))
+    directory = tmp_path / tuning.hardware_key(host_target())
+    directory.mkdir()
+    names = [tuning.projection_workload(LayerSpec("GRU", 4, 8, "float32"), rows, host_target()).name
+             for rows in (1, 2, 3)]
+    (directory / tuning.MEASUREMENTS).write_text(json.dumps({
+        name: {"workload": {"rows": rows, "input_size": 4, "output_size": 8, "num_gates": 3, "lanes": 16,
+                            "dtype": "float32"}, "tuned_us": 9.0, "default_us": 9.0, "use": True}
+        for rows, name in zip((1, 2, 3), names)}))
+
+    def measure(workload, *args):
+        if workload.rows == 1:
+            raise ValueError("the database holds no record of this workload")
+        if workload.rows == 3:
+            raise KeyboardInterrupt
+        return 1e-6, 2e-6
+
+    monkeypatch.setattr(tuning, "_measure", measure)
+    said = []
+    with pytest.raises(KeyboardInterrupt):
+        tuning.remeasure(say=said.append)
+    entries = json.loads((directory / tuning.MEASUREMENTS).read_text())
+    assert entries[names[0]]["use"] is False and "holds no record" in said[0]
+    assert (entries[names[1]]["tuned_us"], entries[names[1]]["default_us"], entries[names[1]]["use"]) == (1.0, 2.0, True)
+    assert entries[names[2]]["tuned_us"] == 9.0  # not measured yet
+
+
+def test_tune_script_passes_its_target(monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("tune_script", Path(__file__).parent.parent / "scripts" / "tune.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    calls = []
+    monkeypatch.setattr(tuning, "remeasure", lambda **kwargs: calls.append(("remeasure", kwargs)))
+    monkeypatch.setattr(tuning, "tune", lambda *args, **kwargs: calls.append(("tune", kwargs)))
+    assert script.main(["--remeasure", "--target", "llvm -mcpu=znver3 -num-cores=8"]) == 0
+    assert calls == [("remeasure", {"target": "llvm -mcpu=znver3 -num-cores=8"})]
+    calls.clear()
+    assert script.main(["--benchmark-shapes", "--trials", "3", "--target", "llvm -mcpu=znver3 -num-cores=8"]) == 0
+    assert len(calls) == len(script.BENCHMARK_SHAPES) * len(script.BENCHMARK_MODES)
+    assert all(kwargs["target"] == "llvm -mcpu=znver3 -num-cores=8" and kwargs["trials"] == 3 for _, kwargs in calls)
