@@ -12,9 +12,9 @@ import warnings
 
 import numpy as np
 
+from .. import schedule
 from ..kernels.spec import MODES, NUM_GATES
 from ..runtime import between_layers, contiguous, in_place, layer_kernel, registry_generation
-from .. import schedule
 from ..tensor import Tensor, generator, to_numpy
 from . import checks, gpu
 from .activation import ReLU, Tanh
