@@ -217,6 +217,13 @@ def _read_database(directory, _stamp):
     return ms.database.JSONDatabase(work_dir=directory, allow_missing=False)
 
 
+def _reason(err):
+    """What went wrong, in a line: the exception's last line (TVM's messages end there after a
+    traceback), after its type."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[-1]}" if text else type(err).__name__
+
+
 def tuned_projection(workload, target):
     """``(PrimFunc, record)`` for ``workload`` from the database of ``target``'s hardware key,
     or None: no database, no record, a tuned time no better than the default kernel's, or a
@@ -235,7 +242,7 @@ def tuned_projection(workload, target):
         return schedule.mod["main"], record
     except Exception as err:  # noqa: BLE001 - any failure to apply means: the default schedule
         warnings.warn(f"lucid_tvm: tuned schedule {directory.name}/{workload.name} cannot be applied "
-                      f"({str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__}); "
+                      f"({_reason(err)}); "
                       "using the default schedule", stacklevel=2)
         return None
 
@@ -463,7 +470,7 @@ def remeasure(target="llvm", runner=None, say=print):
         except Exception as err:  # noqa: BLE001 - one entry's failure (no record, a hand edit) is reported
             entry["use"] = False
             say(f"[{index}/{len(measurements)}] {name}: not measured, so not used "
-                f"({type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''})")
+                f"({_reason(err)})")
         else:
             entry.update(tuned_us=round(float(tuned) * 1e6, 2), default_us=round(float(default) * 1e6, 2),
                          use=bool(tuned < SPEEDUP_MARGIN * default))
