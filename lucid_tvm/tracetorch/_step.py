@@ -55,13 +55,10 @@ class _PackedLinear:
         if key != self._key or compare_values:
             values = (w.detach().numpy(), None if b is None else b.detach().numpy())
             if key != self._key or not _same_bits(self._values, values):
-                self._pack(key, values)
-                # The packed tensors' memory is kept: after ``p.data = new`` freed it, a later
-                # tensor at the same address would have matched the key.
-                self._held = (w.detach(), None if b is None else b.detach())
+                self._pack(key, values, (w.detach(), None if b is None else b.detach()))
         return self
 
-    def _pack(self, key, values):
+    def _pack(self, key, values, tensors):
         # A Linear replaced by one of other sizes, or given other weights: tracetorch fails in
         # torch's matmul, or not at all where only the output is wider; we say which.
         w, b = values
@@ -71,6 +68,9 @@ class _PackedLinear:
         self.forward = self.forward_gemm.pack(w, b)
         self.transposed = None
         self._key, self._values = key, (w.copy(), None if b is None else b.copy())
+        # The packed tensors' memory is kept: after ``p.data = new`` freed it, a later tensor at
+        # the same address would have matched the key.
+        self._held = tensors
 
     def __call__(self, x, one_thread):
         return self.forward_gemm(x, self.forward, one_thread)
