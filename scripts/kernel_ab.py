@@ -3,7 +3,7 @@
     python scripts/kernel_ab.py REV [MODE:H:B:T ...]      e.g. python scripts/kernel_ab.py HEAD~1 LSTM:256:1:150
 
 ``lucid_tvm/kernels/recurrent.py`` as of git revision REV (with the working tree's other kernel
-modules: gates, layout, spec) and as it is now are each built into a layer module for every shape
+modules: gates, layout, spec, tvmscript) and as it is now are each built into a layer module for every shape
 (input size = hidden size) and timed as ``scratch_ab.py`` times its two builds: every variant the
 runtime may choose, alone on the same chunk, the two in turn, and their outputs compared bit for
 bit. Timing two builds in turn inside one process is what separates a change of a few percent
@@ -31,8 +31,7 @@ def recurrent_at(rev, directory):
     """recurrent.py as of ``rev``, imported as a module (T.prim_func needs a source file)."""
     source = subprocess.run(["git", "show", f"{rev}:lucid_tvm/kernels/recurrent.py"], cwd=ROOT, check=True,
                             capture_output=True, text=True).stdout
-    for name in ("gates", "layout", "spec"):
-        source = source.replace(f"from .{name} import", f"from lucid_tvm.kernels.{name} import")
+    source = source.replace("from .", "from lucid_tvm.kernels.")  # its sibling modules, as they are now
     path = Path(directory) / "recurrent_at_rev.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("recurrent_at_rev", path)
