@@ -77,8 +77,10 @@ def _row_tiles(G, L, R, dtype, pieces=1):
                             acc[s, r, c, g, l] = acc[s, r, c, g, l] + a[row0 + r, ko * S + s] * w[blk + c, ko * S + s, g, l]
 
     @T.macro
-    def split_tile(nrows, n_blk, S, row0, blk, a, w, bias, out, turn):
+    def split_tile(nrows, n_blk, S, row0, blk, a, w, bias, out, turn, ahead=None, ahead_line=0):
         # Rows row0 .. row0+nrows-1 against blocks blk .. blk+n_blk-1 (see ``blocks_row``).
+        # ``ahead`` (a block, or None): prefetch its gate vector ``ahead_line`` of every k into L2
+        # meanwhile, one cache line per k (see ``projection``).
         acc = T.alloc_buffer((S, nrows, n_blk, G, L), dtype, scope="local", annotations=ON_STACK)
         for r, c, g in T.grid(nrows, n_blk, G):
             for l in T.vectorized(L):
@@ -101,6 +103,9 @@ def _row_tiles(G, L, R, dtype, pieces=1):
                     accumulate(nrows, n_blk, S, ko, row0, blk, a, w, acc)
         else:
             for ko in range(a.shape[1] // S):
+                if ahead is not None:  # (read, locality 2: prefetcht1)
+                    T.evaluate(T.call_intrin("void", "tirx.prefetch", T.address_of(w[ahead, ko * S, ahead_line, 0]),
+                                             0, 2, 1))
                 accumulate(nrows, n_blk, S, ko, row0, blk, a, w, acc)
         if S > 1:
             for kr in range(a.shape[1] % S):
@@ -147,13 +152,14 @@ def _row_tiles(G, L, R, dtype, pieces=1):
         tiles_of_4_2_1(rest, row0, blk, a, w, bias, out, False, turn)
 
     @T.macro
-    def all_rows(n_out, blk, a, w, bias, out):
+    def all_rows(n_out, blk, a, w, bias, out, ahead=None):
         # Full tiles from row 0, then the last ``n_out % R`` rows: each row's sums are in the same
         # order however the rows are split into calls, as long as every part but the last has a
-        # multiple of R rows.
+        # multiple of R rows. With block ``ahead``, full tile i prefetches its gate vector i % G,
+        # so the first G full tiles bring all of it into L2.
         rest = T.bind(n_out % R)
         for tile_index in range(n_out // R):
-            tile(R, tile_index * R, blk, a, w, bias, out, False)
+            split_tile(R, 1, ways[R], tile_index * R, blk, a, w, bias, out, False, ahead, tile_index % G)
         remainder(rest, n_out - rest, blk, a, w, bias, out, False)
 
     return tile, remainder, in_order, all_rows, blocks_row, ways
@@ -187,8 +193,16 @@ def projection(num_gates, output_size, dtype, lanes, rows, parallel):
         # Tasks of (row tile, block) re-read all of W for every row tile: from DRAM when W does
         # not stay in L3 (W_ih beside W_hh at hidden size 1024), and even from cache they took
         # 10-25% longer, on every shape measured.
+        # The parallel one prefetches the task's next block while it runs the rows against this
+        # one: where W comes from DRAM or L3 (hidden size 1024), the first row tile of each block
+        # otherwise waits on it (LSTM 1024/1 -9%, GRU 1024/1 -6% a call, others within 1%; a
+        # 2-layer GRU 1024/1 call -3 to -4%, docs/design.md). Not the one-thread call, which runs
+        # small projections whose W is in cache: prefetching made GRU 64's and 512's 42-70% slower.
         for blk in loop(NB):
-            all_rows(n_out, blk, rows_in, w, b, xp)
+            if parallel:
+                all_rows(n_out, blk, rows_in, w, b, xp, T.min(blk + 1, NB - 1))
+            else:
+                all_rows(n_out, blk, rows_in, w, b, xp)
 
     return project
 
