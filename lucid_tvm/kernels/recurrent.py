@@ -195,9 +195,10 @@ def projection(num_gates, output_size, dtype, lanes, rows, parallel):
         # 10-25% longer, on every shape measured.
         # The parallel one prefetches the task's next block while it runs the rows against this
         # one: where W comes from DRAM or L3 (hidden size 1024), the first row tile of each block
-        # otherwise waits on it (LSTM 1024/1 -9%, GRU 1024/1 -6% a call, others within 1%; a
-        # 2-layer GRU 1024/1 call -3 to -4%, docs/design.md). Not the one-thread call, which runs
-        # small projections whose W is in cache: prefetching made GRU 64's and 512's 42-70% slower.
+        # otherwise waits on it (LSTM 1024/1 -9%, GRU 1024/1 -6% a call, batches of 16-64 -2 to
+        # -3%, others within 1%; a 2-layer GRU 1024/1 call -3 to -4%, docs/design.md). Not the
+        # one-thread call, which runs small projections whose W is in cache: prefetching made
+        # GRU 64's and 512's 42-70% slower.
         for blk in loop(NB):
             if parallel:
                 all_rows(n_out, blk, rows_in, w, b, xp, T.min(blk + 1, NB - 1))
