@@ -31,7 +31,9 @@ from .tensor import numpy_dtype
 # (format 1 kernels assume 64-byte aligned ones, which the runtime no longer makes: refused).
 # 3: layer modules hold ``gather``, which copies a batch-first input into time-major rows a
 # chunk at a time (format 2 ones lack it).
-FORMAT = 3
+# 4: ``recur`` takes ``hp_ready``, and layer modules hold ``project_first``, which computes the
+# first step's ``h @ W_hh^T`` beside the projection (format 3 ones lack both).
+FORMAT = 4
 
 
 class ArtifactError(ValueError):

@@ -72,7 +72,8 @@ def cache_key(description, target):
 
 def lower_layer(spec, schedule):
     """The IRModule of one layer-direction: ``project`` and ``recur``, each on one thread and on
-    all (``*_parallel``, the recurrence split by hidden blocks), and with several cores
+    all (``*_parallel``, the recurrence split by hidden blocks); ``project_first``, the parallel
+    projection that also computes the first step's ``h @ W_hh^T`` for ``recur_parallel``; with several cores
     ``recur_batch_parallel`` (the recurrence split by batch rows) and ``recur_projecting`` (the
     recurrence on one thread while another projects the chunk's next steps); ``gather``, a chunk
     of a batch-first input in time-major rows."""
@@ -86,6 +87,8 @@ def lower_layer(spec, schedule):
     for parallel, suffix in ((False, ""), (True, "_parallel")):
         functions["project" + suffix] = recurrent.projection(s.num_gates, s.hidden_size, s.dtype, *knobs, parallel)
         functions["recur" + suffix] = recurrence("hidden" if parallel else None)
+    functions["project_first"] = recurrent.projection(s.num_gates, s.hidden_size, s.dtype, *knobs, True,
+                                                      first_step=True)
     if schedule.cores > 1:
         functions["recur_batch_parallel"] = recurrence("batch")
         functions["recur_projecting"] = recurrence("projection")

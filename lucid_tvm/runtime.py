@@ -193,7 +193,7 @@ class LayerKernel:
         self.schedule = entry.schedule
         self.functions = {name: self.module[name] for name in
                           ("gather", "project", "recur", "project_parallel", "recur_parallel",
-                           "recur_batch_parallel", "recur_projecting")
+                           "recur_batch_parallel", "recur_projecting", "project_first")
                           if _has(self.module, name)}
         self.blocks = num_blocks(spec.hidden_size, self.lanes)
         self.row_bytes = packed_row_bytes(spec.num_gates, spec.hidden_size, self.lanes, spec.dtype)
@@ -284,15 +284,30 @@ class LayerKernel:
     def chunk_runners(self, batch):
         """One way to run a chunk per name of :meth:`recurrences`, as variants for :class:`_Faster`
         (each with its ``name``), called ``(steps, project, x_rows, w_ih, b_ih, row0, xp_rows,
-        xp_steps, w_hh, b_hh, state, hp, y, yoff, t0, reverse)`` with the chunk's projection
-        ``project`` (:meth:`projection_for`) and the arguments of the kernels."""
+        xp_steps, w_hh, b_hh, state, hp, h0, y, yoff, t0, reverse)`` with the chunk's projection
+        ``project`` (:meth:`projection_for`) and the arguments of the kernels (``h0``: the state
+        the chunk starts from, ``hs[0]``)."""
         def separately(name):
             recur = self.functions[name]
 
-            def run(steps, project, x_rows, w_ih, b_ih, row0, xp_rows, xp_steps, w_hh, b_hh, state, hp, y, yoff,
-                    t0, reverse):
+            def run(steps, project, x_rows, w_ih, b_ih, row0, xp_rows, xp_steps, w_hh, b_hh, state, hp, h0, y,
+                    yoff, t0, reverse):
                 project(steps, x_rows, w_ih, b_ih, xp_rows, row0)
-                recur(xp_steps, w_hh, b_hh, *state, hp, y, yoff, t0, reverse)
+                recur(xp_steps, w_hh, b_hh, *state, hp, y, yoff, t0, reverse, 0)
+            run.name = name
+            return run
+
+        def first_step_projected(name):
+            # The hidden split runs after ``project_first``, which computes the first step's
+            # h @ W_hh^T beside the projection: where W_hh comes from DRAM (the weights of a stack
+            # outgrow the L3), that stream overlaps the projection's FMAs rather than stalling
+            # the first step (GRU 2 x 1024 at batch 1, 25 steps: docs/design.md).
+            project_first, recur = self.functions["project_first"], self.functions[name]
+
+            def run(steps, project, x_rows, w_ih, b_ih, row0, xp_rows, xp_steps, w_hh, b_hh, state, hp, h0, y,
+                    yoff, t0, reverse):
+                project_first(x_rows, w_ih, b_ih, xp_rows, row0, h0, w_hh, b_hh, hp)
+                recur(xp_steps, w_hh, b_hh, *state, hp, y, yoff, t0, reverse, 1)
             run.name = name
             return run
 
@@ -303,14 +318,16 @@ class LayerKernel:
             tile = self.schedule["rows"] // math.gcd(self.schedule["rows"], batch)
             part = -(-PROJECTING_ROWS // (tile * batch)) * tile
 
-            def run(steps, project, x_rows, w_ih, b_ih, row0, xp_rows, xp_steps, w_hh, b_hh, state, hp, y, yoff,
-                    t0, reverse):
+            def run(steps, project, x_rows, w_ih, b_ih, row0, xp_rows, xp_steps, w_hh, b_hh, state, hp, h0, y,
+                    yoff, t0, reverse):
                 recur(x_rows, w_ih, b_ih, row0, part, xp_steps, w_hh, b_hh, *state, hp, y, yoff, t0, reverse)
             run.name = name
             return run
 
-        return tuple((projecting if name == "recur_projecting" else separately)(name)
-                     for name in self.recurrences(batch))
+        fused = "project_first" in self.functions and self._projects_by_default()
+        return tuple(projecting(name) if name == "recur_projecting"
+                     else first_step_projected(name) if name == "recur_parallel" and fused
+                     else separately(name) for name in self.recurrences(batch))
 
     def _projects_by_default(self):
         """Whether every chunk's projection is the default ``project``: no tuned schedule of it is
@@ -347,11 +364,11 @@ class LayerKernel:
         x_rows = x.reshape(n_t * n_b, -1) if time_major else x.transpose(1, 0, 2)
         if len(chunks) > 1:
             x_rows, y = tvm_ffi.from_dlpack(x_rows), tvm_ffi.from_dlpack(y)
-        run_chunk, state, hp = plan.run_chunk, plan.state, plan.hp_tensor
+        run_chunk, state, hp, h0_tensor = plan.run_chunk, plan.state, plan.hp_tensor, plan.h0_tensor
         for steps, t0, project, xp_rows, xp_steps in chunks:
             rows, row0 = (x_rows, t0 * n_b) if time_major else (plan.gather(x_rows, t0, steps), 0)
-            run_chunk(steps, steps, project, rows, w_ih, b_ih, row0, xp_rows, xp_steps, w_hh, b_hh, state, hp, y,
-                      yoff, t0, int(reverse))
+            run_chunk(steps, steps, project, rows, w_ih, b_ih, row0, xp_rows, xp_steps, w_hh, b_hh, state, hp,
+                      h0_tensor, y, yoff, t0, int(reverse))
         if hn is not None:
             hn[...] = plan.h0
         if cn is not None:
@@ -569,6 +586,7 @@ class _Plan:
         self.hp_tensor = _dl(workspace[xp_end:xp_end + step_size].reshape((n_b,) + packed_shape))
         self.hs = workspace[hp_end:hp_end + 2 * state_size].reshape(2, n_b, s.hidden_size)
         self.h0 = self.hs[0]  # where a chunk starts from
+        self.h0_tensor = _dl(self.h0)
         self.cs = workspace[hs_end:hs_end + state_size].reshape(n_b, s.hidden_size) if is_lstm else None
         self.state = (_dl(self.hs),) if self.cs is None else (_dl(self.hs), _dl(self.cs))
         self.capacity, self.views = steps, {}

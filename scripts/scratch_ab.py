@@ -75,7 +75,10 @@ def compare(case, calls, directory, builds=builds):
         module[name](x, weights[0], weights[1], xp_rows, 0)
 
     def recur(module, name):
-        module[name](xp_steps, weights[2], weights[3], *plan.state, plan.hp_tensor, y, 0, 0, 0)
+        # hp_ready = 0 (every step computes its own h @ W_hh^T); kernels from before project_first
+        # do not take it.
+        ready = (0,) if runtime._has(module, "project_first") else ()
+        module[name](xp_steps, weights[2], weights[3], *plan.state, plan.hp_tensor, y, 0, 0, 0, *ready)
 
     project(list(modules.values())[-1], "project")  # the "after" build projects the chunk for both
     answers = {}

@@ -55,7 +55,7 @@ def variant_call(mode, hidden, batch, steps, schedule, split, directory):
         states.append(runtime.aligned_empty((batch, hidden), np.float32))
     hp = runtime.aligned_empty((batch, blocks, gates, lanes), np.float32)
     y = np.zeros((steps, batch, hidden), np.float32)
-    args = [runtime._dl(a) for a in (xp, w, rb, *states, hp)] + [y, 0, 0, 0]
+    args = [runtime._dl(a) for a in (xp, w, rb, *states, hp)] + [y, 0, 0, 0, 0]  # yoff, t0, reverse, hp_ready
 
     def run():
         for state in states:

@@ -413,6 +413,44 @@ def test_faster_counts_the_fastest_call_of_each_side(monkeypatch):
     assert ran[15:17] == ["second"] * 2 and faster.current == 1
 
 
+# Batch 1 (each task's blocks in pairs), batch 6 (one full tile of LSTM's 6 rows, GRU's 8 left as
+# tiles of 4 and 2); 70 steps are 2 chunks at LSTM 96's batch 6, so the second starts from the
+# state the last one ended on; both directions.
+@pytest.mark.parametrize("mode, hidden, batch", [("LSTM", 96, 6), ("GRU", 160, 1), ("RNN_TANH", 64, 6)])
+def test_hidden_split_takes_its_first_step_from_project_first(mode, hidden, batch, rng):
+    """The hidden split's chunks start with ``project_first``, which computes each chunk's first
+    step's h @ W_hh^T beside the projection, and ``recur_parallel`` skips it: the same numbers, bit
+    for bit, as the one-thread recurrence that computes every step itself."""
+    from lucid_tvm import runtime
+
+    ref, ours = torch_twin(mode, hidden + 3, hidden, bidirectional=True)
+    x = rng.standard_normal((70, batch, hidden + 3)).astype(np.float32)
+    kernel = ours.layers[0]._kernel()
+    calls = []
+    project_first = kernel.functions["project_first"]
+    runtime.release_workspaces()
+    runtime._choices.__dict__.clear()  # runners made from here on call the counting project_first
+    try:
+        kernel.functions["project_first"] = lambda *args: calls.append(args) or project_first(*args)
+        answers = {}
+        for name in ("recur", "recur_parallel"):
+            ours(x)  # makes the plan and its choice of runners
+            runners = runtime._plans.__dict__[kernel.identity].run_chunk
+            runners.current = next(i for i, runner in enumerate(runners.variants) if runner.name == name)
+            runners.countdown = math.inf
+            calls.clear()
+            answers[name] = ours(x)[0].numpy()
+            chunks = len(runtime._plans.__dict__[kernel.identity].chunks(70, False))
+            assert len(calls) == (2 * chunks if name == "recur_parallel" else 0)  # both directions
+    finally:
+        kernel.functions["project_first"] = project_first
+        runtime.release_workspaces()
+        runtime._choices.__dict__.clear()
+    np.testing.assert_array_equal(answers["recur_parallel"], answers["recur"])
+    with torch.no_grad():
+        assert_close(answers["recur"], ref(torch.from_numpy(x))[0])
+
+
 # GRU 40 and 33: 3 blocks, so the hidden split's two tasks own 1 and 2; LSTM 12: one block, one task.
 # GRU 40 and 33 run each step's tiles before its gate math (their W_hh fits in L1; GRU 40 at batch 1 on
 # one thread as one loop over its 3 blocks, kernels.recurrent's blocks_row), LSTM 128 and RNN 256
@@ -448,9 +486,10 @@ def test_variants_give_identical_answers(mode, hidden, batch, batch_first, rng):
     assert {runner.name for runner in runners.variants} == (
         {"recur", "recur_parallel"} | ({"recur_batch_parallel"} if splits_batch else set())
         | ({"recur_projecting"} if cores > 1 and small_steps else set()))
-    # Each projection variant under a recurrence that calls it, then each way to run a chunk.
-    separately = next(i for i, runner in enumerate(runners.variants) if runner.name != "recur_projecting")
-    runners.current, runners.countdown = separately, math.inf
+    # Each projection variant under a recurrence that calls it (the one-thread one: the hidden split
+    # runs project_first instead), then each way to run a chunk.
+    runners.current = next(i for i, runner in enumerate(runners.variants) if runner.name == "recur")
+    runners.countdown = math.inf
     for chosen in [project for project, _, _ in plan.views.values()] + [runners]:
         for index in range(len(chosen.variants)):
             chosen.current, chosen.countdown = index, math.inf  # this variant on every call

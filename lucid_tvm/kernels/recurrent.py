@@ -8,6 +8,9 @@ A layer-direction runs a sequence chunk by chunk (a chunk is a few steps, see
    block and applies the gate equations of :mod:`.gates`, writing ``h_t`` into the output row of
    step t and into a two-row state buffer that the next step reads.
 
+The hidden split's chunks use ``project_first`` instead of ``project``: it also computes the
+chunk's first step's ``h @ W_hh^T``, which the step then skips (``hp_ready``).
+
 Or one call that does both, ``recur`` with ``split="projection"``: where the recurrence runs on one
 thread, another core projects the chunk's next few steps meanwhile, which takes the projection
 off the critical path of a small layer.
@@ -77,10 +80,13 @@ def _row_tiles(G, L, R, dtype, pieces=1):
                             acc[s, r, c, g, l] = acc[s, r, c, g, l] + a[row0 + r, ko * S + s] * w[blk + c, ko * S + s, g, l]
 
     @T.macro
-    def split_tile(nrows, n_blk, S, row0, blk, a, w, bias, out, turn, ahead=None, ahead_line=0):
+    def split_tile(nrows, n_blk, S, row0, blk, a, w, bias, out, turn, ahead=None, ahead_line=0, other=None):
         # Rows row0 .. row0+nrows-1 against blocks blk .. blk+n_blk-1 (see ``blocks_row``).
         # ``ahead`` (a block, or None): prefetch its gate vector ``ahead_line`` of every k into L2
-        # meanwhile, one cache line per k (see ``projection``).
+        # meanwhile, one cache line per k (see ``projection``); so too of block ``blk`` of the
+        # packed weight ``other`` (or None), row k of it beside row k of ``w`` (the rows past
+        # ``w``'s are left to the hardware prefetcher). Row k * H // K instead, spread over all of
+        # it, made LLVM's loop 2x slower (an integer division per k).
         acc = T.alloc_buffer((S, nrows, n_blk, G, L), dtype, scope="local", annotations=ON_STACK)
         for r, c, g in T.grid(nrows, n_blk, G):
             for l in T.vectorized(L):
@@ -106,6 +112,9 @@ def _row_tiles(G, L, R, dtype, pieces=1):
                 if ahead is not None:  # (read, locality 2: prefetcht1)
                     T.evaluate(T.call_intrin("void", "tirx.prefetch", T.address_of(w[ahead, ko * S, ahead_line, 0]),
                                              0, 2, 1))
+                if other is not None:
+                    T.evaluate(T.call_intrin("void", "tirx.prefetch", T.address_of(
+                        other[blk, T.min(ko * S, other.shape[1] - 1), ahead_line, 0]), 0, 2, 1))
                 accumulate(nrows, n_blk, S, ko, row0, blk, a, w, acc)
         if S > 1:
             for kr in range(a.shape[1] % S):
@@ -152,60 +161,93 @@ def _row_tiles(G, L, R, dtype, pieces=1):
         tiles_of_4_2_1(rest, row0, blk, a, w, bias, out, False, turn)
 
     @T.macro
-    def all_rows(n_out, blk, a, w, bias, out, ahead=None):
+    def all_rows(n_out, blk, a, w, bias, out, ahead=None, other=None):
         # Full tiles from row 0, then the last ``n_out % R`` rows: each row's sums are in the same
         # order however the rows are split into calls, as long as every part but the last has a
         # multiple of R rows. With block ``ahead``, full tile i prefetches its gate vector i % G,
-        # so the first G full tiles bring all of it into L2.
+        # so the first G full tiles bring all of it into L2; likewise block ``blk`` of ``other``.
         rest = T.bind(n_out % R)
         for tile_index in range(n_out // R):
-            split_tile(R, 1, ways[R], tile_index * R, blk, a, w, bias, out, False, ahead, tile_index % G)
+            split_tile(R, 1, ways[R], tile_index * R, blk, a, w, bias, out, False, ahead, tile_index % G, other)
         remainder(rest, n_out - rest, blk, a, w, bias, out, False)
 
     return tile, remainder, in_order, all_rows, blocks_row, ways
 
 
-def projection(num_gates, output_size, dtype, lanes, rows, parallel):
+def projection(num_gates, output_size, dtype, lanes, rows, parallel, first_step=False):
     """PrimFunc ``project(x (M, K), w (NB, K, G, L), b (NB, G, L), xp (N, NB, G, L), first_row)``.
 
     ``xp[i] = x[first_row + i] @ W^T + b`` for i < N, with a (G*output_size, K) weight packed by
     :func:`.layout.pack_weight`. M, N and K are symbolic: the same GEMM serves every input size,
     and ``first_row`` lets a sequence be projected chunk by chunk into one small workspace.
+
+    With ``first_step`` (``project_first``, on all cores) it also takes the recurrence's ``h
+    (B, H)``, ``w_hh (NB, H, G, L)``, ``b_hh (NB, G, L)`` and ``hp (B, NB, G, L)``, and computes
+    the chunk's first step's ``hp = h @ W_hh^T + b_hh`` block by block beside the projection,
+    summed as the recurrence's step sums it; ``recur`` with ``hp_ready`` then skips that part of
+    its first step. Where ``W_hh`` is not in cache at the chunk's start (hidden size 1024 at
+    batch 1, where the weights of two layers outgrow the L3), the recurrence's first step waited
+    on it from DRAM with nothing else to do; streamed here, it overlaps the projection's FMAs.
     """
-    G, L, R = num_gates, lanes, rows
+    G, L, R, H = num_gates, lanes, rows, output_size
     NB = num_blocks(output_size, lanes)
     loop = T.parallel if parallel else T.serial
     element = np.dtype(dtype).itemsize
 
     _, _, _, all_rows, _, _ = _row_tiles(G, L, R, dtype)
 
+    if not first_step:
+
+        @T.prim_func
+        def project(x_h: T.handle, w_h: T.handle, b_h: T.handle, xp_h: T.handle, first_row: T.int32):
+            T.func_attr({"global_symbol": "project", "tirx.noalias": True})
+            n_m, n_k, n_out = T.int32(), T.int32(), T.int32()
+            x = T.match_buffer(x_h, (n_m, n_k), dtype, align=element)
+            w = T.match_buffer(w_h, (NB, n_k, G, L), dtype)
+            b = T.match_buffer(b_h, (NB, G, L), dtype)
+            xp = T.match_buffer(xp_h, (n_out, NB, G, L), dtype)
+            rows_in = T.decl_buffer((n_out, n_k), dtype, data=x.data, elem_offset=first_row * n_k, align=element)
+            # One task per block of weights, running every row against it while the block is in the
+            # core's cache, so W is read from memory once per call (as in the recurrence's steps).
+            # Tasks of (row tile, block) re-read all of W for every row tile: from DRAM when W does
+            # not stay in L3 (W_ih beside W_hh at hidden size 1024), and even from cache they took
+            # 10-25% longer, on every shape measured.
+            # The parallel one prefetches the task's next block while it runs the rows against this
+            # one: where W comes from DRAM or L3 (hidden size 1024), the first row tile of each block
+            # otherwise waits on it (LSTM 1024/1 -9%, GRU 1024/1 -6% a call, batches of 16-64 -2 to
+            # -3%, others within 1%; a 2-layer GRU 1024/1 call -3 to -4%, docs/design.md). Not the
+            # one-thread call, which runs small projections whose W is in cache: prefetching made
+            # GRU 64's and 512's 42-70% slower.
+            for blk in loop(NB):
+                if parallel:
+                    all_rows(n_out, blk, rows_in, w, b, xp, T.min(blk + 1, NB - 1))
+                else:
+                    all_rows(n_out, blk, rows_in, w, b, xp)
+
+        return project
+
     @T.prim_func
-    def project(x_h: T.handle, w_h: T.handle, b_h: T.handle, xp_h: T.handle, first_row: T.int32):
-        T.func_attr({"global_symbol": "project", "tirx.noalias": True})
-        n_m, n_k, n_out = T.int32(), T.int32(), T.int32()
+    def project_first(x_h: T.handle, w_h: T.handle, b_h: T.handle, xp_h: T.handle, first_row: T.int32,
+                      h_h: T.handle, u_h: T.handle, rb_h: T.handle, hp_h: T.handle):
+        T.func_attr({"global_symbol": "project_first", "tirx.noalias": True})
+        n_m, n_k, n_out, n_b = T.int32(), T.int32(), T.int32(), T.int32()
         x = T.match_buffer(x_h, (n_m, n_k), dtype, align=element)
         w = T.match_buffer(w_h, (NB, n_k, G, L), dtype)
         b = T.match_buffer(b_h, (NB, G, L), dtype)
         xp = T.match_buffer(xp_h, (n_out, NB, G, L), dtype)
+        h = T.match_buffer(h_h, (n_b, H), dtype)
+        u = T.match_buffer(u_h, (NB, H, G, L), dtype)
+        rb = T.match_buffer(rb_h, (NB, G, L), dtype)
+        hp = T.match_buffer(hp_h, (n_b, NB, G, L), dtype)
         rows_in = T.decl_buffer((n_out, n_k), dtype, data=x.data, elem_offset=first_row * n_k, align=element)
-        # One task per block of weights, running every row against it while the block is in the
-        # core's cache, so W is read from memory once per call (as in the recurrence's steps).
-        # Tasks of (row tile, block) re-read all of W for every row tile: from DRAM when W does
-        # not stay in L3 (W_ih beside W_hh at hidden size 1024), and even from cache they took
-        # 10-25% longer, on every shape measured.
-        # The parallel one prefetches the task's next block while it runs the rows against this
-        # one: where W comes from DRAM or L3 (hidden size 1024), the first row tile of each block
-        # otherwise waits on it (LSTM 1024/1 -9%, GRU 1024/1 -6% a call, batches of 16-64 -2 to
-        # -3%, others within 1%; a 2-layer GRU 1024/1 call -3 to -4%, docs/design.md). Not the
-        # one-thread call, which runs small projections whose W is in cache: prefetching made
-        # GRU 64's and 512's 42-70% slower.
-        for blk in loop(NB):
-            if parallel:
-                all_rows(n_out, blk, rows_in, w, b, xp, T.min(blk + 1, NB - 1))
-            else:
-                all_rows(n_out, blk, rows_in, w, b, xp)
+        # The projection's tiles prefetch this block of W_hh as well as the next block of W_ih,
+        # so that both stream in while the FMAs run: without, the h rows waited on W_hh after
+        # them (GRU 1024 at batch 1, 25 steps, L3 flushed: 1425 us a call against 1274).
+        for blk in T.parallel(NB):
+            all_rows(n_out, blk, rows_in, w, b, xp, T.min(blk + 1, NB - 1), u)
+            all_rows(n_b, blk, h, u, rb, hp)
 
-    return project
+    return project_first
 
 
 def gather_steps(input_size, dtype):
@@ -239,7 +281,9 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
     state, updated in place], the workspace ``hp (B, NB, G, L)`` (one step's
     ``h @ W_hh^T + b_hh``), the output ``y (T, B, YW)`` written at columns ``yoff .. yoff+H`` (so
     both directions of a bidirectional layer share one output), ``t0`` (the chunk's first time
-    index) and ``reverse`` (0 or 1). Step s handles time ``t0 + s``, or ``t0 + n-1-s`` in reverse.
+    index), ``reverse`` (0 or 1) and ``hp_ready`` (1 when :func:`projection`'s ``project_first``
+    has put the first step's ``h @ W_hh^T + b_hh`` in ``hp``, else 0; not taken with
+    ``split="projection"``). Step s handles time ``t0 + s``, or ``t0 + n-1-s`` in reverse.
 
     ``split`` says how the work is spread over the thread pool:
 
@@ -312,6 +356,11 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
 
     def turned(odd, blk):
         return tirx.And(odd, functools.reduce(tirx.Or, [blk == end for end in ends]))
+
+    def computes_tiles(hp_ready, s):
+        """Whether step ``s`` computes its ``h @ W_hh^T + b_hh`` (not if ``hp_ready`` says that
+        ``project_first`` did, on step 0)."""
+        return True if hp_ready is None else tirx.Or(hp_ready == 0, s != 0)
 
     def ordered_rows(n_b):
         """How many of the first rows the one-thread variant sums in full-tile order: its full
@@ -391,7 +440,7 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
             block_gates(row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
 
     @T.macro
-    def step(row0, n_rows, n_split, xp, w, rb, hprev, hnext, hp, y, yoff, cst, tt, t, odd):
+    def step(row0, n_rows, n_split, xp, w, rb, hprev, hnext, hp, y, yoff, cst, tt, t, odd, tiles):
         # Each task (one unless split by hidden blocks) runs its own range of blocks, forwards
         # on even steps and backwards on odd ones: a range larger than the core's cache then
         # starts where the last step left off, on the blocks still cached. In one direction
@@ -400,6 +449,8 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
         # ``tiles_first``: every block's h @ W_hh^T first, then every block's gate math, so that
         # the gate math of one block overlaps that of the next; else block by block, so that the
         # weights streamed in for one block's tile overlap the previous block's gate math.
+        # ``tiles`` (false only on a chunk's first step, when ``project_first`` has computed its
+        # h @ W_hh^T into hp): whether to compute it.
         for task in hidden_tasks(n_tasks):
             first = T.bind(task_first(task, n_tasks))
             count = T.bind(task_first(task + 1, n_tasks) - first)
@@ -408,7 +459,8 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
                 # weights, so the step's order does not matter to it): against a loop over them in
                 # the step's order, LSTM 32/1 and 33/1 10-13% faster a step, GRU 32/1 and 64/1
                 # 3-6%, LSTM 48/1 unchanged (docs/design.md).
-                blocks_row(NB, row0, 0, hprev, w, rb, hp, False)
+                if tiles:
+                    blocks_row(NB, row0, 0, hprev, w, rb, hp, False)
                 for blk in T.unroll(NB):
                     block_gates(row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
             elif split == "hidden" and n_rows == 1:
@@ -418,35 +470,41 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
                 for j in range(n_units):
                     blk = T.bind(first + 2 * in_step_order(j, n_units, odd))
                     n_blk = T.bind(T.min(2, first + count - blk))
-                    if n_blk == 2:
-                        blocks_row(2, row0, blk, hprev, w, rb, hp, turned(odd, blk))
-                    else:
-                        blocks_row(1, row0, blk, hprev, w, rb, hp, turned(odd, blk))
+                    if tiles:
+                        if n_blk == 2:
+                            blocks_row(2, row0, blk, hprev, w, rb, hp, turned(odd, blk))
+                        else:
+                            blocks_row(1, row0, blk, hprev, w, rb, hp, turned(odd, blk))
                     if not tiles_first:
                         for c in range(n_blk):
                             block_gates(row0, n_rows, blk + c, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
                 if tiles_first:
                     all_gates(first, count, odd, row0, n_rows, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
             elif tiles_first:
-                for j in range(count):
-                    blk = T.bind(first + in_step_order(j, count, odd))
-                    row_tiles(row0, n_rows, n_split, blk, hprev, w, rb, hp, turned(odd, blk))
+                if tiles:
+                    for j in range(count):
+                        blk = T.bind(first + in_step_order(j, count, odd))
+                        row_tiles(row0, n_rows, n_split, blk, hprev, w, rb, hp, turned(odd, blk))
                 all_gates(first, count, odd, row0, n_rows, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
             else:
                 for j in range(count):
                     blk = T.bind(first + in_step_order(j, count, odd))
-                    row_tiles(row0, n_rows, n_split, blk, hprev, w, rb, hp, turned(odd, blk))
+                    if tiles:
+                        row_tiles(row0, n_rows, n_split, blk, hprev, w, rb, hp, turned(odd, blk))
                     block_gates(row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
 
     @T.macro
-    def run_steps(first_s, n_run, row0, n_rows, n_split, n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse):
-        # Steps first_s .. first_s + n_run - 1 of the chunk's n_s.
+    def run_steps(first_s, n_run, row0, n_rows, n_split, n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse,
+                  hp_ready=None):
+        # Steps first_s .. first_s + n_run - 1 of the chunk's n_s; with ``hp_ready`` true, step 0's
+        # h @ W_hh^T + b_hh is in hp already.
         for i in time_steps(n_run):
             s = T.bind(first_s + i)
             tt = T.bind(T.if_then_else(reverse != 0, n_s - 1 - s, s))
             hprev = T.decl_buffer((n_b, H), dtype, data=hs.data, elem_offset=s % 2 * n_b * H)
             hnext = T.decl_buffer((n_b, H), dtype, data=hs.data, elem_offset=(s + 1) % 2 * n_b * H)
-            step(row0, n_rows, n_split, xp, w, rb, hprev, hnext, hp, y, yoff, cst, tt, t0 + tt, s % 2 == 1)
+            step(row0, n_rows, n_split, xp, w, rb, hprev, hnext, hp, y, yoff, cst, tt, t0 + tt, s % 2 == 1,
+                 computes_tiles(hp_ready, s))
 
     @T.macro
     def end_of_chunk(row0, n_rows, n_s, hs):
@@ -455,8 +513,8 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
                 hs[0, row0 + b, j] = hs[1, row0 + b, j]
 
     @T.macro
-    def rows_time_loop(row0, n_rows, n_split, n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse):
-        run_steps(0, n_s, row0, n_rows, n_split, n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse)
+    def rows_time_loop(row0, n_rows, n_split, n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse, hp_ready):
+        run_steps(0, n_s, row0, n_rows, n_split, n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse, hp_ready)
         end_of_chunk(row0, n_rows, n_s, hs)
 
     @T.macro
@@ -493,9 +551,9 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
         end_of_chunk(0, n_b, n_s, hs)
 
     @T.macro
-    def time_loop(n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse):
+    def time_loop(n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse, hp_ready):
         if n_parts == 1:
-            rows_time_loop(0, n_b, 0, n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse)
+            rows_time_loop(0, n_b, 0, n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse, hp_ready)
         else:
             # Even shares of the batch, each row summed in the same order as in the one-thread
             # variants (see row_tiles), so that every variant gives the same answer.
@@ -512,7 +570,8 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
                 rows[1] = part_start(part + 1, n_b, ordered) - rows[0]
                 rows[2] = T.if_then_else(part == n_parts - 1, n_b - ordered, 0)
                 first, n_rows, n_split = T.bind(rows[0]), T.bind(rows[1]), T.bind(rows[2])
-                rows_time_loop(first, n_rows, n_split, n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse)
+                rows_time_loop(first, n_rows, n_split, n_s, n_b, xp, w, rb, hs, cst, hp, y, yoff, t0, reverse,
+                               hp_ready)
 
     if split == "projection" and is_lstm:
 
@@ -557,7 +616,7 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
 
         @T.prim_func
         def recur(xp_h: T.handle, w_h: T.handle, rb_h: T.handle, hs_h: T.handle, cs_h: T.handle,
-                  hp_h: T.handle, y_h: T.handle, yoff: T.int32, t0: T.int32, reverse: T.int32):
+                  hp_h: T.handle, y_h: T.handle, yoff: T.int32, t0: T.int32, reverse: T.int32, hp_ready: T.int32):
             T.func_attr({"global_symbol": "recur", "tirx.noalias": True})
             n_s, n_b, n_t, yw = T.int32(), T.int32(), T.int32(), T.int32()
             xp = T.match_buffer(xp_h, (n_s, n_b, NB, G, L), dtype)
@@ -568,13 +627,13 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
             cs = T.match_buffer(cs_h, (n_b, H), dtype)
             hp = T.match_buffer(hp_h, (n_b, NB, G, L), dtype)
             y = T.match_buffer(y_h, (n_t, n_b, yw), dtype, align=element)
-            time_loop(n_s, n_b, xp, w, rb, hs, cs, hp, y, yoff, t0, reverse)
+            time_loop(n_s, n_b, xp, w, rb, hs, cs, hp, y, yoff, t0, reverse, hp_ready)
 
     else:
 
         @T.prim_func
         def recur(xp_h: T.handle, w_h: T.handle, rb_h: T.handle, hs_h: T.handle,
-                  hp_h: T.handle, y_h: T.handle, yoff: T.int32, t0: T.int32, reverse: T.int32):
+                  hp_h: T.handle, y_h: T.handle, yoff: T.int32, t0: T.int32, reverse: T.int32, hp_ready: T.int32):
             T.func_attr({"global_symbol": "recur", "tirx.noalias": True})
             n_s, n_b, n_t, yw = T.int32(), T.int32(), T.int32(), T.int32()
             xp = T.match_buffer(xp_h, (n_s, n_b, NB, G, L), dtype)
@@ -583,6 +642,6 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
             hs = T.match_buffer(hs_h, (2, n_b, H), dtype)
             hp = T.match_buffer(hp_h, (n_b, NB, G, L), dtype)
             y = T.match_buffer(y_h, (n_t, n_b, yw), dtype, align=element)
-            time_loop(n_s, n_b, xp, w, rb, hs, None, hp, y, yoff, t0, reverse)
+            time_loop(n_s, n_b, xp, w, rb, hs, None, hp, y, yoff, t0, reverse, hp_ready)
 
     return recur
