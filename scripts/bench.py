@@ -5,7 +5,7 @@ round gives every implementation of every case a turn: WARM_UP_SECONDS of untime
 CALLS_PER_TURN timed ones) and medians reported, so machine noise hits all alike.
 
     python scripts/bench.py                # the design notes' table, and the tracetorch layers
-    python scripts/bench.py --full         # every mode, 1-2 layers, all shapes: docs/perf/cpu.{csv,png}
+    python scripts/bench.py --full         # every mode, 1-2 layers, all shapes: docs/perf/cpu.{csv,png}, machine.json
     python scripts/bench.py --reps 50 --threads 2
     python scripts/bench.py --cuda         # the GPU kernels against torch's cuDNN layers (needs a GPU)
 """
@@ -13,6 +13,7 @@ CALLS_PER_TURN timed ones) and medians reported, so machine noise hits all alike
 import argparse
 import csv
 import io
+import json
 import os
 import statistics
 import subprocess
@@ -180,13 +181,17 @@ def prepare_case(case, threads):
     return impls, errors, memory
 
 
-def time_cases(all_impls, reps):
-    """Median ms per call of each implementation of each case. A round gives every implementation
-    of every case a turn, so a burst of noise on this shared VM (it lasts seconds, and moved single
+def time_cases(all_impls, reps, sample_limits=None):
+    """Median ms per call of each implementation of each case, and the list of what
+    ``sample_limits()`` (if given) returned in each round. A round gives every implementation of
+    every case a turn, so a burst of noise on this shared VM (it lasts seconds, and moved single
     cases 2x when all of a case's rounds ran back to back) hits a few rounds of each case rather
     than every round of one."""
     times = [{name: [] for name in impls} for impls in all_impls]
+    samples = []
     for _ in range(reps):
+        if sample_limits is not None:
+            samples.append(sample_limits())
         for impls, case_times in zip(all_impls, times):
             for name, fn in impls.items():
                 warm_up(fn)
@@ -194,7 +199,14 @@ def time_cases(all_impls, reps):
                     start = time.perf_counter()
                     fn()
                     case_times[name].append(time.perf_counter() - start)
-    return [{name: statistics.median(t) * 1e3 for name, t in case_times.items()} for case_times in times]
+    return [{name: statistics.median(t) * 1e3 for name, t in case_times.items()} for case_times in times], samples
+
+
+def median_limits(samples):
+    """The median of each limit over the rounds' samples (``machine_limits.Probe.sample``)."""
+    return {"fma_peak_flops": statistics.median(s["fma_peak_flops"] for s in samples),
+            "bandwidth_bytes_per_s": {level: statistics.median(s["bandwidth_bytes_per_s"][level] for s in samples)
+                                      for level in samples[0]["bandwidth_bytes_per_s"]}}
 
 
 STEPS_PER_BLOCK = 20
@@ -318,32 +330,39 @@ def main():
         print_cuda_table(FULL_CASES if args.full else DESIGN_CASES, args.reps)
         return
     if args.extra:
-        write_results(print_sequence_table(EXTRA_CASES, args.reps, args.threads), "cpu_extra", plot=False)
+        write_results(*print_sequence_table(EXTRA_CASES, args.reps, args.threads), "cpu_extra", plot=False)
         return
     if args.only != "tracetorch":
-        rows = print_sequence_table(FULL_CASES if args.full else DESIGN_CASES, args.reps, args.threads)
+        rows, limits = print_sequence_table(FULL_CASES if args.full else DESIGN_CASES, args.reps, args.threads)
         if args.full:
-            write_results(rows)
+            write_results(rows, limits)
     if args.only != "sequence":
         print_tracetorch_table(args.reps, args.threads)
 
 
 def print_sequence_table(cases, reps, threads):
-    from machine_limits import load_or_measure
+    from machine_limits import Probe
 
-    limits = load_or_measure()
+    # The limits are measured in every round, beside the layers: this VM's speed moves by 20-50%
+    # between hours and can flip within a second (RNN_TANH 40->128/32/100 batch-first went from
+    # 0.42 to 0.77 ms a call in one process and stayed there; its FMA peak measured 521, 463 and
+    # 422 GFLOP/s on three occasions), so limits measured at another time say little about a run.
+    probe = Probe()
+    prepared = [prepare_case(case, threads) for case in cases]
+    timed, samples = time_cases([p[0] for p in prepared], reps, lambda: probe.sample(fma_runs=5, read_runs=3))
+    limits = probe.describe(median_limits(samples), f"scripts/bench.py: the median over its {reps} rounds of "
+                                                    "scripts/machine_limits.py's kernels, the best of a few runs a round")
     print(f"float32, median ms of {reps} interleaved rounds x {CALLS_PER_TURN} calls. bound: this machine's lower bound "
-          f"(scripts/machine_limits.py: {limits['fma_peak_flops'] / 1e9:.0f} GFLOP/s, L2 "
-          f"{limits['bandwidth_bytes_per_s']['L2'] / 1e9:.0f} GB/s); of bound = bound / lucid_tvm; "
-          f"peak MiB = memory one lucid_tvm call allocates")
+          f"from its limits measured in the same rounds (scripts/machine_limits.py's kernels, medians: "
+          f"{limits['fma_peak_flops'] / 1e9:.0f} GFLOP/s, L2 {limits['bandwidth_bytes_per_s']['L2'] / 1e9:.0f} GB/s); "
+          f"of bound = bound / lucid_tvm; peak MiB = memory one lucid_tvm call allocates")
     header = (f"{'cell':9s} {'L':>1s} {'I':>4s} {'H':>4s} {'B':>3s} {'T':>4s} {'bf':>2s} | {'lucid_tvm':>9s} "
               f"{'numpy':>8s} {'torch':>8s} {'ORT':>8s} | {'vs best':>7s} | {'bound':>7s} {'of bound':>8s} | "
               f"{'peak MiB':>8s} {'max err':>8s}")
     print(header)
     print("-" * len(header))
-    prepared = [prepare_case(case, threads) for case in cases]
     rows = []
-    for case, (_, errors, memory), ms in zip(cases, prepared, time_cases([p[0] for p in prepared], reps)):
+    for case, (_, errors, memory), ms in zip(cases, prepared, timed):
         best_peer = min(ms["torch"], ms["onnxruntime"])
         bound = lower_bound_ms(case, limits)
         row = {**asdict(case), **{f"{k}_ms": v for k, v in ms.items()}, "speedup_vs_best_peer": best_peer / ms["lucid_tvm"],
@@ -357,18 +376,22 @@ def print_sequence_table(cases, reps, threads):
     speedups = [r["speedup_vs_best_peer"] for r in rows]
     print(f"geometric mean speedup over the best peer: {statistics.geometric_mean(speedups):.2f}x; "
           f"lowest {min(speedups):.2f}x; lowest fraction of bound {min(r['fraction_of_bound'] for r in rows):.0%}")
-    return rows
+    return rows, limits
 
 
-def write_results(rows, name="cpu", plot=True):
+def write_results(rows, limits, name="cpu", plot=True):
+    """docs/perf/{name}.csv, the limits its bounds come from (machine.json for the full table,
+    machine_extra.json for the extra one) and the plot."""
     out = Path(__file__).resolve().parent.parent / "docs" / "perf"
     out.mkdir(parents=True, exist_ok=True)
     with open(out / f"{name}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    limits_file = out / ("machine.json" if name == "cpu" else f"machine_{name.removeprefix('cpu_')}.json")
+    limits_file.write_text(json.dumps(limits, indent=2))
     if not plot:
-        print(f"wrote {out / name}.csv")
+        print(f"wrote {out / name}.csv and {limits_file}")
         return
     import matplotlib
 
@@ -388,7 +411,7 @@ def write_results(rows, name="cpu", plot=True):
     figure.suptitle("lucid_tvm on CPU (scripts/bench.py --full)")
     figure.tight_layout()
     figure.savefig(out / f"{name}.png", dpi=110)
-    print(f"wrote {out / name}.csv and {out / name}.png")
+    print(f"wrote {out / name}.csv, {limits_file} and {out / name}.png")
 
 
 def print_cuda_table(cases, reps):

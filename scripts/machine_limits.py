@@ -1,7 +1,7 @@
 """Measure this machine's limits for recurrent layers: FMA peak and read bandwidth per cache level.
 
-    python scripts/machine_limits.py          # prints the numbers, writes docs/perf/machine.json
-    python scripts/machine_limits.py -o FILE  # ... writes FILE instead
+    python scripts/machine_limits.py          # prints the numbers
+    python scripts/machine_limits.py -o FILE  # ... and writes them to FILE (JSON)
 
 How: small TIR kernels compiled for this CPU, run on every core at once (one task per core):
 
@@ -15,7 +15,8 @@ How: small TIR kernels compiled for this CPU, run on every core at once (one tas
   or in DRAM.
 
 Each kernel runs several times; the best time counts (the machine's limit, not its noise).
-``bench.py`` turns these into a lower bound per benchmark shape.
+``bench.py`` samples the same kernels (:class:`Probe`) in every round of its own run, and turns
+the median of its rounds' limits into a lower bound per benchmark shape.
 """
 
 import argparse
@@ -32,9 +33,6 @@ from lucid_tvm import runtime
 from lucid_tvm.build import host_target
 from lucid_tvm.kernels.recurrent import ON_STACK
 from lucid_tvm.schedule import compile_module, vector_lanes
-
-OUT = Path(__file__).resolve().parent.parent / "docs" / "perf" / "machine.json"
-
 
 def _cache_sizes():
     """(L2 bytes per core, L3 bytes in all) from sysfs."""
@@ -84,71 +82,71 @@ def best_time(function, args, runs=7):
     return best
 
 
+class Probe:
+    """The limit kernels compiled and their buffers made once, so that the limits can be measured
+    again and again: ``bench.py`` samples them in every round, beside the layers it times."""
+
+    def __init__(self):
+        self.target = host_target()
+        self.cores = worker_count()
+        lanes = vector_lanes(self.target, "float32")
+        build = lambda f: compile_module(tvm.IRModule({"main": f}), self.target)["main"]  # noqa: E731
+        out = tvm.runtime.empty((self.cores, lanes), "float32")
+
+        # An LSTM layer's input projection: 6 rows x 4 gates = 24 accumulators per tile, the best
+        # of a few shapes (tile edges and caches differ).
+        kernel = runtime.layer_kernel("LSTM", 512, 512, "float32")
+        rng = np.random.default_rng(0)
+        w_ih, b_ih, _, _ = kernel.pack(rng.standard_normal((2048, 512)), rng.standard_normal((2048, 512)), None, None)
+        self.projections = []  # (flops a call, function, arguments)
+        self.arrays = []  # the numpy arrays under the DLPack arguments, kept alive
+        for rows in (48, 192, 768):
+            x = runtime.aligned(rng.standard_normal((rows, 512)), "float32")
+            xp = runtime.aligned_empty((rows, kernel.blocks, 4, kernel.lanes), "float32")
+            self.arrays += [x, xp]
+            self.projections.append((2 * rows * 512 * 2048, kernel.functions["project_parallel"],
+                                     (runtime._dl(x), w_ih, b_ih, runtime._dl(xp), 0)))
+
+        self.l2, self.l3 = _cache_sizes()
+        self.reads = {}  # level: (bytes read a call, function, arguments)
+        for level, per_task_bytes, repeats in (("L2", self.l2 // 2, 400),
+                                               ("L3", min(self.l3 // (2 * self.cores), 8 << 20), 8),
+                                               ("DRAM", 256 << 20, 1)):
+            per_task = per_task_bytes // 4 // (8 * lanes) * (8 * lanes)
+            read, nbytes = read_kernel(self.cores, lanes, per_task, repeats)
+            buf = tvm.runtime.tensor(np.ones((self.cores, per_task // lanes, lanes), np.float32))
+            self.reads[level] = (nbytes, build(read), (buf, out))
+
+    def sample(self, fma_runs=40, read_runs=5):
+        """The limits: for each kernel the best of its runs (the machine's limit, not its noise)."""
+        peak = max(flops / best_time(function, args, runs=fma_runs) for flops, function, args in self.projections)
+        bandwidth = {level: nbytes / best_time(function, args, runs=read_runs if level != "DRAM" else 3)
+                     for level, (nbytes, function, args) in self.reads.items()}
+        return {"fma_peak_flops": peak, "bandwidth_bytes_per_s": bandwidth}
+
+    def describe(self, limits, method):
+        """``limits`` (from :meth:`sample`) with the machine they were measured on, as saved."""
+        return {"cpu": str(self.target.attrs["mcpu"]), "cores": self.cores, **limits,
+                "l2_bytes_per_core": self.l2, "l3_bytes": self.l3, "method": method}
+
+
 def measure():
-    target = host_target()
-    cores = worker_count()
-    lanes = vector_lanes(target, "float32")
-    build = lambda f: compile_module(tvm.IRModule({"main": f}), target)["main"]  # noqa: E731
-    out = tvm.runtime.empty((cores, lanes), "float32")
-
-    # An LSTM layer's input projection: 6 rows x 4 gates = 24 accumulators per tile.
-    kernel = runtime.layer_kernel("LSTM", 512, 512, "float32")
-    rng = np.random.default_rng(0)
-    w_ih, b_ih, _, _ = kernel.pack(rng.standard_normal((2048, 512)), rng.standard_normal((2048, 512)), None, None)
-    peak = 0.0
-    for rows in (48, 192, 768):  # the best of a few shapes: tile edges and caches differ
-        x = runtime.aligned(rng.standard_normal((rows, 512)), "float32")
-        xp = runtime.aligned_empty((rows, kernel.blocks, 4, kernel.lanes), "float32")
-        args = (runtime._dl(x), w_ih, b_ih, runtime._dl(xp), 0)
-        peak = max(peak, 2 * rows * 512 * 2048 / best_time(kernel.functions["project_parallel"], args, runs=40))
-
-    l2, l3 = _cache_sizes()
-    bandwidth = {}
-    for level, per_task_bytes, repeats in (("L2", l2 // 2, 400), ("L3", min(l3 // (2 * cores), 8 << 20), 8),
-                                           ("DRAM", 256 << 20, 1)):
-        per_task = per_task_bytes // 4 // (8 * lanes) * (8 * lanes)
-        read, nbytes = read_kernel(cores, lanes, per_task, repeats)
-        buf = tvm.runtime.tensor(np.ones((cores, per_task // lanes, lanes), np.float32))
-        bandwidth[level] = nbytes / best_time(build(read), (buf, out), runs=5 if level != "DRAM" else 3)
-    return {
-        "cpu": str(target.attrs["mcpu"]),
-        "cores": cores,
-        "fma_peak_flops": peak,
-        "bandwidth_bytes_per_s": bandwidth,
-        "l2_bytes_per_core": l2,
-        "l3_bytes": l3,
-        "method": "scripts/machine_limits.py: TIR kernels on every core, best of several runs",
-    }
-
-
-def load_or_measure():
-    """The saved limits when they were measured on this kind of machine, else new ones."""
-    try:
-        limits = json.loads(OUT.read_text())
-        if limits["cpu"] == str(host_target().attrs["mcpu"]) and limits["cores"] == worker_count():
-            return limits
-    except FileNotFoundError:
-        pass
-    except (ValueError, KeyError, TypeError) as err:  # hand-edited or cut short: measured again
-        print(f"{OUT} cannot be read ({type(err).__name__}: {err}); measuring this machine again")
-    return save(measure())
-
-
-def save(limits, path=OUT):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(limits, indent=2))
-    return limits
+    probe = Probe()
+    return probe.describe(probe.sample(), "scripts/machine_limits.py: TIR kernels on every core, best of several runs")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-o", "--output", type=Path, default=OUT, help=f"where to write the limits (default {OUT})")
+    parser.add_argument("-o", "--output", type=Path, help="also write the limits to this JSON file")
     args = parser.parse_args()
-    limits = save(measure(), args.output)
+    limits = measure()
     print(f"{limits['cpu']}, {limits['cores']} cores: FMA peak {limits['fma_peak_flops'] / 1e9:.0f} GFLOP/s (float32)")
     for level, value in limits["bandwidth_bytes_per_s"].items():
         print(f"  read bandwidth from {level:4s}: {value / 1e9:7.1f} GB/s (all cores)")
-    print(f"  L2 {limits['l2_bytes_per_core'] >> 10} KiB per core, L3 {limits['l3_bytes'] >> 20} MiB; wrote {args.output}")
+    print(f"  L2 {limits['l2_bytes_per_core'] >> 10} KiB per core, L3 {limits['l3_bytes'] >> 20} MiB")
+    if args.output:
+        args.output.write_text(json.dumps(limits, indent=2))
+        print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":
