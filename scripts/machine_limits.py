@@ -34,6 +34,7 @@ from lucid_tvm.build import host_target
 from lucid_tvm.kernels.recurrent import ON_STACK
 from lucid_tvm.schedule import compile_module, vector_lanes
 
+
 def _cache_sizes():
     """(L2 bytes per core, L3 bytes in all) from sysfs."""
     sizes = {}
@@ -99,11 +100,9 @@ class Probe:
         rng = np.random.default_rng(0)
         w_ih, b_ih, _, _ = kernel.pack(rng.standard_normal((2048, 512)), rng.standard_normal((2048, 512)), None, None)
         self.projections = []  # (flops a call, function, arguments)
-        self.arrays = []  # the numpy arrays under the DLPack arguments, kept alive
         for rows in (48, 192, 768):
             x = runtime.aligned(rng.standard_normal((rows, 512)), "float32")
             xp = runtime.aligned_empty((rows, kernel.blocks, 4, kernel.lanes), "float32")
-            self.arrays += [x, xp]
             self.projections.append((2 * rows * 512 * 2048, kernel.functions["project_parallel"],
                                      (runtime._dl(x), w_ih, b_ih, runtime._dl(xp), 0)))
 
