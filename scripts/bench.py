@@ -181,17 +181,16 @@ def prepare_case(case, threads):
     return impls, errors, memory
 
 
-def time_cases(all_impls, reps, sample_limits=None):
+def time_cases(all_impls, reps, sample_limits):
     """Median ms per call of each implementation of each case, and the list of what
-    ``sample_limits()`` (if given) returned in each round. A round gives every implementation of
+    ``sample_limits()`` returned at the start of each round. A round gives every implementation of
     every case a turn, so a burst of noise on this shared VM (it lasts seconds, and moved single
     cases 2x when all of a case's rounds ran back to back) hits a few rounds of each case rather
     than every round of one."""
     times = [{name: [] for name in impls} for impls in all_impls]
     samples = []
     for _ in range(reps):
-        if sample_limits is not None:
-            samples.append(sample_limits())
+        samples.append(sample_limits())
         for impls, case_times in zip(all_impls, times):
             for name, fn in impls.items():
                 warm_up(fn)
