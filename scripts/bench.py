@@ -201,13 +201,6 @@ def time_cases(all_impls, reps, sample_limits):
     return [{name: statistics.median(t) * 1e3 for name, t in case_times.items()} for case_times in times], samples
 
 
-def median_limits(samples):
-    """The median of each limit over the rounds' samples (``machine_limits.Probe.sample``)."""
-    return {"fma_peak_flops": statistics.median(s["fma_peak_flops"] for s in samples),
-            "bandwidth_bytes_per_s": {level: statistics.median(s["bandwidth_bytes_per_s"][level] for s in samples)
-                                      for level in samples[0]["bandwidth_bytes_per_s"]}}
-
-
 STEPS_PER_BLOCK = 20
 # (layer, in_features, out_features, batch): tracetorch one-step calls.
 TRACETORCH_CASES = [
@@ -340,7 +333,7 @@ def main():
 
 
 def print_sequence_table(cases, reps, threads):
-    from machine_limits import Probe
+    from machine_limits import Probe, median_limits
 
     # The limits are measured in every round, beside the layers: this VM's speed moves by 20-50%
     # between hours and can flip within a second (RNN_TANH 40->128/32/100 batch-first went from

@@ -22,6 +22,7 @@ the median of its rounds' limits into a lower bound per benchmark shape.
 import argparse
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -127,6 +128,13 @@ class Probe:
         """``limits`` (from :meth:`sample`) with the machine they were measured on, as saved."""
         return {"cpu": str(self.target.attrs["mcpu"]), "cores": self.cores, **limits,
                 "l2_bytes_per_core": self.l2, "l3_bytes": self.l3, "method": method}
+
+
+def median_limits(samples):
+    """The median of each limit over several :meth:`Probe.sample` results."""
+    return {"fma_peak_flops": statistics.median(s["fma_peak_flops"] for s in samples),
+            "bandwidth_bytes_per_s": {level: statistics.median(s["bandwidth_bytes_per_s"][level] for s in samples)
+                                      for level in samples[0]["bandwidth_bytes_per_s"]}}
 
 
 def measure():
