@@ -90,8 +90,11 @@ def default_schedule(target, num_gates, hidden_size, dtype):
     gates, simd = num_gates, vector_lanes(target, dtype)
     registers = accumulator_registers(target)
     # Few gates leave accumulators unused: a block then spans several vectors (up to 4), so one
-    # broadcast input value feeds more FMAs. Never wider than the layer itself.
+    # broadcast input value feeds more FMAs. Never wider than the layer itself, and a power of two:
+    # blocks of 3 vectors (48 lanes for hidden sizes 33-48 on AVX-512) compiled to code 3-18x
+    # slower a step than blocks of 2 or 4 (docs/design.md).
     vectors = max(1, min(4, registers // (6 * gates), -(-hidden_size // simd)))
+    vectors = 1 << (vectors.bit_length() - 1)
     lanes = simd * vectors
     recurrent_weight_bytes = hidden_size * packed_row_bytes(gates, hidden_size, lanes, dtype)  # W_hh packed
     pieces = -(-hidden_size * gates * lanes * np.dtype(dtype).itemsize // (L1_BYTES // 2))  # of a W_hh block
