@@ -69,7 +69,7 @@ EXTRA_CASES = [Case("LSTM", 1, 33, 33, 3, 50), Case("GRU", 1, 100, 100, 1, 100),
                Case("RNN_TANH", 1, 32, 32, 1, 200), Case("LSTM", 1, 32, 32, 1, 200), Case("GRU", 1, 64, 64, 1, 200),
                Case("LSTM", 1, 64, 64, 8, 100), Case("LSTM", 1, 256, 256, 1, 2000), Case("GRU", 1, 128, 128, 4, 1000),
                Case("GRU", 1, 300, 100, 4, 50), Case("LSTM", 1, 1024, 256, 1, 50), Case("LSTM", 3, 256, 256, 4, 50),
-               Case("GRU", 3, 512, 512, 1, 25), Case("RNN_RELU", 2, 64, 200, 2, 300)]
+               Case("GRU", 3, 512, 512, 1, 25), Case("RNN_RELU", 2, 64, 200, 2, 300), Case("RNN_TANH", 1, 40, 40, 8, 100)]
 # Idle thread pools (OpenBLAS under numpy, TVM's, ORT's) keep spinning for a while after a call;
 # on 2 cores that would slow whichever library runs next, so each call starts after a pause.
 PAUSE = 0.02
