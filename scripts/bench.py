@@ -8,6 +8,7 @@ CALLS_PER_TURN timed ones) and medians reported, so machine noise hits all alike
     python scripts/bench.py --full         # every mode, 1-2 layers, all shapes: docs/perf/cpu.{csv,png}, machine.json
     python scripts/bench.py --reps 50 --threads 2
     python scripts/bench.py --cuda         # the GPU kernels against torch's cuDNN layers (needs a GPU)
+    python scripts/bench.py --shapes LSTM:1:150:150:8:50 RNN_TANH:2:40:128:32:100:bf   # any shapes, nothing written
 """
 
 import argparse
@@ -25,12 +26,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 # Thread pools that spin after a call steal the 2 cores from whichever library runs next in the
-# interleaved rounds; make every pool go idle quickly (OpenBLAS under numpy and torch's OpenMP
-# here, ORT's below). Must be set before the libraries load. The tracetorch table runs in a child
-# process without them (TORCH_DEFAULT_THREADING), as tracetorch's users run torch.
+# interleaved rounds. OpenBLAS under numpy spins for 2^28 cycles by default: make it go idle
+# quickly (must be set before numpy loads). torch keeps its default threading, as its users run
+# it: its OpenMP threads spin between the parallel regions of a call (under OMP_WAIT_POLICY=PASSIVE,
+# which this script set until 2026-11-23, torch's LSTM ran 1.3-8x slower) and go idle soon after
+# it, before the next library's untimed calls are over (docs/perf/README.md). ONNX Runtime runs
+# both ways (``make_ort``). The tracetorch table runs in a child process without these settings
+# (TORCH_DEFAULT_THREADING).
 TORCH_DEFAULT_THREADING = "LUCID_TVM_BENCH_TORCH_DEFAULT_THREADING"
-POOL_SETTINGS = {"OPENBLAS_THREAD_TIMEOUT": "20",  # 2^20 cycles: hot within a call, idle within the pause
-                 "OMP_WAIT_POLICY": "PASSIVE"}
+POOL_SETTINGS = {"OPENBLAS_THREAD_TIMEOUT": "20"}  # 2^20 cycles: hot within a call, idle soon after
 SET_HERE = [] if os.environ.get(TORCH_DEFAULT_THREADING) else [k for k in POOL_SETTINGS if k not in os.environ]
 os.environ.update({k: POOL_SETTINGS[k] for k in SET_HERE})
 import numpy as np  # noqa: E402
@@ -96,7 +100,10 @@ def make_torch(case):
                             **kwargs).eval()
 
 
-def make_ort(module, x, threads):
+def make_ort(module, x, threads, spinning):
+    """An ONNX Runtime session of ``module`` on ``threads`` intra-op threads, its threads spinning
+    while they wait for work (ORT's default) or not. Neither is faster everywhere (GRU 1024/1/25
+    3.5 ms spinning against 9.7, LSTM 256/1/150 4.0 against 2.7), so the table times both."""
     import onnxruntime as ort
 
     buffer = io.BytesIO()
@@ -106,7 +113,7 @@ def make_ort(module, x, threads):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
     return lambda: session.run(None, {"x": x})[0]
 
@@ -173,7 +180,8 @@ def prepare_case(case, threads):
         "lucid_tvm": lambda: ours(x)[0],
         "numpy": run_numpy,
         "torch": run_torch,
-        "onnxruntime": make_ort(ref, x, threads),
+        "onnxruntime": make_ort(ref, x, threads, spinning=True),
+        "onnxruntime_nospin": make_ort(ref, x, threads, spinning=False),
     }
     expected = run_torch().numpy()
     errors = {name: float(np.abs(np.asarray(fn()) - expected).max()) for name, fn in impls.items()}
@@ -198,9 +206,15 @@ def time_cases(all_impls, reps, sample_limits):
                     start = time.perf_counter()
                     fn()
                     case_times[name].append(time.perf_counter() - start)
+                if name in SPINS_AFTER:
+                    time.sleep(SPIN_PAUSE)
     return [{name: statistics.median(t) * 1e3 for name, t in case_times.items()} for case_times in times], samples
 
 
+# ONNX Runtime's spinning threads go on spinning after its call, and the next implementation's
+# untimed calls do not outlast them: lucid_tvm's GRU 1024/1/25 took 4.6 ms after a spinning ORT
+# call and a 20 ms pause, 3.5 after its own; after a pause of 0.1 s or more, the same.
+SPINS_AFTER, SPIN_PAUSE = {"onnxruntime"}, 0.2
 STEPS_PER_BLOCK = 20
 # (layer, in_features, out_features, batch): tracetorch one-step calls.
 TRACETORCH_CASES = [
@@ -302,6 +316,23 @@ def print_tracetorch_table(reps, threads):
         print(row + f" | {error:8.1e}", flush=True)
 
 
+def parse_shape(text):
+    """A :class:`Case` from ``MODE:LAYERS:INPUT:HIDDEN:BATCH:STEPS``, ``:bf`` appended for batch-first."""
+    fields = text.split(":")
+    batch_first = fields[-1] == "bf"
+    fields = fields[:-1] if batch_first else fields
+    if len(fields) != 6 or fields[0] not in ("RNN_TANH", "RNN_RELU", "LSTM", "GRU"):
+        raise argparse.ArgumentTypeError(f"expected MODE:L:I:H:B:T[:bf] with MODE one of RNN_TANH, RNN_RELU, "
+                                         f"LSTM, GRU, got {text!r}")
+    try:
+        sizes = [int(v) for v in fields[1:]]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers in {text!r}") from None
+    if min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected sizes of at least 1 in {text!r}")
+    return Case(fields[0], *sizes, batch_first)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=30)
@@ -311,6 +342,9 @@ def main():
                         help="every mode, 1 and 2 layers, 7 shapes and a batch-first case (writes docs/perf/)")
     parser.add_argument("--extra", action="store_true",
                         help="shapes the list does not name: odd, tiny, long, I != H, 3 layers (docs/perf/cpu_extra.csv)")
+    parser.add_argument("--shapes", nargs="+", type=parse_shape, metavar="MODE:L:I:H:B:T[:bf]",
+                        help="only these sequence shapes (layers, input size, hidden size, batch, steps; "
+                             "bf: batch-first), printed and not written")
     parser.add_argument("--cuda", action="store_true",
                         help="only the GPU table: lucid_tvm's CUDA kernels against torch (cuDNN)")
     args = parser.parse_args()
@@ -320,6 +354,9 @@ def main():
     torch.set_num_threads(args.threads)
     if args.cuda:
         print_cuda_table(FULL_CASES if args.full else DESIGN_CASES, args.reps)
+        return
+    if args.shapes:
+        print_sequence_table(args.shapes, args.reps, args.threads)
         return
     if args.extra:
         write_results(*print_sequence_table(EXTRA_CASES, args.reps, args.threads), "cpu_extra", plot=False)
@@ -347,15 +384,16 @@ def print_sequence_table(cases, reps, threads):
     print(f"float32, median ms of {reps} interleaved rounds x {CALLS_PER_TURN} calls. bound: this machine's lower bound "
           f"from its limits measured in the same rounds (scripts/machine_limits.py's kernels, medians: "
           f"{limits['fma_peak_flops'] / 1e9:.0f} GFLOP/s, L2 {limits['bandwidth_bytes_per_s']['L2'] / 1e9:.0f} GB/s); "
-          f"of bound = bound / lucid_tvm; peak MiB = memory one lucid_tvm call allocates")
+          f"of bound = bound / lucid_tvm; peak MiB = memory one lucid_tvm call allocates; torch with its default "
+          f"threading, ONNX Runtime (ORT) with its threads spinning (its default) and not (ORT ns)")
     header = (f"{'cell':9s} {'L':>1s} {'I':>4s} {'H':>4s} {'B':>3s} {'T':>4s} {'bf':>2s} | {'lucid_tvm':>9s} "
-              f"{'numpy':>8s} {'torch':>8s} {'ORT':>8s} | {'vs best':>7s} | {'bound':>7s} {'of bound':>8s} | "
+              f"{'numpy':>8s} {'torch':>8s} {'ORT':>8s} {'ORT ns':>8s} | {'vs best':>7s} | {'bound':>7s} {'of bound':>8s} | "
               f"{'peak MiB':>8s} {'max err':>8s}")
     print(header)
     print("-" * len(header))
     rows = []
     for case, (_, errors, memory), ms in zip(cases, prepared, timed):
-        best_peer = min(ms["torch"], ms["onnxruntime"])
+        best_peer = min(ms["torch"], ms["onnxruntime"], ms["onnxruntime_nospin"])
         bound = lower_bound_ms(case, limits)
         row = {**asdict(case), **{f"{k}_ms": v for k, v in ms.items()}, "speedup_vs_best_peer": best_peer / ms["lucid_tvm"],
                "bound_ms": bound, "fraction_of_bound": bound / ms["lucid_tvm"], "peak_mib": memory,
@@ -363,7 +401,7 @@ def print_sequence_table(cases, reps, threads):
         rows.append(row)
         print(f"{case.mode:9s} {case.layers:1d} {case.input_size:4d} {case.hidden:4d} {case.batch:3d} {case.steps:4d} "
               f"{'y' if case.batch_first else 'n':>2s} | {ms['lucid_tvm']:9.3f} {ms['numpy']:8.3f} {ms['torch']:8.3f} "
-              f"{ms['onnxruntime']:8.3f} | {row['speedup_vs_best_peer']:6.2f}x | {bound:7.3f} "
+              f"{ms['onnxruntime']:8.3f} {ms['onnxruntime_nospin']:8.3f} | {row['speedup_vs_best_peer']:6.2f}x | {bound:7.3f} "
               f"{row['fraction_of_bound']:7.0%} | {memory:8.2f} {row['max_err']:8.1e}", flush=True)
     speedups = [r["speedup_vs_best_peer"] for r in rows]
     print(f"geometric mean speedup over the best peer: {statistics.geometric_mean(speedups):.2f}x; "
