@@ -215,6 +215,8 @@ def time_cases(all_impls, reps, sample_limits):
 # untimed calls do not outlast them: lucid_tvm's GRU 1024/1/25 took 4.6 ms after a spinning ORT
 # call and a 20 ms pause, 3.5 after its own; after a pause of 0.1 s or more, the same.
 SPINS_AFTER, SPIN_PAUSE = {"onnxruntime"}, 0.2
+# The implementations of ``prepare_case`` lucid_tvm is compared with; the best peer is the fastest.
+PEERS = ("torch", "onnxruntime", "onnxruntime_nospin")
 STEPS_PER_BLOCK = 20
 # (layer, in_features, out_features, batch): tracetorch one-step calls.
 TRACETORCH_CASES = [
@@ -393,7 +395,7 @@ def print_sequence_table(cases, reps, threads):
     print("-" * len(header))
     rows = []
     for case, (_, errors, memory), ms in zip(cases, prepared, timed):
-        best_peer = min(ms["torch"], ms["onnxruntime"], ms["onnxruntime_nospin"])
+        best_peer = min(ms[name] for name in PEERS)
         bound = lower_bound_ms(case, limits)
         row = {**asdict(case), **{f"{k}_ms": v for k, v in ms.items()}, "speedup_vs_best_peer": best_peer / ms["lucid_tvm"],
                "bound_ms": bound, "fraction_of_bound": bound / ms["lucid_tvm"], "peak_mib": memory,
