@@ -32,16 +32,26 @@ sys.path.insert(0, str(Path(__file__).parent))
 from cases import EXTRA_CASES, FULL_CASES, parse_shape  # noqa: E402
 
 
-def timed(functions, label, log):
-    """``functions`` (name -> compiled function), each appending ``((label, name), seconds)`` to ``log``."""
+# Each timed function appends ``((kernel, function), seconds)`` here. The runtime keeps what it made
+# from a kernel's functions across layers and calls (``runtime._choice``), so a kernel's functions
+# are wrapped once, for every shape that uses it, and all log to this list.
+LOG = []
+
+
+def time_functions(kernel, label):
+    """Wrap ``kernel``'s compiled functions, once, to log their times as ``label``'s."""
+    if getattr(kernel, "timed_by_call_parts", False):
+        return
+
     def wrap(name, function):
         def call(*args):
             start = time.perf_counter()
             function(*args)
-            log.append(((label, name), time.perf_counter() - start))
+            LOG.append(((label, name), time.perf_counter() - start))
         return call
 
-    return {name: wrap(name, function) for name, function in functions.items()}
+    kernel.functions = {name: wrap(name, function) for name, function in kernel.functions.items()}
+    kernel.timed_by_call_parts = True
 
 
 def call_parts(case, calls):
@@ -49,24 +59,23 @@ def call_parts(case, calls):
     that ran it]})."""
     layer = nn.RNNBase(case.mode, case.input_size, case.hidden, num_layers=case.layers,
                        batch_first=case.batch_first).eval()
-    log = []
     # Before the first call: the runtime's variants keep the functions they are made with.
     for input_size in {case.input_size, case.hidden} if case.layers > 1 else {case.input_size}:
-        kernel = runtime.layer_kernel(case.mode, input_size, case.hidden, "float32")
-        kernel.functions = timed(kernel.functions, f"{input_size}->{case.hidden}", log)
+        time_functions(runtime.layer_kernel(case.mode, input_size, case.hidden, "float32"),
+                       f"{input_size}->{case.hidden}")
     shape = (case.batch, case.steps) if case.batch_first else (case.steps, case.batch)
     x = np.random.default_rng(0).standard_normal((*shape, case.input_size)).astype(np.float32)
     for _ in range(max(3, calls // 4)):  # compile, allocate, let the runtime settle its choices
         layer(x)
     totals, kernels, parts = [], [], collections.defaultdict(list)
     for _ in range(calls):
-        log.clear()
+        LOG.clear()
         start = time.perf_counter()
         layer(x)
         totals.append(time.perf_counter() - start)
-        kernels.append(sum(seconds for _, seconds in log))
+        kernels.append(sum(seconds for _, seconds in LOG))
         seconds, count = collections.Counter(), collections.Counter()
-        for key, elapsed in log:
+        for key, elapsed in LOG:
             seconds[key] += elapsed
             count[key] += 1
         for key in seconds:
