@@ -496,3 +496,67 @@ def test_variants_give_identical_answers(mode, hidden, batch, batch_first, rng):
             np.testing.assert_array_equal(ours(x)[0].numpy(), first)
     with torch.no_grad():
         assert_close(first, ref(torch.from_numpy(x))[0])
+
+
+@pytest.mark.parametrize("mode", ["RNN_TANH", "LSTM", "GRU"])
+def test_repeated_calls_of_one_layer_skip_the_full_call_and_see_every_change(rng, monkeypatch, mode):
+    """A one-layer module called again with no hx on an input the kernels read in place runs its
+    kernel with the least Python (``rnn._OneLayerCalls``), not through the full call: the same
+    answers, after a weight write, for another length, after the workspaces were released and on
+    another thread. Any input it does not take, and a batch_first switched on, get the full call."""
+    import threading
+
+    import lucid_tvm
+    from lucid_tvm import runtime
+
+    ref, ours = torch_twin(mode, 6, 10)
+    spare_ref, spare = torch_twin(mode, 6, 10)
+    full = []
+    run_sequence = type(ours.layers[0]).run_sequence
+    monkeypatch.setattr(type(ours.layers[0]), "run_sequence", lambda cell, *a: full.append(1) or run_sequence(cell, *a))
+
+    def check(x, expect_full, hx=None):
+        full.clear()
+        out, state = ours(x, hx)
+        with torch.no_grad():
+            given = None if hx is None else tuple(map(torch.from_numpy, hx)) if mode == "LSTM" else torch.from_numpy(hx)
+            values = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+            ref_out, ref_state = ref(torch.from_numpy(values.astype(np.float32)), given)
+        assert_close(out, ref_out)
+        for mine, theirs in zip(state if mode == "LSTM" else [state], ref_state if mode == "LSTM" else [ref_state]):
+            assert_close(mine, theirs)
+        assert bool(full) == expect_full
+
+    x = rng.standard_normal((7, 3, 6)).astype(np.float32)
+    check(x, True)
+    check(x, False)
+    check(rng.standard_normal((12, 3, 6)).astype(np.float32), False)  # another length
+    check(lucid_tvm.Tensor(x), False)
+    with torch.no_grad():
+        ref.weight_hh_l0.mul_(-0.5)
+    ours.load_state_dict(ref.state_dict())
+    check(x, True)
+    check(x, False)
+    wide = rng.standard_normal((7, 3, 12)).astype(np.float32)
+    read_only = x.copy()
+    read_only.flags.writeable = False
+    h0 = rng.standard_normal((1, 3, 10)).astype(np.float32)
+    for other in (x.astype(np.float64), wide[:, :, ::2], read_only, x[:, 0], torch.from_numpy(x)):
+        check(other, True)
+    check(x, True, (h0, -h0) if mode == "LSTM" else h0)
+    ours.batch_first = ref.batch_first = True
+    check(x, True)
+    ours.batch_first = ref.batch_first = False
+    ours.layers, ref = spare.layers, spare_ref  # layers made earlier: no parameter written since
+    check(x, True)
+    check(x, False)
+    runtime.release_workspaces()
+    check(x, False)
+    assert runtime._plans.__dict__[ours.layers[0]._kernel().identity].batch == 3  # the kernel bound anew
+    results = []
+    thread = threading.Thread(target=lambda: results.append(ours(x)))
+    thread.start()
+    thread.join()
+    with torch.no_grad():
+        assert_close(results[0][0], ref(torch.from_numpy(x))[0])
+    check(x, False)
