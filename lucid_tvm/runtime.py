@@ -350,18 +350,30 @@ class LayerKernel:
         final hidden state (the output row of the last step processed) and LSTM's final cell
         state are copied into ``hn`` and ``cn`` (B, H), each unless None.
         """
-        plan = self._plan(x.shape[1])
-        chunks = plan.chunks(x.shape[0], reverse)  # first: it may grow the workspace
-        _run_chunks(self.identity, plan, chunks, packed, x, h0, c0, y, yoff, reverse, hn, cn)
-
-    def bind(self, packed, n_t, n_b, reverse):
-        """:meth:`run` for sequences of ``n_t`` steps of ``n_b`` rows in one direction, with the
-        plan and its chunks looked up once: ``bound(x, h0, c0, y, yoff, reverse, hn, cn)``, to keep
-        while :func:`still_bound` says so (``nn.rnn._OneLayerCalls`` does)."""
+        _note_use(self.identity)
+        n_t, n_b, _ = x.shape
         plan = self._plan(n_b)
-        bound = functools.partial(_run_chunks, self.identity, plan, plan.chunks(n_t, reverse), packed)
-        bound.workspace = plan.xp
-        return bound
+        chunks = plan.chunks(n_t, reverse)  # first: it may grow the workspace
+        _load_state(plan.h0, h0)
+        if plan.cs is not None:
+            _load_state(plan.cs, c0)
+        w_ih, b_ih, w_hh, b_hh = packed
+        time_major = x.flags.c_contiguous
+        # x and y go to a one-chunk call's kernels as numpy arrays: TVM takes them through DLPack
+        # itself (0.2 us each) and checks their shapes and strides as a tensor's, where making the
+        # tensors here costs 0.5 us each; a longer call makes them once for all its chunks.
+        x_rows = x.reshape(n_t * n_b, -1) if time_major else x.transpose(1, 0, 2)
+        if len(chunks) > 1:
+            x_rows, y = tvm_ffi.from_dlpack(x_rows), tvm_ffi.from_dlpack(y)
+        run_chunk, state, hp, h0_tensor = plan.run_chunk, plan.state, plan.hp_tensor, plan.h0_tensor
+        for steps, t0, project, xp_rows, xp_steps in chunks:
+            rows, row0 = (x_rows, t0 * n_b) if time_major else (plan.gather(x_rows, t0, steps), 0)
+            run_chunk(steps, steps, project, rows, w_ih, b_ih, row0, xp_rows, xp_steps, w_hh, b_hh, state, hp,
+                      h0_tensor, y, yoff, t0, int(reverse))
+        if hn is not None:
+            hn[...] = plan.h0
+        if cn is not None:
+            cn[...] = plan.cs
 
     def _plan(self, n_b):
         """This thread's :class:`_Plan` for sequences of ``n_b`` rows per step: made on the first
@@ -372,41 +384,6 @@ class LayerKernel:
         if plan is None or plan.kernel is not self or plan.batch != n_b:
             plan = plans[self.identity] = _Plan(self, n_b)
         return plan
-
-
-def _run_chunks(identity, plan, chunks, packed, x, h0, c0, y, yoff, reverse, hn, cn):
-    """The body of :meth:`LayerKernel.run`, given the plan and its ``chunks`` for ``x``."""
-    _note_use(identity)
-    _load_state(plan.h0, h0)
-    if plan.cs is not None:
-        _load_state(plan.cs, c0)
-    w_ih, b_ih, w_hh, b_hh = packed
-    n_t, n_b, _ = x.shape
-    time_major = x.flags.c_contiguous
-    # x and y go to a one-chunk call's kernels as numpy arrays: TVM takes them through DLPack
-    # itself (0.2 us each) and checks their shapes and strides as a tensor's, where making the
-    # tensors here costs 0.5 us each; a longer call makes them once for all its chunks.
-    x_rows = x.reshape(n_t * n_b, -1) if time_major else x.transpose(1, 0, 2)
-    if len(chunks) > 1:
-        x_rows, y = tvm_ffi.from_dlpack(x_rows), tvm_ffi.from_dlpack(y)
-    run_chunk, state, hp, h0_tensor = plan.run_chunk, plan.state, plan.hp_tensor, plan.h0_tensor
-    for steps, t0, project, xp_rows, xp_steps in chunks:
-        rows, row0 = (x_rows, t0 * n_b) if time_major else (plan.gather(x_rows, t0, steps), 0)
-        run_chunk(steps, steps, project, rows, w_ih, b_ih, row0, xp_rows, xp_steps, w_hh, b_hh, state, hp,
-                  h0_tensor, y, yoff, t0, int(reverse))
-    if hn is not None:
-        hn[...] = plan.h0
-    if cn is not None:
-        cn[...] = plan.cs
-
-
-def still_bound(bound):
-    """Whether a :meth:`LayerKernel.bind` result may run again. It holds the plan of the thread
-    that bound it and views of the plan's workspace as it was: not on another thread, after
-    :func:`release_workspaces`, once the plan was remade (another batch, a kernel registered
-    since) or once its workspace grew (a longer chunk)."""
-    plan = bound.args[1]
-    return _plans.__dict__.get(plan.kernel.identity) is plan and plan.xp is bound.workspace
 
 
 def _load_state(buffer, value):

@@ -504,6 +504,7 @@ def test_repeated_calls_of_one_layer_skip_the_full_call_and_see_every_change(rng
     kernel with the least Python (``rnn._OneLayerCalls``), not through the full call: the same
     answers, after a weight write, for another length, after the workspaces were released and on
     another thread. Any input it does not take, and a batch_first switched on, get the full call."""
+    import pickle
     import threading
 
     import lucid_tvm
@@ -559,4 +560,11 @@ def test_repeated_calls_of_one_layer_skip_the_full_call_and_see_every_change(rng
     thread.join()
     with torch.no_grad():
         assert_close(results[0][0], ref(torch.from_numpy(x))[0])
+    check(x, False)
+    # A module pickled before modules kept such calls has none in its state.
+    state = pickle.loads(pickle.dumps(ours)).__dict__
+    state.pop("_one_layer_calls", None)
+    ours = object.__new__(type(ours))
+    ours.__dict__.update(state)
+    check(x, True)
     check(x, False)

@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import schedule
 from ..kernels.spec import MODES, NUM_GATES
-from ..runtime import between_layers, contiguous, in_place, layer_kernel, registry_generation, still_bound
+from ..runtime import between_layers, contiguous, in_place, layer_kernel, registry_generation
 from ..tensor import Tensor, generator, to_numpy
 from . import checks, gpu
 from .activation import ReLU, Tanh
@@ -197,10 +197,6 @@ class GRUCell(_Cell):
     mode = "GRU"
 
 
-# Input shapes a _OneLayerCalls keeps its kernel bound for.
-MAX_BOUND_SHAPES = 8
-
-
 def _plain_array(input):
     """The numpy array of an input that is one as it is (a numpy array or a Tensor), else None."""
     return input.data if type(input) is Tensor else input if type(input) is np.ndarray else None
@@ -209,17 +205,17 @@ def _plain_array(input):
 class _OneLayerCalls:
     """Calls of a one-layer, one-direction module with no ``hx``, on time-major, batched inputs that
     the kernels read in place, made with the least Python: check the input's shape, allocate the
-    outputs, run the kernel bound for that shape (``LayerKernel.bind``, kept for up to
-    MAX_BOUND_SHAPES shapes) and wrap the outputs. Skipping the checks and the planning of a full
-    call took LSTM 32/1/200 from 22.5 to 20.1 us a call, and from 7.8 to 5.6 at one step
-    (docs/design.md): it is for a small layer called again and again. A full call that could
-    have been one of these makes it (``RNNBase.forward``), and it stands for no other: it returns
-    None for any input it does not take (for ``forward`` to check and run in full), after a
-    parameter write, a submodule assignment or a kernel registration, or on another thread than
-    the one that bound the kernel."""
+    outputs, run the kernel (``LayerKernel.run``, on this thread's workspace) and wrap the outputs.
+    Skipping the checks and the planning of a full call took LSTM 32/1/200 from 22.7 to 20.4 us a
+    call, and from 8.0 to 5.4 at one step (docs/design.md): it is for a small layer called again
+    and again. A full call that could have been one of these makes it (``RNNBase.forward``), and
+    it stands for no other: it returns None for any input it does not take (for ``forward`` to
+    check and run in full), and after a parameter write, a submodule assignment or a kernel
+    registration. It holds nothing the cell does not (its kernel and packed weights)."""
 
     def __init__(self, cell):
-        self.cell, self.stamp, self.bound = cell, cell._prepared_at, {}
+        self.stamp = cell._prepared_at
+        self.kernel, self.packed = cell._prepared  # as of ``stamp``
         self.dtype, self.input_size, self.hidden, self.is_lstm = (cell.dtype, cell.input_size, cell.hidden_size,
                                                                   cell.is_lstm)
 
@@ -227,20 +223,14 @@ class _OneLayerCalls:
         if not (x.ndim == 3 and x.shape[2] == self.input_size and in_place(x, self.dtype)  # (no empty array)
                 and (Parameter.writes, registry_generation()) == self.stamp):
             return None
-        bound = self.bound.get(x.shape)
-        if bound is None or not still_bound(bound):
-            if len(self.bound) >= MAX_BOUND_SHAPES:  # lengths that change from call to call
-                self.bound.clear()
-            kernel, packed = self.cell._prepared  # as of ``stamp``
-            bound = self.bound[x.shape] = kernel.bind(packed, x.shape[0], x.shape[1], False)
         steps, batch, _ = x.shape
         output = np.empty((steps, batch, self.hidden), self.dtype)
         h_n = np.empty((1, batch, self.hidden), self.dtype)
         if self.is_lstm:
             c_n = np.empty_like(h_n)
-            bound(x, None, None, output, 0, False, h_n[0], c_n[0])
+            self.kernel.run(self.packed, x, None, None, output, 0, False, h_n[0], c_n[0])
             return Tensor._wrap(output), (Tensor._wrap(h_n), Tensor._wrap(c_n))
-        bound(x, None, None, output, 0, False, h_n[0], None)
+        self.kernel.run(self.packed, x, None, None, output, 0, False, h_n[0], None)
         return Tensor._wrap(output), Tensor._wrap(h_n)
 
 
@@ -254,6 +244,10 @@ class RNNBase(Module):
     reverse, layer 1 forward, ...). Each layer-direction runs as compiled code with the time loop
     inside; between layers, dropout in training mode only.
     """
+
+    # Made by the first call that could be one (see forward). A class default: a module pickled
+    # before there was one has none in its state.
+    _one_layer_calls = None
 
     def __init__(self, mode, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False):
@@ -290,10 +284,8 @@ class RNNBase(Module):
                 else:
                     cells.append(RNNCell(layer_input, self.hidden_size, self.bias, self.nonlinearity))
         self.layers = ModuleList(cells)
-        self._one_layer_calls = None  # made by the first call that could be one (see forward)
-
     def __getstate__(self):
-        return {**self.__dict__, "_one_layer_calls": None}  # kernels bound in this process (see _Cell)
+        return {**self.__dict__, "_one_layer_calls": None}  # this process's kernel (see _Cell)
 
     def flatten_parameters(self):
         """Nothing to do: torch's packs its weights for cuDNN here; these pack theirs for their
