@@ -226,12 +226,10 @@ class _OneLayerCalls:
         steps, batch, _ = x.shape
         output = np.empty((steps, batch, self.hidden), self.dtype)
         h_n = np.empty((1, batch, self.hidden), self.dtype)
-        if self.is_lstm:
-            c_n = np.empty_like(h_n)
-            self.kernel.run(self.packed, x, None, None, output, 0, False, h_n[0], c_n[0])
-            return Tensor._wrap(output), (Tensor._wrap(h_n), Tensor._wrap(c_n))
-        self.kernel.run(self.packed, x, None, None, output, 0, False, h_n[0], None)
-        return Tensor._wrap(output), Tensor._wrap(h_n)
+        c_n = np.empty_like(h_n) if self.is_lstm else None
+        self.kernel.run(self.packed, x, None, None, output, 0, False, h_n[0], None if c_n is None else c_n[0])
+        state = Tensor._wrap(h_n)
+        return Tensor._wrap(output), (state, Tensor._wrap(c_n)) if self.is_lstm else state
 
 
 _FLAT_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh)_l(0|[1-9]\d*)(_reverse)?$")
@@ -284,6 +282,7 @@ class RNNBase(Module):
                 else:
                     cells.append(RNNCell(layer_input, self.hidden_size, self.bias, self.nonlinearity))
         self.layers = ModuleList(cells)
+
     def __getstate__(self):
         return {**self.__dict__, "_one_layer_calls": None}  # this process's kernel (see _Cell)
 
