@@ -4,6 +4,8 @@
 import argparse
 from dataclasses import dataclass
 
+from lucid_tvm.kernels.spec import MODES
+
 
 @dataclass(frozen=True)
 class Case:
@@ -22,9 +24,9 @@ DESIGN_CASES = [Case("LSTM", 1, 256, 256, 1, 150), Case("LSTM", 1, 512, 512, 4, 
                 Case("GRU", 1, 1024, 1024, 16, 25), Case("RNN_TANH", 1, 512, 512, 4, 25)]
 # The full sweep: every mode, 1 and 2 layers, the (H, B, T) shapes, and one batch-first case.
 SHAPES = [(256, 1, 150), (256, 16, 150), (512, 1, 25), (512, 4, 25), (512, 64, 25), (1024, 1, 25), (1024, 16, 25)]
-FULL_CASES = [Case(mode, layers, h, h, b, t) for mode in ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")
+FULL_CASES = [Case(mode, layers, h, h, b, t) for mode in MODES
               for layers in (1, 2) for h, b, t in SHAPES] + \
-             [Case(mode, layers, 40, 128, 32, 100, True) for mode in ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")
+             [Case(mode, layers, 40, 128, 32, 100, True) for mode in MODES
               for layers in (1, 2)]
 # Shapes the benchmark list does not name, to check nothing is tuned to it: odd sizes, tiny
 # hidden sizes, long sequences, input size != hidden size, three layers.
@@ -40,9 +42,9 @@ def parse_shape(text):
     fields = text.split(":")
     batch_first = fields[-1] == "bf"
     fields = fields[:-1] if batch_first else fields
-    if len(fields) != 6 or fields[0] not in ("RNN_TANH", "RNN_RELU", "LSTM", "GRU"):
-        raise argparse.ArgumentTypeError(f"expected MODE:L:I:H:B:T[:bf] with MODE one of RNN_TANH, RNN_RELU, "
-                                         f"LSTM, GRU, got {text!r}")
+    if len(fields) != 6 or fields[0] not in MODES:
+        raise argparse.ArgumentTypeError(f"expected MODE:L:I:H:B:T[:bf] with MODE one of {', '.join(MODES)}, "
+                                         f"got {text!r}")
     try:
         sizes = [int(v) for v in fields[1:]]
     except ValueError:
