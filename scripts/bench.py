@@ -184,10 +184,15 @@ def time_cases(all_impls, reps, sample_limits):
     return [{name: statistics.median(t) * 1e3 for name, t in case_times.items()} for case_times in times], samples
 
 
-# ONNX Runtime's spinning threads go on spinning after its call, and the next implementation's
-# untimed calls do not outlast them: lucid_tvm's GRU 1024/1/25 took 4.6 ms after a spinning ORT
-# call and a 20 ms pause, 3.5 after its own; after a pause of 0.1 s or more, the same.
-SPINS_AFTER, SPIN_PAUSE = {"onnxruntime"}, 0.2
+# Pools that go on spinning after the last call, past the next implementation's untimed calls,
+# get a pause after their turn. ONNX Runtime's: lucid_tvm's GRU 1024/1/25 took 4.6 ms after a
+# spinning ORT call and a 20 ms pause, 3.5 after its own; after a pause of 0.1 s or more, the same.
+# lucid_tvm's own: TVM's worker spins (sched_yield) for about 110 ms after each parallel call
+# (TVM_THREAD_POOL_SPIN_COUNT, 300000 by default). Without a pause, ORT without spinning took 10.0
+# ms right after a GRU 512/1/25 turn against 1.1 after a pause, numpy 11.8 against 1.25, and in the
+# table (which had no pause after lucid_tvm until 2026-11-24) spinning ORT's GRU 512/1/25 0.81-1.12
+# ms against 0.56-0.61, LSTM 512/1/25 0.89-1.55 against 0.73-0.77 (docs/design.md, "Spinning").
+SPINS_AFTER, SPIN_PAUSE = {"onnxruntime", "lucid_tvm"}, 0.2
 # The implementations of ``prepare_case`` lucid_tvm is compared with; the best peer is the fastest.
 PEERS = ("torch", "onnxruntime", "onnxruntime_nospin")
 STEPS_PER_BLOCK = 20
