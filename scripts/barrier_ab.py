@@ -2,6 +2,7 @@
 
     python scripts/barrier_ab.py [--calls 200]
     python scripts/barrier_ab.py --busy    # with one process spinning on a core meanwhile
+    python scripts/barrier_ab.py --colocate  # every call starting with both tasks on one CPU
 
 First a compiled loop whose steps do nothing but meet, linked with and without our barrier. Then
 for each layer: median us per step of a whole call (T steps) on one thread, and split by hidden
@@ -9,6 +10,9 @@ blocks (the variant that meets at a barrier every step) with TVM's ``TVMBackendP
 and with ours in the library's barrier slot. The three run in turn, call by call, and must give
 the same output bit for bit. ``--busy`` imitates a noisy neighbour on a shared VM (as in
 ``variant_choice.py``), where a task waits at the barrier for a partner that lost its core.
+``--colocate`` puts TVM's workers on the calling thread's CPU before every call, where a worker
+woken from its sleep often lands: TVM's barrier leaves them there, ours moves a worker that waits
+on its partner's CPU to an idle one.
 """
 
 import argparse
@@ -16,6 +20,8 @@ import ctypes
 import functools
 import math
 import multiprocessing
+import os
+import threading
 import statistics
 import tempfile
 import time
@@ -67,7 +73,42 @@ def empty_steps(steps=10000, calls=30):
     return {name: statistics.median(t) / steps * 1e6 for name, t in times.items()}
 
 
-def compare(mode, hidden, batch, steps, calls):
+def cpu_ticks():
+    """User and system CPU ticks of each thread of this process."""
+    ticks = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            fields = open(f"/proc/self/task/{tid}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended
+            continue
+        ticks[int(tid)] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def workers_of(run):
+    """The threads other than this one that used a CPU while ``run()`` ran (TVM's workers)."""
+    before = cpu_ticks()
+    end = time.perf_counter() + 0.2
+    while time.perf_counter() < end:
+        run()
+    me = threading.get_native_id()
+    return [tid for tid, ticks in cpu_ticks().items() if tid != me and ticks > before.get(tid, ticks)]
+
+
+def colocate(workers):
+    """Move this thread and ``workers`` to one CPU, then give all of them back their masks: they
+    stay there until something moves them."""
+    masks = {tid: os.sched_getaffinity(tid) for tid in [0, *workers]}
+    cpu = min(masks[0])
+    try:
+        for tid in masks:
+            os.sched_setaffinity(tid, {cpu})
+    finally:
+        for tid, mask in masks.items():
+            os.sched_setaffinity(tid, mask)
+
+
+def compare(mode, hidden, batch, steps, calls, together=False):
     layer = nn.RNNBase(mode, hidden, hidden).eval()
     x = np.random.default_rng(0).standard_normal((steps, batch, hidden)).astype(np.float32)
     layer(x)
@@ -80,10 +121,15 @@ def compare(mode, hidden, batch, steps, calls):
     configs = {"one thread": (serial, ours), "TVM barrier": (hidden_split, tvms), "ours": (hidden_split, ours)}
     times, outputs = {name: [] for name in configs}, {}
     recur.countdown = math.inf  # no trials of other variants: each config runs what it names
+    if together:
+        recur.current = hidden_split
+        workers = workers_of(lambda: layer(x))
     try:
         for call in range(calls):
             for name, (variant, function) in in_turn(list(configs.items()), call):
                 recur.current, slot.value = variant, function
+                if together:
+                    colocate(workers)
                 start = time.perf_counter()
                 out = layer(x)[0].numpy()
                 times[name].append(time.perf_counter() - start)
@@ -98,19 +144,22 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--busy", action="store_true", help="keep one core busy with another process")
+    parser.add_argument("--colocate", action="store_true",
+                        help="start every call with TVM's workers on the calling thread's CPU")
     args = parser.parse_args()
     busy = multiprocessing.Process(target=spin, daemon=True) if args.busy else None
     if busy:
         busy.start()
     try:
-        print("one core kept busy by another process" if busy else "a quiet machine")
+        print("one core kept busy by another process" if busy else "a quiet machine",
+              "with each call starting on one CPU" if args.colocate else "")
         us = empty_steps()
         print(f"steps that only meet: {us['TVM barrier']:.3f} us per step with TVM's barrier, "
               f"{us['ours']:.3f} with ours")
         print(f"median us per step of {args.calls} calls each, the three in turn")
         print(f"{'layer':22} | {'one thread':>10} | {'TVM barrier':>11} | {'ours':>7} | ours/TVM | same")
         for mode, hidden, batch, steps in SHAPES:
-            us, same = compare(mode, hidden, batch, steps, args.calls)
+            us, same = compare(mode, hidden, batch, steps, args.calls, args.colocate)
             name = f"{mode} {hidden}/{batch}/{steps}"
             print(f"{name:22} | {us['one thread']:10.3f} | {us['TVM barrier']:11.3f} | {us['ours']:7.3f} | "
                   f"{us['ours'] / us['TVM barrier']:8.2f} | {'yes' if same else 'NO'}")
