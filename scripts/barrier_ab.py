@@ -10,9 +10,9 @@ blocks (the variant that meets at a barrier every step) with TVM's ``TVMBackendP
 and with ours in the library's barrier slot. The three run in turn, call by call, and must give
 the same output bit for bit. ``--busy`` imitates a noisy neighbour on a shared VM (as in
 ``variant_choice.py``), where a task waits at the barrier for a partner that lost its core.
-``--colocate`` puts TVM's workers on the calling thread's CPU before every call, where a worker
-woken from its sleep often lands: TVM's barrier leaves them there, ours moves a worker that waits
-on its partner's CPU to an idle one.
+``--colocate`` puts the calling thread and TVM's workers on one CPU before every call, where a
+worker woken from its sleep often lands: TVM's barrier leaves them there, ours moves a worker that
+waits on its partner's CPU to an idle one.
 """
 
 import argparse
@@ -86,7 +86,8 @@ def cpu_ticks():
 
 
 def workers_of(run):
-    """The threads other than this one that used a CPU while ``run()`` ran (TVM's workers)."""
+    """The threads other than this one that used a CPU while ``run()`` ran: TVM's workers (and any
+    other pool's threads busy meanwhile, which are then moved with them)."""
     before = cpu_ticks()
     end = time.perf_counter() + 0.2
     while time.perf_counter() < end:
@@ -96,16 +97,23 @@ def workers_of(run):
 
 
 def colocate(workers):
-    """Move this thread and ``workers`` to one CPU, then give all of them back their masks: they
-    stay there until something moves them."""
-    masks = {tid: os.sched_getaffinity(tid) for tid in [0, *workers]}
-    cpu = min(masks[0])
+    """Move this thread and ``workers`` to the first CPU of this thread's mask, then give all of
+    them back their masks: they stay there until something moves them. A thread that has ended is
+    skipped."""
+    masks = {}
     try:
-        for tid in masks:
-            os.sched_setaffinity(tid, {cpu})
+        for tid in [0, *workers]:
+            try:
+                masks[tid] = os.sched_getaffinity(tid)
+                os.sched_setaffinity(tid, {min(masks[0])})
+            except ProcessLookupError:
+                masks.pop(tid, None)
     finally:
         for tid, mask in masks.items():
-            os.sched_setaffinity(tid, mask)
+            try:
+                os.sched_setaffinity(tid, mask)
+            except ProcessLookupError:
+                pass
 
 
 def compare(mode, hidden, batch, steps, calls, together=False):

@@ -15,7 +15,7 @@
 // then take turns on one core while another idles: GRU 512/1/25's split steps took 30-40 us
 // against 15 apart, and Linux left them so for seconds, across calls and pauses (docs/design.md,
 // "Spinning"). A worker (never the caller's thread, task 0) that finds itself there moves to
-// another CPU of its affinity mask (which stays as it was), but only while some CPU is idle:
+// another CPU of its affinity mask (then gets its mask back), but only while some CPU is idle:
 // with another process busy on the other core, moving there made steps 4-30x slower than taking
 // turns (scripts/barrier_ab.py --busy). With each call starting on one CPU, ours took 0.38-0.84x
 // TVM's time a step (barrier_ab.py --colocate); on a quiet machine nothing changed.
@@ -59,15 +59,15 @@ struct ParallelGroupEnv {
 constexpr int kSyncStride = 16;
 constexpr unsigned kSpins = 32;
 // Where in its line a task notes, while it yields in a wait, the CPU it waits on plus one (else 0;
-// before its first wait, whatever the launcher's allocation held). TVM's launcher uses only the
-// line's first int.
+// before its first wait, whatever the launcher's allocation held, which may cost one needless
+// move). TVM's launcher uses only the line's first int.
 constexpr int kCpuSlot = 1;
 
 #ifdef __linux__
 // Whether fewer tasks are runnable in the whole system than `cpus` + 1 (/proc/loadavg's fourth
 // field), so that with two of them sharing one CPU another is idle.
 bool a_cpu_is_idle(int cpus) {
-  int fd = open("/proc/loadavg", O_RDONLY);
+  int fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
   if (fd < 0) return false;
   char text[128];
   ssize_t n = read(fd, text, sizeof text - 1);
@@ -84,12 +84,13 @@ bool a_cpu_is_idle(int cpus) {
 
 // Move the calling thread off `cpu` to another CPU of its mask, then give it its mask back (which
 // moves nothing), while some CPU is idle; at most once a millisecond (reading /proc/loadavg
-// costs a few us). Not where the mask holds `cpu` alone: the user pinned it there.
+// costs a few us). Not where the mask holds `cpu` alone: the user pinned it there. With more than
+// two CPUs in the mask the kernel picks which of the others (measured on two only).
 void move_off(int cpu) {
   static thread_local timespec last_try{};
   timespec now;
   clock_gettime(CLOCK_MONOTONIC, &now);
-  if ((now.tv_sec - last_try.tv_sec) * 1000000000L + (now.tv_nsec - last_try.tv_nsec) < 1000000L) return;
+  if (int64_t(now.tv_sec - last_try.tv_sec) * 1000000000 + (now.tv_nsec - last_try.tv_nsec) < 1000000) return;
   last_try = now;
   cpu_set_t mask;
   if (cpu < 0 || cpu >= CPU_SETSIZE || sched_getaffinity(0, sizeof mask, &mask) != 0 ||
@@ -114,7 +115,6 @@ int current_cpu() { return -1; }
 extern "C" int lucid_tvm_parallel_barrier(int task_id, ParallelGroupEnv* env) {
   auto* counters = static_cast<std::atomic<int>*>(env->sync_handle);
   int arrived = counters[task_id * kSyncStride].fetch_add(1, std::memory_order_release);
-  auto& waiting_on = counters[task_id * kSyncStride + kCpuSlot];
   for (int other = 0; other < env->num_task; ++other) {
     if (other == task_id) continue;
     unsigned spins = 0;
@@ -123,17 +123,19 @@ extern "C" int lucid_tvm_parallel_barrier(int task_id, ParallelGroupEnv* env) {
         relax();
         continue;
       }
-      if (spins == kSpins) {  // once per wait, and only in a wait this long
+      // Once per wait, and only in a wait this long (with one task, TVM's launcher has no lines).
+      if (spins == kSpins) {
         int cpu = current_cpu();
-        waiting_on.store(cpu + 1, std::memory_order_relaxed);
         if (task_id != 0 && cpu >= 0 &&
             counters[other * kSyncStride + kCpuSlot].load(std::memory_order_relaxed) == cpu + 1) {
           move_off(cpu);
+          cpu = current_cpu();
         }
+        counters[task_id * kSyncStride + kCpuSlot].store(cpu + 1, std::memory_order_relaxed);
       }
       sched_yield();
     }
-    if (spins >= kSpins) waiting_on.store(0, std::memory_order_relaxed);
+    if (spins >= kSpins) counters[task_id * kSyncStride + kCpuSlot].store(0, std::memory_order_relaxed);
   }
   std::atomic_thread_fence(std::memory_order_acquire);
   return 0;
