@@ -400,14 +400,15 @@ class _Faster:
     (steps).
 
     Which variant is fastest depends on the machine and, on a shared VM, on the minute: a parallel
-    step waits at its barrier for a vCPU the host has taken away. On the 2-core VM of
+    step waits at its barrier for a core another process holds. On the 2-core VM of
     ``docs/perf`` the parallel recurrence ran up to 2x slower than the serial one for minutes at
-    a time, and the crossover moved between 64K and 150K multiply-adds per step. So the schedule's
-    threshold only picks the first; every ``gap`` calls another variant (each in turn) runs for a
-    trial of ``SAMPLES`` calls, and whichever ran faster is used from then on. The gap doubles
-    while the choice holds (up to ``MAX_GAP`` calls), so trying a clearly slower variant costs
-    little. All variants compute every value in the same order, so the choice never changes an
-    answer.
+    a time (where traced, TVM's worker had woken on the caller's core, which the barrier now
+    undoes: docs/design.md, "Spinning"), and the crossover moved between 64K and 150K
+    multiply-adds per step. So the schedule's threshold only picks the first; every ``gap`` calls
+    another variant (each in turn) runs for a trial of ``SAMPLES`` calls, and whichever ran faster
+    is used from then on. The gap doubles while the choice holds (up to ``MAX_GAP`` calls), so
+    trying a clearly slower variant costs little. All variants compute every value in the same
+    order, so the choice never changes an answer.
 
     Only the trial's calls and as many calls before it (the current variant) are timed, since the
     clock costs a small layer's call more than the rest of this, and each side counts its fastest
