@@ -21,9 +21,9 @@ import functools
 import math
 import multiprocessing
 import os
-import threading
 import statistics
 import tempfile
+import threading
 import time
 
 import numpy as np
