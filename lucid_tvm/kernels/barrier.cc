@@ -17,8 +17,9 @@
 // "Spinning"). A worker (never the caller's thread, task 0) that finds itself there moves to
 // another CPU of its affinity mask (then gets its mask back), but only while some CPU is idle:
 // with another process busy on the other core, moving there made steps 4-30x slower than taking
-// turns (scripts/barrier_ab.py --busy). With each call starting on one CPU, ours took 0.38-0.84x
-// TVM's time a step (barrier_ab.py --colocate); on a quiet machine nothing changed.
+// turns (scripts/barrier_ab.py --busy). With each call starting on one CPU, ours took 0.38-0.90x
+// TVM's time a step in two runs (barrier_ab.py --colocate), except calls shorter than the
+// millisecond between tries, which mostly stay as they began; on a quiet machine nothing changed.
 
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE  // sched_getcpu, CPU_SET
