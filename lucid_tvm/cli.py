@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .kernels.spec import MODES
+
 LUCID_CLASSES = ("RNN", "LSTM", "GRU", "RNNBase", "RNNCell", "LSTMCell", "GRUCell")
 TRACETORCH_CLASSES = ("SimpleRNN", "LSTM", "GRU")
 
@@ -187,7 +189,7 @@ def main(argv=None):
     compile_parser.add_argument("--hidden-size", type=int, required=True, help="hidden_size / out_features")
     compile_parser.add_argument("--num-layers", type=int, default=1)
     compile_parser.add_argument("--nonlinearity", choices=["tanh", "relu"], default="tanh")
-    compile_parser.add_argument("--mode", choices=["RNN_TANH", "RNN_RELU", "LSTM", "GRU"], default="LSTM",
+    compile_parser.add_argument("--mode", choices=MODES, default="LSTM",
                                 help="for RNNBase")
     compile_parser.add_argument("--no-bias", action="store_true")
     compile_parser.add_argument("--batch-first", action="store_true")
@@ -213,7 +215,7 @@ def main(argv=None):
 
     tune_parser = commands.add_parser("tune", help="tune a layer configuration's input projections "
                                       "(meta_schedule) into schedules/<hardware-key>/")
-    tune_parser.add_argument("mode", choices=["RNN_TANH", "RNN_RELU", "LSTM", "GRU"])
+    tune_parser.add_argument("mode", choices=MODES)
     tune_parser.add_argument("--input-size", type=int, required=True)
     tune_parser.add_argument("--hidden-size", type=int, required=True)
     tune_parser.add_argument("--batch", type=int, required=True)
