@@ -2,8 +2,9 @@
 
 The CPU kernels (``kernels/recurrent.py``) take these knobs; this module picks them:
 
-- ``lanes``: hidden units per block, one to four SIMD vectors of the target (a vector is 16
-  float32 on AVX-512, 8 on AVX2); layers with few gates get wider blocks.
+- ``lanes``: hidden units per block, one, two or four SIMD vectors of the target (a vector is 16
+  float32 on AVX-512, 8 on AVX2); layers with few gates get wider blocks, unless a narrower one
+  pads the layer less.
 - ``rows``: rows that share each weight vector load; accumulators take
   ``rows * gates * vectors per block`` registers (see :func:`accumulator_registers`), 4 to 8 rows.
 - ``tiles_first``: a step runs every hidden block's ``h @ W_hh^T`` before any block's gate math
@@ -85,6 +86,10 @@ def vector_lanes(target, dtype):
     return max(1, vector_bits(target) // (8 * np.dtype(dtype).itemsize))
 
 
+def _padded(size, block):
+    return -(-size // block) * block
+
+
 def default_schedule(target, num_gates, hidden_size, dtype):
     """Knobs for kernels producing ``num_gates * hidden_size`` columns (a GEMM: num_gates=1)."""
     gates, simd = num_gates, vector_lanes(target, dtype)
@@ -95,6 +100,12 @@ def default_schedule(target, num_gates, hidden_size, dtype):
     # slower a step than blocks of 2 or 4 (docs/design.md).
     vectors = max(1, min(4, registers // (6 * gates), -(-hidden_size // simd)))
     vectors = 1 << (vectors.bit_length() - 1)
+    # Every column of the padding up to whole blocks costs as much as a real one. Where blocks of 2
+    # vectors pad less than blocks of 4 (RNN 160: 160 columns rather than 192), they are faster:
+    # RNN_TANH 80-400 at batch 1-32, whole calls up to 22% faster, none more than 1% slower
+    # (docs/design.md, "Blocks wider than a vector").
+    if vectors == 4 and _padded(hidden_size, 2 * simd) < _padded(hidden_size, 4 * simd):
+        vectors = 2
     lanes = simd * vectors
     recurrent_weight_bytes = hidden_size * packed_row_bytes(gates, hidden_size, lanes, dtype)  # W_hh packed
     pieces = -(-hidden_size * gates * lanes * np.dtype(dtype).itemsize // (L1_BYTES // 2))  # of a W_hh block

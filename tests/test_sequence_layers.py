@@ -460,11 +460,12 @@ def test_hidden_split_takes_its_first_step_from_project_first(mode, hidden, batc
 # pairs, each task's first and last unit turned, the one thread block by block: LSTM 150 (3 pieces, 5
 # blocks a task) has a pair turned, a pair not, and a block alone, turned.
 # Batch-first, the first layer projects rows that gather copied (GRU 33: the batch split; LSTM 12: the
-# recurrence that projects as it goes).
+# recurrence that projects as it goes). RNN 160 has blocks of 2 vectors (5 blocks, tiles of 8 rows:
+# the batch split's parts take a full tile and the 9th row), which pad it less than 4 would.
 @pytest.mark.parametrize("mode, hidden, batch, batch_first", [
     ("LSTM", 128, 8, False), ("LSTM", 150, 1, False), ("GRU", 40, 1, False), ("RNN_TANH", 256, 5, False),
     ("GRU", 33, 21, False), ("RNN_RELU", 64, 30, False), ("LSTM", 12, 3, False), ("GRU", 33, 21, True),
-    ("LSTM", 12, 3, True)])
+    ("LSTM", 12, 3, True), ("RNN_TANH", 160, 9, False)])
 def test_variants_give_identical_answers(mode, hidden, batch, batch_first, rng):
     """One thread, all split by hidden blocks or all split by batch rows, or one thread while
     another core projects: the same numbers, bit for bit, for every variant of the projection and
