@@ -4,7 +4,7 @@ The CPU kernels (``kernels/recurrent.py``) take these knobs; this module picks t
 
 - ``lanes``: hidden units per block, one, two or four SIMD vectors of the target (a vector is 16
   float32 on AVX-512, 8 on AVX2); layers with few gates get wider blocks, unless a narrower one
-  pads the layer less.
+  pads the layer less or shares it out more evenly among the cores.
 - ``rows``: rows that share each weight vector load; accumulators take
   ``rows * gates * vectors per block`` registers (see :func:`accumulator_registers`), 4 to 8 rows.
 - ``tiles_first``: a step runs every hidden block's ``h @ W_hh^T`` before any block's gate math
@@ -86,8 +86,11 @@ def vector_lanes(target, dtype):
     return max(1, vector_bits(target) // (8 * np.dtype(dtype).itemsize))
 
 
-def _padded(size, block):
-    return -(-size // block) * block
+def _most_columns(size, block, cores):
+    """The most columns a core computes where ``size`` columns, padded to whole blocks of
+    ``block``, are shared out block by block among ``cores``."""
+    blocks = -(-size // block)
+    return -(-blocks // cores) * block
 
 
 def default_schedule(target, num_gates, hidden_size, dtype):
@@ -100,11 +103,14 @@ def default_schedule(target, num_gates, hidden_size, dtype):
     # slower a step than blocks of 2 or 4 (docs/design.md).
     vectors = max(1, min(4, registers // (6 * gates), -(-hidden_size // simd)))
     vectors = 1 << (vectors.bit_length() - 1)
-    # Every column of the padding up to whole blocks costs as much as a real one. Where blocks of 2
-    # vectors pad less than blocks of 4 (RNN 160: 160 columns rather than 192), they are faster:
-    # RNN_TANH 80-400 at batch 1-32, whole calls up to 22% faster, none more than 1% slower
-    # (docs/design.md, "Blocks wider than a vector").
-    if vectors == 4 and _padded(hidden_size, 2 * simd) < _padded(hidden_size, 4 * simd):
+    # A column of padding costs as much as a real one, and a step split by hidden blocks waits for
+    # the core with the most. Blocks of 2 vectors are never worse on either count than blocks of 4,
+    # and where they are better (RNN 160: 160 columns rather than 192; RNN 192 on 2 cores: 96
+    # columns a core rather than 128) they were faster: RNN_TANH 50-704 at batch 1-32, whole calls
+    # up to 22% faster, none more than 1% slower (docs/design.md, "Blocks wider than a vector").
+    cores = max(1, int(target.attrs.get("num-cores", 1)))
+    if vectors == 4 and any(_most_columns(hidden_size, 2 * simd, n) < _most_columns(hidden_size, 4 * simd, n)
+                            for n in (1, cores)):
         vectors = 2
     lanes = simd * vectors
     recurrent_weight_bytes = hidden_size * packed_row_bytes(gates, hidden_size, lanes, dtype)  # W_hh packed
@@ -114,7 +120,7 @@ def default_schedule(target, num_gates, hidden_size, dtype):
         rows=min(8, max(4, registers // (gates * vectors))),
         parallel_step_macs=PARALLEL_STEP_MACS,
         parallel_call_macs=PARALLEL_CALL_MACS,
-        cores=max(1, int(target.attrs.get("num-cores", 1))),
+        cores=cores,
         tiles_first=recurrent_weight_bytes <= L1_BYTES,
         pieces=pieces if gates * vectors >= 4 and pieces <= MAX_PIECES else 1,
     )
