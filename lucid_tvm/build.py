@@ -85,10 +85,11 @@ def lower_layer(spec, schedule):
 
     functions = {"gather": recurrent.gather_steps(s.input_size, s.dtype)}
     for parallel, suffix in ((False, ""), (True, "_parallel")):
-        functions["project" + suffix] = recurrent.projection(s.num_gates, s.hidden_size, s.dtype, *knobs, parallel)
+        functions["project" + suffix] = recurrent.projection(s.num_gates, s.hidden_size, s.dtype, *knobs, parallel,
+                                                             cores=schedule.cores)
         functions["recur" + suffix] = recurrence("hidden" if parallel else None)
     functions["project_first"] = recurrent.projection(s.num_gates, s.hidden_size, s.dtype, *knobs, True,
-                                                      first_step=True)
+                                                      first_step=True, cores=schedule.cores)
     if schedule.cores > 1:
         functions["recur_batch_parallel"] = recurrence("batch")
         functions["recur_projecting"] = recurrence("projection")
@@ -162,7 +163,8 @@ def lower_identity(identity, target):
 
         def lower_gemm():
             return tvm.IRModule({name: recurrent.projection(1, output_size, dtype, schedule.lanes, schedule.rows,
-                                                            parallel).with_attr("global_symbol", name)
+                                                            parallel, cores=schedule.cores)
+                                  .with_attr("global_symbol", name)
                                  for name, parallel in variants.items()})
 
         return ({"gemm": {"output_size": output_size, "dtype": dtype, "functions": list(variants)},

@@ -257,7 +257,8 @@ def _default_module(workload, target):
     w = workload
     schedule = default_schedule(target, w.num_gates, w.output_size, w.dtype)
     parallel = w.rows * w.input_size * w.num_gates * w.output_size >= schedule.parallel_call_macs
-    func = recurrent.projection(w.num_gates, w.output_size, w.dtype, w.lanes, schedule.rows, parallel)
+    func = recurrent.projection(w.num_gates, w.output_size, w.dtype, w.lanes, schedule.rows, parallel,
+                                cores=schedule.cores)
     return tvm.IRModule({"project": func})
 
 

@@ -174,7 +174,7 @@ def _row_tiles(G, L, R, dtype, pieces=1):
     return tile, remainder, in_order, all_rows, blocks_row, ways
 
 
-def projection(num_gates, output_size, dtype, lanes, rows, parallel, first_step=False):
+def projection(num_gates, output_size, dtype, lanes, rows, parallel, first_step=False, cores=1):
     """PrimFunc ``project(x (M, K), w (NB, K, G, L), b (NB, G, L), xp (N, NB, G, L), first_row)``.
 
     ``xp[i] = x[first_row + i] @ W^T + b`` for i < N, with a (G*output_size, K) weight packed by
@@ -188,13 +188,27 @@ def projection(num_gates, output_size, dtype, lanes, rows, parallel, first_step=
     its first step. Where ``W_hh`` is not in cache at the chunk's start (hidden size 1024 at
     batch 1, where the weights of two layers outgrow the L3), the recurrence's first step waited
     on it from DRAM with nothing else to do; streamed here, it overlaps the projection's FMAs.
+
+    The parallel ones run one task per core (``cores``), each with a range of whole blocks, and
+    the blocks left over when they do not share out evenly (GRU 100's 7 blocks on 2 cores: 3 each
+    and one left) split by row tiles among all the tasks.
     """
     G, L, R, H = num_gates, lanes, rows, output_size
     NB = num_blocks(output_size, lanes)
-    loop = T.parallel if parallel else T.serial
     element = np.dtype(dtype).itemsize
+    P = cores
+    whole, left = NB // P, NB % P  # whole blocks per task, and the blocks left over
 
-    _, _, _, all_rows, _, _ = _row_tiles(G, L, R, dtype)
+    tile, remainder, _, all_rows, _, _ = _row_tiles(G, L, R, dtype)
+
+    @T.macro
+    def share_of_rows(task, n_out, blk, a, w, bias, out):
+        # Task ``task``'s share of block ``blk``'s full row tiles, and the last task the rows past
+        # them: every row in the tile ``all_rows`` gives it, so summed as every variant sums it.
+        for t in range(task * (n_out // R) // P, (task + 1) * (n_out // R) // P):
+            tile(R, t * R, blk, a, w, bias, out, False)
+        if task == P - 1:
+            remainder(n_out % R, n_out - n_out % R, blk, a, w, bias, out, False)
 
     if not first_step:
 
@@ -207,21 +221,28 @@ def projection(num_gates, output_size, dtype, lanes, rows, parallel, first_step=
             b = T.match_buffer(b_h, (NB, G, L), dtype)
             xp = T.match_buffer(xp_h, (n_out, NB, G, L), dtype)
             rows_in = T.decl_buffer((n_out, n_k), dtype, data=x.data, elem_offset=first_row * n_k, align=element)
-            # One task per block of weights, running every row against it while the block is in the
-            # core's cache, so W is read from memory once per call (as in the recurrence's steps).
-            # Tasks of (row tile, block) re-read all of W for every row tile: from DRAM when W does
-            # not stay in L3 (W_ih beside W_hh at hidden size 1024), and even from cache they took
-            # 10-25% longer, on every shape measured.
+            # Each task runs every row against a block of weights while the block is in the core's
+            # cache, so W is read from memory once per call (as in the recurrence's steps). Tasks
+            # of (row tile, block) re-read all of W for every row tile: from DRAM when W does not
+            # stay in L3 (W_ih beside W_hh at hidden size 1024), and even from cache they took
+            # 10-25% longer, on every shape measured. Only the blocks left over after an even
+            # share of whole blocks are split by row tiles, each read by every task: with a task
+            # per block, 7 blocks on 2 cores ran 4 on one (GRU 100 -9% a call with the leftover
+            # shared, GRU 40's 3 blocks -19%, LSTM 200's 13 -6%; docs/design.md).
             # The parallel one prefetches the task's next block while it runs the rows against this
             # one: where W comes from DRAM or L3 (hidden size 1024), the first row tile of each block
             # otherwise waits on it (LSTM 1024/1 -9%, GRU 1024/1 -6% a call, batches of 16-64 -2 to
             # -3%, others within 1%; a 2-layer GRU 1024/1 call -3 to -4%, docs/design.md). Not the
             # one-thread call, which runs small projections whose W is in cache: prefetching made
             # GRU 64's and 512's 42-70% slower.
-            for blk in loop(NB):
-                if parallel:
-                    all_rows(n_out, blk, rows_in, w, b, xp, T.min(blk + 1, NB - 1))
-                else:
+            if parallel:
+                for task in T.parallel(P):
+                    for j in range(whole):
+                        all_rows(n_out, task * whole + j, rows_in, w, b, xp, T.min(task * whole + j + 1, NB - 1))
+                    for blk in range(NB - left, NB):
+                        share_of_rows(task, n_out, blk, rows_in, w, b, xp)
+            else:
+                for blk in range(NB):
                     all_rows(n_out, blk, rows_in, w, b, xp)
 
         return project
@@ -243,9 +264,13 @@ def projection(num_gates, output_size, dtype, lanes, rows, parallel, first_step=
         # The projection's tiles prefetch this block of W_hh as well as the next block of W_ih,
         # so that both stream in while the FMAs run: without, the h rows waited on W_hh after
         # them (GRU 1024 at batch 1, 25 steps, L3 flushed: 1425 us a call against 1274).
-        for blk in T.parallel(NB):
-            all_rows(n_out, blk, rows_in, w, b, xp, T.min(blk + 1, NB - 1), u)
-            all_rows(n_b, blk, h, u, rb, hp)
+        for task in T.parallel(P):
+            for j in range(whole):
+                all_rows(n_out, task * whole + j, rows_in, w, b, xp, T.min(task * whole + j + 1, NB - 1), u)
+                all_rows(n_b, task * whole + j, h, u, rb, hp)
+            for blk in range(NB - left, NB):
+                share_of_rows(task, n_out, blk, rows_in, w, b, xp)
+                share_of_rows(task, n_b, blk, h, u, rb, hp)
 
     return project_first
 
