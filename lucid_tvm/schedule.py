@@ -107,7 +107,7 @@ def default_schedule(target, num_gates, hidden_size, dtype):
     # the core with the most. Blocks of 2 vectors are never worse on either count than blocks of 4,
     # and where they are better (RNN 160: 160 columns rather than 192; RNN 192 on 2 cores: 96
     # columns a core rather than 128) they were faster: RNN_TANH 50-704 at batch 1-32, whole calls
-    # up to 22% faster, none more than 1% slower (docs/design.md, "Blocks wider than a vector").
+    # up to 21% faster, none more than 1% slower (docs/design.md, "Blocks wider than a vector").
     cores = max(1, int(target.attrs.get("num-cores", 1)))
     if vectors == 4 and any(_most_columns(hidden_size, 2 * simd, n) < _most_columns(hidden_size, 4 * simd, n)
                             for n in (1, cores)):
