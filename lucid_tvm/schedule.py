@@ -42,7 +42,7 @@ import numpy as np
 import tvm
 from tvm.target import codegen
 
-from .kernels.layout import packed_row_bytes
+from .kernels.layout import num_blocks, packed_row_bytes
 
 # Below this many multiply-adds per step, one thread beats two meeting at a barrier every step.
 PARALLEL_STEP_MACS = 64 * 1024
@@ -89,8 +89,7 @@ def vector_lanes(target, dtype):
 def _most_columns(size, block, cores):
     """The most columns a core computes where ``size`` columns, padded to whole blocks of
     ``block``, are shared out block by block among ``cores``."""
-    blocks = -(-size // block)
-    return -(-blocks // cores) * block
+    return -(-num_blocks(size, block) // cores) * block
 
 
 def default_schedule(target, num_gates, hidden_size, dtype):
