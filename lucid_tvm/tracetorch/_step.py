@@ -116,10 +116,12 @@ class StepEngine:
         return aligned_empty((batch, width or self.hidden), self.dtype)
 
     def forward(self, x, h, c=None, training=False):
-        """(h_new, c_new or None, saved-for-backward); ``training``: a step autograd records."""
+        """(h_new, c_new or None, saved-for-backward); ``training``: a step autograd records (the
+        LSTM keeps nothing for a backward without it)."""
         compare, self.compare_values = self.compare_values, False
         batch = x.shape[0]
-        hx = aligned(np.concatenate([h, x], axis=1), self.dtype)
+        # The GEMM reads its input where it is (any C-contiguous array): no aligned copy.
+        hx = np.concatenate([h, x], axis=1, dtype=self.dtype)
         first = self.linears[0].packed(compare)
         pre = first(hx, training)
         h_new = self._empty(batch)
@@ -127,12 +129,14 @@ class StepEngine:
             self.fns.forward(pre, h_new)
             return h_new, None, (hx, h_new)
         if self.kind == "LSTM":
-            c_new, acts = self._empty(batch), self._empty(batch, 4 * self.hidden)
-            self.fns.forward(pre, aligned(c, self.dtype), h_new, c_new, acts)
+            c, c_new, acts = aligned(c, self.dtype), self._empty(batch), self._empty(batch, 4 * self.hidden)
+            self.fns.forward(pre, c, h_new, c_new, acts)
+            if not training:
+                return h_new, c_new, None
             # c_new is the new C state, which the caller may change in place (a reset): a copy.
             c_kept = self._empty(batch)
             np.copyto(c_kept, c_new)
-            return h_new, c_new, (hx, aligned(c, self.dtype), c_kept, acts)
+            return h_new, c_new, (hx, c, c_kept, acts)
         h = aligned(h, self.dtype)
         ru, rhx = self._empty(batch, 2 * self.hidden), self._empty(batch, hx.shape[1])
         self.fns.forward_gates(pre, h, aligned(x, self.dtype), ru, rhx)
