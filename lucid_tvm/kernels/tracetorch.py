@@ -96,8 +96,10 @@ def gru(hidden, input_size, dtype):
     H, I = hidden, input_size
     batch, (pre1, h, x) = _batch_and(dtype, ("pre1", (te.var("p"),)), ("h", (H,)), ("x", (I,)))
     ru = te.compute((batch, 2 * H), lambda b, k: sigmoid(pre1[b, k]), name="ru")
+    # r read back from ``ru``: a Select computes both its sides, so a sigmoid here would be
+    # computed for all of rhx, as many again as ``ru`` has (GRU 512 at batch 64: 20.5 us -> 13.5).
     rhx = te.compute((batch, H + I), lambda b, k: tirx.Select(
-        k < H, h[b, tirx.min(k, H - 1)] * sigmoid(pre1[b, tirx.min(k, H - 1)]), x[b, tirx.max(k - H, 0)]),
+        k < H, h[b, tirx.min(k, H - 1)] * ru[b, tirx.min(k, H - 1)], x[b, tirx.max(k - H, 0)]),
         name="rhx")
     forward_gates = te.create_prim_func([pre1, h, x, ru, rhx])
 
