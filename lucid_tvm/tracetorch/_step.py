@@ -130,7 +130,7 @@ class StepEngine:
             return h_new, None, (hx, h_new)
         if self.kind == "LSTM":
             c, c_new, acts = aligned(c, self.dtype), self._empty(batch), self._empty(batch, 4 * self.hidden)
-            self.fns.forward(pre, c, h_new, c_new, acts)
+            self.fns.forward(pre, c, h_new, c_new, acts.reshape(batch, 4, self.hidden))
             if not training:
                 return h_new, c_new, None
             # c_new is the new C state, which the caller may change in place (a reset): a copy.
@@ -158,7 +158,7 @@ class StepEngine:
             else:
                 hx, c, c_new, acts = saved
                 dpre, dc_prev = self._empty(batch, 4 * hidden), self._empty(batch)
-                self.fns.backward(acts, c, c_new, dh, aligned(dc, self.dtype), dpre, dc_prev)
+                self.fns.backward(acts, c, c_new, dh, aligned(dc, self.dtype), dpre.reshape(batch, 4, hidden), dc_prev)
             dhx = linear.input_grad(dpre)
             return dhx[:, hidden:], dhx[:, :hidden], dc_prev, [linear.weight_grad(dpre, hx)]
         hx, h, ru, rhx, cand = saved
