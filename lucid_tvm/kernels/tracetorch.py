@@ -96,7 +96,7 @@ def gru(hidden, input_size, dtype):
     - forward_out(pre2, h, ru, h_new, cand)
     - backward_out(h, ru, cand, dh, dpre2, du, dh_direct): through H' and the candidate's tanh.
     - backward_gates(h, ru, drhx, du, dh_direct, dpre1, dh_acc): ``drhx`` is the candidate GEMM's
-      input gradient; ``dh_acc`` is dH without the gates GEMM's part.
+      input gradient; ``dh_acc`` is dH without the gates GEMM's part; ``dpre1`` is (B, 2, H).
     """
     one = tirx.const(1, dtype)
     H, I = hidden, input_size
@@ -128,12 +128,13 @@ def gru(hidden, input_size, dtype):
     batch, (h, ru_in, drhx, du_in, dhd) = _batch_and(
         dtype, ("h", (H,)), ("ru", (2 * H,)), ("drhx", (te.var("q"),)), ("du", (H,)), ("dh_direct", (H,)))
 
-    def dpre1_at(b, k):
-        j = k % H
+    def dpre1_at(b, chunk, j):
         r, u = ru_in[b, j], ru_in[b, H + j]
-        return tirx.Select(k < H, drhx[b, j] * h[b, j] * r * (one - r), du_in[b, j] * u * (one - u))
+        return tirx.Select(chunk == 0, drhx[b, j] * h[b, j] * r * (one - r), du_in[b, j] * u * (one - u))
 
-    dpre1 = te.compute((batch, 2 * H), dpre1_at, name="dpre1")
+    # (B, 2, H), as the LSTM's dpre: a unit's index is a loop's, not k % H (GRU 512, batch 64: 28.7 us
+    # -> 9.8).
+    dpre1 = te.compute((batch, 2, H), dpre1_at, name="dpre1")
     dh_acc = te.compute((batch, H), lambda b, j: dhd[b, j] + drhx[b, j] * ru_in[b, j], name="dh_acc")
     backward_gates = te.create_prim_func([h, ru_in, drhx, du_in, dhd, dpre1, dh_acc])
     return {"forward_gates": forward_gates, "forward_out": forward_out,

@@ -167,7 +167,7 @@ class StepEngine:
         self.fns.backward_out(h, ru, cand, dh, dpre2, du, dh_direct)
         drhx = aligned(candidate.input_grad(dpre2), self.dtype)
         dpre1, dh_acc = self._empty(batch, 2 * hidden), self._empty(batch)
-        self.fns.backward_gates(h, ru, drhx, du, dh_direct, dpre1, dh_acc)
+        self.fns.backward_gates(h, ru, drhx, du, dh_direct, dpre1.reshape(batch, 2, hidden), dh_acc)
         dhx = gates.input_grad(dpre1)
         dx = drhx[:, hidden:] + dhx[:, hidden:]
         dh_prev = dh_acc + dhx[:, :hidden]
