@@ -33,7 +33,9 @@ from .tensor import numpy_dtype
 # chunk at a time (format 2 ones lack it).
 # 4: ``recur`` takes ``hp_ready``, and layer modules hold ``project_first``, which computes the
 # first step's ``h @ W_hh^T`` beside the projection (format 3 ones lack both).
-FORMAT = 4
+# 5: the tracetorch LSTM's kernels take ``acts`` (forward) and ``dpre`` (backward) as (B, 4, H),
+# the GRU's ``backward_gates`` its ``dpre1`` as (B, 2, H) (format 4 ones take them 2-D).
+FORMAT = 5
 
 
 class ArtifactError(ValueError):

@@ -161,8 +161,8 @@ def test_newer_format_is_refused(artifact):
 
 
 # 1: kernels that assume 64-byte aligned input and output; 2: layer modules without gather; 3: without
-# project_first, and recur without hp_ready.
-@pytest.mark.parametrize("old", [1, 2, 3])
+# project_first, and recur without hp_ready; 4: tracetorch LSTM and GRU kernels with 2-D gate rows.
+@pytest.mark.parametrize("old", [1, 2, 3, 4])
 def test_older_format_is_refused(artifact, old):
     _edit_manifest(artifact, format=old)
     with pytest.raises(lucid_tvm.ArtifactError, match=f"format {old}, from an older lucid_tvm.*export the layer again"):
