@@ -99,6 +99,49 @@ def test_numpy_in_numpy_out(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_steps_with_grad_mode_on_and_nothing_requiring_grad(kind):
+    """The inference path outside ``torch.no_grad``: it records no graph and matches."""
+    ref, ours = twins(kind)
+    ref.requires_grad_(False)
+    ours.requires_grad_(False)
+    for _ in range(3):
+        x = torch.randn(3, IN)
+        got, expected = ours(x), ref(x)
+        assert got.grad_fn is None and not got.requires_grad
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+        assert_states_equal(ours, ref)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_inference_steps_after_a_recorded_step(kind):
+    """States that require grad, read by a numpy step and by a step under ``torch.no_grad``."""
+    ref, ours = twins(kind)
+    x = torch.randn(3, IN)
+    ours(x), ref(x)
+    assert ours.H.requires_grad
+    x_np = np.random.default_rng(1).standard_normal((3, IN)).astype(np.float32)
+    got = ours(x_np)
+    assert isinstance(got, np.ndarray)
+    np.testing.assert_allclose(got, ref(torch.from_numpy(x_np)).detach().numpy(), atol=1e-5, rtol=0)
+    assert_states_equal(ours, ref)
+    ref(x), ours(x)  # states that require grad again
+    with torch.no_grad():
+        x = torch.randn(3, IN)
+        torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=0)
+        assert_states_equal(ours, ref)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_state_made_a_parameter_is_refused_like_tracetorch(kind):
+    ref, ours = twins(kind)
+    x = torch.randn(3, IN)
+    for layer in (ref, ours):
+        layer.H = torch.nn.Parameter(torch.zeros(3, OUT))
+        with pytest.raises(TypeError, match="cannot assign"):
+            layer(x)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_negative_bit_view_is_read_as_its_values(kind):
     ref, ours = twins(kind)
     x = torch.randn(3, IN, dtype=torch.complex64).conj().imag  # a view that negates on reading
@@ -361,6 +404,24 @@ def test_backward_after_the_weights_changed_like_tracetorch(kind, needs_grad):
         assert got == expected
     else:
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("in_features,out_features", [(3, 1), (4, 17)])
+def test_gradients_match_at_other_sizes(kind, in_features, out_features):
+    """One unit, and 17 (a block and one more): the backward kernels' gate rows against tracetorch."""
+    torch.manual_seed(0)
+    ref = getattr(ref_tt.rnn, kind)(in_features, out_features)
+    ours = getattr(tt.rnn, kind)(in_features, out_features)
+    ours.load_state_dict(ref.state_dict())
+    xs = torch.randn(3, 5, in_features)
+    grads = {}
+    for name, layer in (("ref", ref), ("ours", ours)):
+        inputs = xs.clone().requires_grad_()
+        sum((layer(x) ** 2).mean() for x in inputs).backward()
+        grads[name] = [inputs.grad] + [p.grad for p in layer.parameters()]
+    for got, expected in zip(grads["ours"], grads["ref"]):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("kind", KINDS)

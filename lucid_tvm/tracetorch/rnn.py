@@ -89,8 +89,8 @@ class _CompiledLayer(Layer):
 
     def _linears(self):
         """name -> Linear, in the order the kernels take them (``_step.LINEAR_OUTPUTS``)."""
-        modules = self._modules  # what ``getattr`` finds them in, at a tenth of its cost
-        return {name: modules[name] for name in self.linear_names}
+        modules = self._modules  # where ``getattr`` finds them, read at a tenth of its cost
+        return {name: modules[name] if name in modules else getattr(self, name) for name in self.linear_names}
 
     def _engine(self, dtype, linears):
         """The engine of torch dtype ``dtype`` (keyed by it: its numpy name costs 2 us a step)."""
@@ -141,7 +141,7 @@ class _CompiledLayer(Layer):
         s2 = [_as_rows(s if last else self._to_working_dim(s), self.num_neurons, weight.dtype) for s in states]
         engine = self._engine(weight.dtype, linears)
         c = s2[1] if len(s2) > 1 else None
-        # numpy in, numpy out: no graph to record. (The parameters are listed only where one may be.)
+        # numpy in, numpy out: no graph to record. (The parameters are listed only with grad mode on.)
         needs_grad = False
         if not from_numpy and torch.is_grad_enabled():
             params = [p for linear in linears.values() for p in (linear.weight, linear.bias)]  # a bias may be None
@@ -157,9 +157,14 @@ class _CompiledLayer(Layer):
         for name, value in zip(self.state_names, outputs):
             if not (last and x.ndim == 2):
                 value = self._from_working_dim(value.reshape(*working.shape[:-1], self.num_neurons))
-            # A plain attribute, as ``_initialize_state`` made it: set without nn.Module.__setattr__'s
-            # look through the parameters, buffers and submodules (0.9 us a state).
-            self.__dict__[name] = value.contiguous() if self.contiguous_states else value
+            value = value.contiguous() if self.contiguous_states else value
+            # A plain attribute, as ``_initialize_state`` made it, is set without nn.Module.__setattr__'s
+            # look through the parameters, buffers and submodules (0.9 us a state); a state the user
+            # made something else (a Parameter: TypeError, as tracetorch's) goes through it.
+            if name in self.__dict__:
+                self.__dict__[name] = value
+            else:
+                setattr(self, name, value)
         # The states stay tensors, as the state methods of ``core`` expect; numpy in, numpy out.
         return self.H.numpy() if from_numpy else self.H
 
