@@ -34,8 +34,10 @@ from .tensor import numpy_dtype
 # 4: ``recur`` takes ``hp_ready``, and layer modules hold ``project_first``, which computes the
 # first step's ``h @ W_hh^T`` beside the projection (format 3 ones lack both).
 # 5: the tracetorch LSTM's kernels take ``acts`` (forward) and ``dpre`` (backward) as (B, 4, H),
-# the GRU's ``backward_gates`` its ``dpre1`` as (B, 2, H) (format 4 ones take them 2-D).
+# the GRU's ``backward_gates`` its ``dpre1`` as (B, 2, H) (format 4 ones take them 2-D). Format 4
+# artifacts of other layers hold the kernels of format 5: they load.
 FORMAT = 5
+_CHANGED_IN_5 = {("tracetorch", "LSTM"), ("tracetorch", "GRU")}
 
 
 class ArtifactError(ValueError):
@@ -254,7 +256,9 @@ def read_manifest(path):
     if manifest["format"] > FORMAT:
         raise ArtifactError(f"{path} has manifest format {manifest['format']}, newer than this "
                             f"lucid_tvm {__version__} reads (up to {FORMAT}); upgrade lucid-tvm")
-    if manifest["format"] < FORMAT:
+    layer = manifest.get("layer") if isinstance(manifest.get("layer"), dict) else {}
+    unchanged = manifest["format"] == 4 and (layer.get("face"), layer.get("class")) not in _CHANGED_IN_5
+    if manifest["format"] < FORMAT and not unchanged:
         raise ArtifactError(f"{path} has manifest format {manifest['format']}, from an older lucid_tvm "
                             f"whose kernels this one cannot call (it reads format {FORMAT}); export "
                             "the layer again")

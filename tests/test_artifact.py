@@ -161,12 +161,29 @@ def test_newer_format_is_refused(artifact):
 
 
 # 1: kernels that assume 64-byte aligned input and output; 2: layer modules without gather; 3: without
-# project_first, and recur without hp_ready; 4: tracetorch LSTM and GRU kernels with 2-D gate rows.
-@pytest.mark.parametrize("old", [1, 2, 3, 4])
+# project_first, and recur without hp_ready.
+@pytest.mark.parametrize("old", [1, 2, 3])
 def test_older_format_is_refused(artifact, old):
     _edit_manifest(artifact, format=old)
     with pytest.raises(lucid_tvm.ArtifactError, match=f"format {old}, from an older lucid_tvm.*export the layer again"):
         lucid_tvm.load(artifact)
+
+
+def test_format_4_loads_but_for_tracetorch_lstm_and_gru(artifact, tmp_path):
+    """Format 5 changed only the tracetorch LSTM and GRU kernels (their gate rows became 3-D)."""
+    x = np.random.default_rng(0).standard_normal((3, 1, 4)).astype(np.float32)
+    expected = lucid_tvm.load(artifact)(x)[0].data
+    _edit_manifest(artifact, format=4)
+    np.testing.assert_array_equal(lucid_tvm.load(artifact)(x)[0].data, expected)
+    for name in ("LSTM", "GRU", "SimpleRNN"):
+        path = lucid_tvm.export(getattr(tt.rnn, name)(3, 5), tmp_path / name, example_input=torch.zeros(2, 3))
+        _edit_manifest(path, format=4)
+        if name == "SimpleRNN":
+            with torch.no_grad():
+                assert lucid_tvm.load(path)(torch.ones(2, 3)).shape == (2, 5)
+        else:
+            with pytest.raises(lucid_tvm.ArtifactError, match="format 4, from an older lucid_tvm"):
+                lucid_tvm.load(path)
 
 
 def test_other_machine_is_refused(artifact):
