@@ -64,8 +64,10 @@ def test_hidden_state_errors():
     with pytest.raises(TypeError, match="GRU input: expected a lucid_tvm.Tensor, .* got Generator"):
         gru(torch.Generator())
     lstm = nn.LSTM(3, 4)
-    with pytest.raises(ValueError, match=r"LSTM: expected hx as a tuple \(h_0, c_0\), got ndarray"):
+    with pytest.raises(TypeError, match=r"LSTM: expected hx as a tuple \(h_0, c_0\), got ndarray"):
         lstm(x, np.zeros((1, 2, 4), np.float32))
+    with pytest.raises(ValueError, match=r"LSTM: expected hx as a tuple of two states \(h_0, c_0\), got a tuple of 3"):
+        lstm(x, (np.zeros((1, 2, 4), np.float32),) * 3)
     with pytest.raises(ValueError, match=r"expected c_0 of shape .*\(1, 2, 4\), got \(1, 2, 5\)"):
         lstm(x, (np.zeros((1, 2, 4), np.float32), np.zeros((1, 2, 5), np.float32)))
 
@@ -78,8 +80,10 @@ def test_cell_errors():
         cell(np.zeros((2, 5), np.float32))
     with pytest.raises(ValueError, match=r"LSTMCell: expected h_0 of shape \(2, 4\) for batched"):
         cell(np.zeros((2, 3), np.float32), (np.zeros((3, 4)), np.zeros((2, 4))))
-    with pytest.raises(ValueError, match=r"expected hx as a tuple"):
+    with pytest.raises(TypeError, match=r"LSTMCell: expected hx as a tuple \(h_0, c_0\), got ndarray"):
         cell(np.zeros((2, 3), np.float32), np.zeros((2, 4)))
+    with pytest.raises(ValueError, match=r"LSTMCell: expected hx as a tuple of two states \(h_0, c_0\), got a list of 1"):
+        cell(np.zeros((2, 3), np.float32), [np.zeros((2, 4))])
     with pytest.raises(ValueError, match=r"RNNCell: expected hx of shape \(4,\) for unbatched"):
         nn.RNNCell(3, 4)(np.zeros(3, np.float32), np.zeros((1, 4)))
     with pytest.raises(TypeError, match="GRUCell input: expected a floating-point tensor, got dtype int64"):

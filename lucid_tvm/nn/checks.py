@@ -31,3 +31,15 @@ def sequence_input(owner, shape, input_size, batch_first):
     if steps == 0:
         raise ValueError(f"{owner}: expected a sequence of at least one step, got input of shape {shape}")
     return len(shape) == 3
+
+
+def lstm_states(owner, hx):
+    """``(h_0, c_0)`` of an LSTM's ``hx``: a tuple or list of two states, or None for zeros."""
+    if hx is None:
+        return None, None
+    if not isinstance(hx, (tuple, list)):
+        raise TypeError(f"{owner}: expected hx as a tuple (h_0, c_0), got {type(hx).__name__}")
+    if len(hx) != 2:
+        raise ValueError(f"{owner}: expected hx as a tuple of two states (h_0, c_0), got a "
+                         f"{type(hx).__name__} of {len(hx)}")
+    return hx[0], hx[1]

@@ -47,9 +47,7 @@ def _states(owner, hx, is_lstm, shape, batched, like):
     if hx is None:
         values = (None,) * len(names)
     elif is_lstm:
-        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-            raise ValueError(f"{owner}: expected hx as a tuple (h_0, c_0), got {type(hx).__name__}")
-        values = tuple(hx)
+        values = checks.lstm_states(owner, hx)
     else:
         values = (hx,)
     states = []
@@ -154,9 +152,8 @@ def cell_forward(cell, input, hx):
         return state.reshape(1, batch, cell.hidden_size)
 
     if hx is not None and cell.is_lstm:
-        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-            raise ValueError(f"{owner}: expected hx as a tuple (h_0, c_0), got {type(hx).__name__}")
-        hx = (as_stack(hx[0], "h_0"), as_stack(hx[1], "c_0"))
+        h0, c0 = checks.lstm_states(owner, hx)
+        hx = (as_stack(h0, "h_0"), as_stack(c0, "c_0"))
     elif hx is not None:
         hx = as_stack(hx, "hx")
     h0, c0 = _states(owner, hx, cell.is_lstm, (1, batch, cell.hidden_size), True, x)

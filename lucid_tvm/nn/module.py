@@ -2,6 +2,7 @@
 
 import re
 from collections import OrderedDict, namedtuple
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -143,6 +144,9 @@ class Module:
     def load_state_dict(self, state_dict, strict=True):
         """Copy the values of ``state_dict`` into the parameters; returns torch's
         ``(missing_keys, unexpected_keys)``, the unexpected ones as the caller spelled them."""
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"{type(self).__name__}.load_state_dict: expected a state dict (a mapping of "
+                            f"names to values), got {type(state_dict).__name__}")
         given = {self._own_key(key): key for key in state_dict}
         own = dict(self.named_parameters())
         missing = [key for key in own if key not in given]

@@ -157,10 +157,7 @@ class _Cell(Module):
         x = to_numpy(input, f"{owner} input")
         batched, batch = checks.cell_input(owner, x.shape, self.input_size)
         if self.is_lstm:
-            if hx is None:
-                hx = (None, None)
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise ValueError(f"{owner}: expected hx as a tuple (h_0, c_0), got {type(hx).__name__}")
+            hx = checks.lstm_states(owner, hx)
             h0, c0 = (self._state(v, n, batch, batched) for v, n in zip(hx, ("h_0", "c_0")))
         else:
             h0, c0 = self._state(hx, "hx", batch, batched), None
@@ -370,10 +367,9 @@ class RNNBase(Module):
         if hx is None:
             h0 = c0 = None  # zeros
         elif self.is_lstm:
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise ValueError(f"{owner}: expected hx as a tuple (h_0, c_0), got {type(hx).__name__}")
-            h0 = self._initial_state(hx[0], "h_0", batch, batched)
-            c0 = self._initial_state(hx[1], "c_0", batch, batched)
+            h0, c0 = checks.lstm_states(owner, hx)
+            h0 = self._initial_state(h0, "h_0", batch, batched)
+            c0 = self._initial_state(c0, "c_0", batch, batched)
         else:
             h0, c0 = self._initial_state(hx, "hx", batch, batched), None
 
