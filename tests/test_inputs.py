@@ -186,3 +186,46 @@ def test_infinite_state_like_torch(mode, rng):
     np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
     finite = ~np.isnan(expected)
     np.testing.assert_allclose(got[finite], expected[finite], atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_inputs_past_the_kernels_index_range_run_in_chunks_or_are_refused(monkeypatch, mode, rng):
+    """Past 2**31 - 1 values an array's 32-bit indices in the kernels wrap around (an 8.6 GB input
+    crashed the process). With the limit lowered to one step's projection, a unidirectional module
+    runs such a sequence a chunk of steps at a time (time-major, batch-first, 2 layers, with hx,
+    and again through the one-layer fast path), and what cannot be split so is refused."""
+    from lucid_tvm import runtime
+    from lucid_tvm.nn import rnn
+
+    ref, ours = torch_twin(mode, I, H, num_layers=2)
+    x = rng.standard_normal((23, B, I)).astype(np.float32)
+    h0 = rng.standard_normal((2, B, H)).astype(np.float32)
+    hx = (h0, h0[::-1].copy()) if mode == "LSTM" else h0
+    ref_hx = tuple(map(torch.from_numpy, hx)) if mode == "LSTM" else torch.from_numpy(hx)
+    ref_y, ref_state = ref(torch.from_numpy(x), ref_hx)
+    one_ref, one = torch_twin(mode, I, H)
+    one(x)  # a first call makes the fast path, which must step aside for a call past the limit
+    row = ours.layers[0]._kernel().row_bytes // 4  # a step's projection, per batch row
+    monkeypatch.setattr(rnn, "MAX_ELEMENTS", B * row)  # one step's projection: row // H steps a call
+    assert row // H < 23
+    steps_run = []
+    run = runtime.LayerKernel.run
+    monkeypatch.setattr(runtime.LayerKernel, "run", lambda self, packed, x, *rest: (
+        steps_run.append(x.shape[0]), run(self, packed, x, *rest))[1])
+    y, state = ours(x, hx)
+    assert_close(y, ref_y)
+    assert_close(state[0] if mode == "LSTM" else state, ref_state[0] if mode == "LSTM" else ref_state)
+    ours.batch_first = True
+    assert_close(ours(x.transpose(1, 0, 2).copy(), hx)[0], ref_y.transpose(0, 1))
+    ours.batch_first = False
+    assert_close(one(x)[0], one_ref(torch.from_numpy(x))[0])
+    assert max(steps_run) == row // H and sum(steps_run) == 5 * 23  # 2 layers, twice; then one layer
+    with pytest.raises(ValueError, match=rf"a bidirectional module runs its whole sequence in one kernel call, "
+                                         rf"and 23 steps of a batch of {B} take {23 * B * 2 * H} values"):
+        torch_twin(mode, I, H, bidirectional=True)[1](x)
+    monkeypatch.setattr(rnn, "MAX_ELEMENTS", B * row - 1)
+    with pytest.raises(ValueError, match=rf"one step of a batch of {B} takes {B * row} values in the kernels' arrays, "
+                                         rf"more than their 32-bit indices reach \({B * row - 1}\); split the batch"):
+        ours(x)
+    with pytest.raises(ValueError, match="one step of a batch"):
+        getattr(rnn, f"{mode}Cell")(I, H)(x[0])

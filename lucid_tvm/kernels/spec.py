@@ -4,6 +4,9 @@ from dataclasses import dataclass
 
 MODES = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")
 NUM_GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
+# The kernels' shapes and offsets are 32-bit integers: no array a kernel call takes may hold more
+# values than this. Past it their indices wrap around and a call reads and writes out of bounds.
+MAX_ELEMENTS = 2**31 - 1
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 
 from .. import schedule
-from ..kernels.spec import MODES, NUM_GATES
+from ..kernels.spec import MAX_ELEMENTS, MODES, NUM_GATES
 from ..runtime import between_layers, contiguous, in_place, layer_kernel, registry_generation
 from ..tensor import Tensor, generator, to_numpy
 from . import checks, gpu
@@ -28,6 +28,26 @@ def _kernel_rows(x, dtype):
     and a batch-first array seen time-major too (the kernel copies it a chunk at a time);
     anything else copied, time-major."""
     return x if in_place(x, dtype) or in_place(x.transpose(1, 0, 2), dtype) else contiguous(x, dtype)
+
+
+def _steps_per_call(owner, cells, steps, batch, width, directions):
+    """How many steps of a sequence one kernel call may take: all of them, unless the input or
+    the output of so many would hold more values than the kernels' 32-bit indices reach
+    (``MAX_ELEMENTS``). A unidirectional module then runs the sequence a chunk of steps at a
+    time; a step whose arrays alone are too large, or a bidirectional module's too long
+    sequence (its reverse direction starts at the last step), is refused."""
+    row = cells[0]._kernel().row_bytes // np.dtype(cells[0].dtype).itemsize  # a step's projection, per batch row
+    step = batch * max(cells[0].input_size, width)  # a step of the input or of the output
+    if max(step, batch * row) > MAX_ELEMENTS:
+        raise ValueError(f"{owner}: one step of a batch of {batch} takes {max(step, batch * row)} values in the "
+                         f"kernels' arrays, more than their 32-bit indices reach ({MAX_ELEMENTS}); split the batch")
+    if steps * step <= MAX_ELEMENTS:
+        return steps
+    if directions == 2:
+        raise ValueError(f"{owner}: a bidirectional module runs its whole sequence in one kernel call, and "
+                         f"{steps} steps of a batch of {batch} take {steps * step} values, more than the kernels' "
+                         f"32-bit indices reach ({MAX_ELEMENTS}); split the batch")
+    return MAX_ELEMENTS // step
 
 
 def _check_size(owner, name, value, minimum=1):
@@ -161,6 +181,7 @@ class _Cell(Module):
             h0, c0 = (self._state(v, n, batch, batched) for v, n in zip(hx, ("h_0", "c_0")))
         else:
             h0, c0 = self._state(hx, "hx", batch, batched), None
+        _steps_per_call(owner, (self,), 1, batch, self.hidden_size, 1)
         y = np.empty((1, batch, self.hidden_size), self.dtype)
         cn = np.empty((batch, self.hidden_size), self.dtype) if self.is_lstm else None
         self.run_sequence(contiguous(x.reshape(1, batch, self.input_size), self.dtype), h0, c0, y, cn=cn)
@@ -215,9 +236,14 @@ class _OneLayerCalls:
         self.kernel, self.packed = cell._prepared  # as of ``stamp``
         self.dtype, self.input_size, self.hidden, self.is_lstm = (cell.dtype, cell.input_size, cell.hidden_size,
                                                                   cell.is_lstm)
+        # A call whose input, output or step's projection would outgrow the kernels' indices is
+        # not one of these (``forward`` runs it in chunks or refuses it).
+        self.widest = max(self.input_size, self.hidden)
+        self.row = self.kernel.row_bytes // self.dtype.itemsize
 
     def __call__(self, x):
         if not (x.ndim == 3 and x.shape[2] == self.input_size and in_place(x, self.dtype)  # (no empty array)
+                and x.shape[1] * max(x.shape[0] * self.widest, self.row) <= MAX_ELEMENTS
                 and (Parameter.writes, registry_generation()) == self.stamp):
             return None
         steps, batch, _ = x.shape
@@ -373,17 +399,17 @@ class RNNBase(Module):
         else:
             h0, c0 = self._initial_state(hx, "hx", batch, batched), None
 
+        width = directions * hidden
+        chunk = _steps_per_call(owner, cells, steps, batch, width, directions)
         h_n = np.empty((self.num_layers * directions, batch, hidden), dtype)
         c_n = np.empty_like(h_n) if self.is_lstm else None
-        width = directions * hidden
         output = np.empty((steps, batch, width), dtype)
         step_bytes = batch * width * dtype.itemsize
-        chunk = steps
         # A unidirectional stack whose layers would hand on more than STACK_CHUNK_BYTES runs a
         # chunk of steps at a time through all of them. (A reverse direction starts at the last
         # step, so the layer above it needs all of the layer's output.)
         if directions == 1 and self.num_layers > 1 and steps * step_bytes > schedule.STACK_CHUNK_BYTES:
-            chunk = schedule.stack_chunk_steps(steps, batch, cells[-1]._kernel().row_bytes, step_bytes)
+            chunk = min(chunk, schedule.stack_chunk_steps(steps, batch, cells[-1]._kernel().row_bytes, step_bytes))
         # The layers write alternately into the output and one buffer, the last into the output.
         between = between_layers((chunk, batch, width), dtype) if self.num_layers > 1 else None
         for t0 in range(0, steps, chunk):
