@@ -639,6 +639,52 @@ def test_bad_inputs(kind):
         ours(np.ones((2, IN), dtype=bool))
     with pytest.raises(TypeError, match="torch tensor or numpy array"):
         ours([[1.0] * IN])
+    for scalar in (torch.tensor(1.0), np.array(1.0, np.float32)):  # numpy's as it is, not made 1-D
+        with pytest.raises(ValueError, match="dim=1 is out of range for an input of 0 dimensions"):
+            ours(scalar)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bfloat16_layers_are_refused_naming_the_dtypes_that_run(kind):
+    _, ours = twins(kind)
+    ours = ours.to(torch.bfloat16)
+    with pytest.raises(TypeError, match=rf"{kind}: the compiled kernels run float16, float32 and float64 layers, "
+                                        r"and this one is bfloat16; cast it with \.float\(\) or \.half\(\)"):
+        ours(torch.randn(3, IN, dtype=torch.bfloat16))
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")  # torch's, for Linear(*, 0)
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_layer_of_no_neurons_gives_empty_states_as_tracetorch(kind):
+    torch.manual_seed(0)
+    ref, ours = getattr(ref_tt.rnn, kind)(IN, 0), getattr(tt.rnn, kind)(IN, 0)
+    x_ref = torch.randn(3, IN, requires_grad=True)
+    x_ours = x_ref.detach().clone().requires_grad_()
+    out_ref, out_ours = ref(x_ref), ours(x_ours)
+    assert out_ours.shape == out_ref.shape == (3, 0)
+    assert {n: s.shape for n, s in states_of(ours).items()} == {n: s.shape for n, s in states_of(ref).items()}
+    out_ref.sum().backward()
+    out_ours.sum().backward()
+    torch.testing.assert_close(x_ours.grad, x_ref.grad, atol=0, rtol=0)
+    with torch.no_grad():
+        assert ours(torch.randn(3, IN)).shape == ref(torch.randn(3, IN)).shape == (3, 0)
+    assert ours(np.zeros((3, IN), np.float32)).shape == (3, 0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_step_past_the_kernels_index_range_is_refused(kind, monkeypatch):
+    from lucid_tvm.tracetorch import rnn
+
+    _, ours = twins(kind)
+    widest = max(IN + OUT + 1, 4 * OUT)  # cat([H, x]) and a column of ones, or the gate rows
+    monkeypatch.setattr(rnn, "MAX_ELEMENTS", 3 * widest - 1)
+    with torch.no_grad():
+        assert ours(torch.randn(2, IN)).shape == (2, OUT)
+        ours.zero_states()
+        with pytest.raises(ValueError, match=rf"{kind}: a step of 3 rows of {IN} inputs and {OUT} neurons outgrows "
+                                             rf"the kernels' 32-bit indices \({3 * widest - 1} values an array\); "
+                                             r"split the batch"):
+            ours(torch.randn(3, IN))
 
 
 @pytest.mark.parametrize("rows", [1, 9, 64])

@@ -5,9 +5,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..kernels.spec import MAX_ELEMENTS
 from ..tensor import numpy_dtype
 from . import core
 from ._step import SAVED_STATE, StepEngine
+
+
+# Those the kernels are compiled for; not bfloat16, whose TVM 0.27 CPU kernels do not compile.
+KERNEL_DTYPES = (torch.float16, torch.float32, torch.float64)
 
 
 class Layer(core.Layer):
@@ -95,6 +100,9 @@ class _CompiledLayer(Layer):
     def _engine(self, dtype, linears):
         """The engine of torch dtype ``dtype`` (keyed by it: its numpy name costs 2 us a step)."""
         engine = self._engines.get(dtype)
+        if engine is None and dtype not in KERNEL_DTYPES:
+            raise TypeError(f"{type(self).__name__}: the compiled kernels run float16, float32 and float64 layers, "
+                            f"and this one is {str(dtype).removeprefix('torch.')}; cast it with .float() or .half()")
         if engine is None or not engine.runs(linears):  # new, or a Linear was replaced since
             engine = self._engines[dtype] = StepEngine(self.kind, linears, self.in_features,
                                                        self.out_features, numpy_dtype(dtype).name)
@@ -105,7 +113,7 @@ class _CompiledLayer(Layer):
         if isinstance(x, np.ndarray):
             if x.dtype.kind != "f":
                 raise TypeError(f"{owner}: expected a floating-point input, got dtype {x.dtype}")
-            return torch.from_numpy(np.ascontiguousarray(x)), True  # torch takes no negative strides
+            return torch.from_numpy(np.require(x, requirements="C")), True  # torch takes no negative strides
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{owner}: expected a torch tensor or numpy array, got {type(x).__name__}")
         if not x.is_floating_point():
@@ -139,21 +147,16 @@ class _CompiledLayer(Layer):
         working = x if last else self._to_working_dim(x)
         x2 = _as_rows(working, self.in_features, weight.dtype)
         s2 = [_as_rows(s if last else self._to_working_dim(s), self.num_neurons, weight.dtype) for s in states]
-        engine = self._engine(weight.dtype, linears)
-        c = s2[1] if len(s2) > 1 else None
-        # numpy in, numpy out: no graph to record. (The parameters are listed only with grad mode on.)
-        needs_grad = False
-        if not from_numpy and torch.is_grad_enabled():
-            params = [p for linear in linears.values() for p in (linear.weight, linear.bias)]  # a bias may be None
-            needs_grad = any(t is not None and t.requires_grad for t in [x2, *s2, *params])
-        if needs_grad:
-            outputs = _Step.apply(engine, x2.contiguous(), s2[0].contiguous(),
-                                  None if c is None else c.contiguous(), *params)
+        # A step's widest array, cat([H, x]) and a column of ones for the bias gradient, or the
+        # gate rows, must stay within the kernels' 32-bit indices.
+        if x2.shape[0] * max(self.in_features + self.num_neurons + 1, 4 * self.num_neurons) > MAX_ELEMENTS:
+            raise ValueError(f"{owner}: a step of {x2.shape[0]} rows of {self.in_features} inputs and "
+                             f"{self.num_neurons} neurons outgrows the kernels' 32-bit indices ({MAX_ELEMENTS} "
+                             f"values an array); split the batch")
+        if self.num_neurons == 0:  # no neurons, nothing to compute: empty states, as tracetorch's
+            outputs = tuple(x2.narrow(1, 0, 0) for _ in states)
         else:
-            # No torch op runs on these arrays, so no graph is recorded without ``torch.no_grad``.
-            h_new, c_new, _ = engine.forward(_array(x2), _array(s2[0]), None if c is None else _array(c))
-            outputs = torch.from_numpy(h_new) if c is None else (torch.from_numpy(h_new), torch.from_numpy(c_new))
-        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+            outputs = self._step(x2, s2, linears, weight.dtype, from_numpy)
         for name, value in zip(self.state_names, outputs):
             if not (last and x.ndim == 2):
                 value = self._from_working_dim(value.reshape(*working.shape[:-1], self.num_neurons))
@@ -167,6 +170,23 @@ class _CompiledLayer(Layer):
                 setattr(self, name, value)
         # The states stay tensors, as the state methods of ``core`` expect; numpy in, numpy out.
         return self.H.numpy() if from_numpy else self.H
+
+    def _step(self, x2, s2, linears, dtype, from_numpy):
+        """The new states from rows ``x2`` and states ``s2`` on the compiled kernels, as a tuple."""
+        engine = self._engine(dtype, linears)
+        c = s2[1] if len(s2) > 1 else None
+        # numpy in, numpy out: no graph to record. (The parameters are listed only with grad mode on.)
+        needs_grad = False
+        if not from_numpy and torch.is_grad_enabled():
+            params = [p for linear in linears.values() for p in (linear.weight, linear.bias)]  # a bias may be None
+            needs_grad = any(t is not None and t.requires_grad for t in [x2, *s2, *params])
+        if needs_grad:
+            outputs = _Step.apply(engine, x2.contiguous(), s2[0].contiguous(),
+                                  None if c is None else c.contiguous(), *params)
+            return outputs if isinstance(outputs, tuple) else (outputs,)
+        # No torch op runs on these arrays, so no graph is recorded without ``torch.no_grad``.
+        h_new, c_new, _ = engine.forward(_array(x2), _array(s2[0]), None if c is None else _array(c))
+        return (torch.from_numpy(h_new),) if c is None else (torch.from_numpy(h_new), torch.from_numpy(c_new))
 
 
 class SimpleRNN(_CompiledLayer):
