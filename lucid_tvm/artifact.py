@@ -105,12 +105,15 @@ def _describe(module):
 
 
 def _run_once(module, face, example_input):
-    """Run the layer on the example without changing it (tracetorch states are put back)."""
+    """Run the layer on the example without changing it: a tracetorch layer from empty states
+    (those it holds may be of another batch), which are then put back."""
     if face == "tracetorch":
         import torch
 
         saved = {name: getattr(module, name) for name in module._state_names}
         try:
+            for name in saved:
+                setattr(module, name, None)
             with torch.no_grad():
                 module(example_input)
         finally:

@@ -97,6 +97,15 @@ def test_tracetorch_layers_round_trip_runtime_only(name, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_tracetorch_layer_holding_states_of_another_batch_exports_and_keeps_them(tmp_path):
+    layer = tt.rnn.LSTM(4, 6)
+    with torch.no_grad():
+        layer(torch.randn(5, 4))
+    states = {name: getattr(layer, name) for name in ("H", "C")}
+    lucid_tvm.export(layer, tmp_path / "artifact", example_input=torch.zeros(1, 4))
+    assert all(getattr(layer, name) is value for name, value in states.items())
+
+
 @pytest.fixture
 def artifact(tmp_path):
     layer = nn.GRU(4, 6)
