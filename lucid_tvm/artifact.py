@@ -247,6 +247,40 @@ def _feature_axis(face, module):
     return module.dim if face == "tracetorch" else -1
 
 
+# The layers an artifact holds, by face (the manifest's ``layer.face`` and ``layer.class``).
+LAYER_CLASSES = {"lucid.nn": ("RNN", "LSTM", "GRU", "RNNBase", "RNNCell", "LSTMCell", "GRUCell"),
+                 "tracetorch": ("SimpleRNN", "LSTM", "GRU")}
+
+
+def _check_structure(path, manifest):
+    """The manifest's parts of the types :func:`load` reads, a layer it can make, and every file it
+    loads among those it checksums. Users edit it (``docs/deployment.md``, linking on the device),
+    and a kernel left out of ``files`` would be loaded unchecked (a truncated one crashed the
+    process)."""
+    def refuse(what):
+        raise ArtifactError(f"{path}/manifest.json: {what}; export the layer again")
+
+    files, layer, kernels = manifest["files"], manifest["layer"], manifest["kernels"]
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        refuse("'files' is not a map of file names to checksums")
+    if not isinstance(manifest["target"], dict) or not isinstance(manifest["dtype"], str):
+        refuse("'target' is not an object or 'dtype' not a name")
+    shapes = manifest["shapes"]
+    if not (isinstance(shapes, dict) and isinstance(shapes.get("example_input"), list)
+            and isinstance(shapes.get("fixed"), dict) and isinstance(shapes.get("varying"), list)):
+        refuse("'shapes' lacks the example input's shape, or what is fixed and what varies")
+    if not (isinstance(layer, dict) and layer.get("class") in LAYER_CLASSES.get(layer.get("face"), ())
+            and isinstance(layer.get("config"), dict)):
+        refuse(f"'layer' is not one of {LAYER_CLASSES} with its config")
+    if not isinstance(kernels, list) or not all(
+            isinstance(k, dict) and isinstance(k.get("file"), str) and isinstance(k.get("identity"), list)
+            and isinstance(k.get("schedule"), dict) for k in kernels):
+        refuse("'kernels' is not a list of kernels, each with its file, identity and schedule")
+    unlisted = [file for file in ["weights.npz"] + [k["file"] for k in kernels] if file not in files]
+    if unlisted:
+        refuse(f"{', '.join(unlisted)} not among its checksummed 'files'")
+
+
 def read_manifest(path):
     try:
         manifest = json.loads((path / "manifest.json").read_text())
@@ -268,6 +302,7 @@ def read_manifest(path):
     missing = [key for key in ("target", "layer", "dtype", "shapes", "kernels", "files") if key not in manifest]
     if missing:
         raise ArtifactError(f"{path}/manifest.json lacks {', '.join(missing)}; export the layer again")
+    _check_structure(path, manifest)
     return manifest
 
 
@@ -288,8 +323,8 @@ def _check_machine(path, target):
 def verify_files(path, manifest):
     for file, digest in manifest["files"].items():
         full = path / file
-        if not full.exists():
-            raise ArtifactError(f"{path}: {file} is missing")
+        if not full.is_file():
+            raise ArtifactError(f"{path}: {file} is missing" + (" (a directory is there)" if full.is_dir() else ""))
         if sha256(full) != digest:
             raise ArtifactError(f"{path}: {file} was changed after export (checksum mismatch)")
 
@@ -332,16 +367,20 @@ def load(path):
         runtime.register((runtime.CUDA, identity) if is_cuda else identity,
                          runtime.Compiled(module, kernel["schedule"], path / kernel["file"]))
     layer, weights = manifest["layer"], dict(np.load(path / "weights.npz"))
-    if layer["face"] == "tracetorch":
-        import torch
+    try:
+        if layer["face"] == "tracetorch":
+            import torch
 
-        from . import tracetorch as tt
+            from . import tracetorch as tt
 
-        module = getattr(tt.rnn, layer["class"])(**layer["config"]).to(getattr(torch, manifest["dtype"]))
-        module.load_state_dict({key: torch.from_numpy(value) for key, value in weights.items()})
-    else:
-        from . import nn
+            module = getattr(tt.rnn, layer["class"])(**layer["config"]).to(getattr(torch, manifest["dtype"]))
+            module.load_state_dict({key: torch.from_numpy(value) for key, value in weights.items()})
+        else:
+            from . import nn
 
-        module = getattr(nn, layer["class"])(**layer["config"]).to(manifest["dtype"])
-        module.load_state_dict(weights)
+            module = getattr(nn, layer["class"])(**layer["config"]).to(manifest["dtype"])
+            module.load_state_dict(weights)
+    except (TypeError, ValueError, AttributeError, RuntimeError) as err:  # RuntimeError: torch's load_state_dict
+        raise ArtifactError(f"{path}: its manifest's layer {layer['class']}({layer['config']}) cannot be made "
+                            f"with its weights: {err}") from None
     return module.train(layer["training"])

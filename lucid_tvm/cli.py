@@ -22,8 +22,9 @@ import numpy as np
 
 from .kernels.spec import MODES
 
-LUCID_CLASSES = ("RNN", "LSTM", "GRU", "RNNBase", "RNNCell", "LSTMCell", "GRUCell")
-TRACETORCH_CLASSES = ("SimpleRNN", "LSTM", "GRU")
+from .artifact import LAYER_CLASSES
+
+LUCID_CLASSES, TRACETORCH_CLASSES = LAYER_CLASSES["lucid.nn"], LAYER_CLASSES["tracetorch"]
 
 
 def _say(message):
@@ -62,7 +63,7 @@ def _make_layer(args):
         import lucid_tvm.tracetorch as tt
 
         if args.layer not in TRACETORCH_CLASSES:
-            raise SystemExit(f"tracetorch layers are {TRACETORCH_CLASSES}, got {args.layer}")
+            raise ValueError(f"tracetorch layers are {TRACETORCH_CLASSES}, got {args.layer}")
         lucid_only = [option for option, given in (("--num-layers", args.num_layers != 1), ("--no-bias", args.no_bias),
                                                    ("--batch-first", args.batch_first),
                                                    ("--bidirectional", args.bidirectional)) if given]
@@ -74,7 +75,7 @@ def _make_layer(args):
     import lucid_tvm.nn as nn
 
     if args.layer not in LUCID_CLASSES:
-        raise SystemExit(f"lucid.nn layers are {LUCID_CLASSES}, got {args.layer}")
+        raise ValueError(f"lucid.nn layers are {LUCID_CLASSES}, got {args.layer}")
     config = {"input_size": args.input_size, "hidden_size": args.hidden_size, "bias": not args.no_bias}
     if "Cell" not in args.layer:
         config.update(num_layers=args.num_layers, batch_first=args.batch_first, bidirectional=args.bidirectional)
@@ -96,13 +97,16 @@ def compile_command(args):
         if args.face == "tracetorch":
             import torch
 
-            layer.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.items()})
+            try:
+                layer.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.items()})
+            except RuntimeError as err:  # torch's: missing or unexpected keys, other shapes
+                raise ValueError(f"weights file {args.weights} does not fit a tracetorch {args.layer}"
+                                 f"({args.input_size}, {args.hidden_size}): {err}") from None
         else:
             layer.load_state_dict(weights)
     else:
         _say("[1/3] no --weights: exporting the layer's random initial weights")
-    shape = tuple(int(n) for n in args.example_shape.split(","))
-    example = np.zeros(shape, dtype=args.dtype)
+    example = np.zeros(args.example_shape, dtype=args.dtype)
     if args.face == "tracetorch":
         import torch
 
@@ -177,6 +181,27 @@ def tune_command(args):
     _say(f"database: {directory}")
 
 
+def _shape(text):
+    """``--example-shape``: comma-separated sizes."""
+    try:
+        shape = tuple(int(n) for n in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated sizes such as 25,1,10, got {text!r}")
+    return shape
+
+
+def _positive(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="lucid-tvm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -197,7 +222,7 @@ def main(argv=None):
     compile_parser.add_argument("--dim", type=int, default=-1, help="tracetorch: the feature axis")
     compile_parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     compile_parser.add_argument("--weights", help=".npz, .safetensors or torch .pt state dict")
-    compile_parser.add_argument("--example-shape", required=True,
+    compile_parser.add_argument("--example-shape", type=_shape, required=True,
                                 help="comma-separated shape of an example input, e.g. 25,1,10")
     compile_parser.add_argument("--target", default="llvm",
                                 help='"llvm" (this CPU), "llvm -mcpu=znver3", "llvm -mtriple=aarch64-linux-gnu -mattr=+neon"')
@@ -210,7 +235,7 @@ def main(argv=None):
 
     bench_parser = commands.add_parser("bench", help="load an artifact and time calls on its example shape")
     bench_parser.add_argument("artifact")
-    bench_parser.add_argument("--calls", type=int, default=100)
+    bench_parser.add_argument("--calls", type=_positive, default=100)
     bench_parser.set_defaults(run=bench_command)
 
     tune_parser = commands.add_parser("tune", help="tune a layer configuration's input projections "

@@ -163,6 +163,40 @@ def _edit_manifest(artifact, **changes):
     (artifact / "manifest.json").write_text(json.dumps(manifest))
 
 
+def test_a_manifest_edited_out_of_shape_is_refused(artifact):
+    """Users edit the manifest (docs/deployment.md: a kernel linked on the device). Anything
+    ``load`` would trip over, or a kernel it would load without its checksum, is an ArtifactError."""
+    original = json.loads((artifact / "manifest.json").read_text())
+    kernel = original["kernels"][0]["file"]
+    unchecked = {k: v for k, v in original["files"].items() if k != kernel}
+    edits = {"files": ([kernel], "'files' is not a map"), "target": ("llvm", "'target' is not an object"),
+             "shapes": ({"example_input": [2, 1, 4]}, "'shapes' lacks"),
+             "layer": ({**original["layer"], "class": "SimpleRNN"}, "'layer' is not one of"),
+             "kernels": ([{"file": kernel}], "'kernels' is not a list of kernels")}
+    for key, (value, said) in edits.items():
+        _edit_manifest(artifact, **{key: value})
+        with pytest.raises(lucid_tvm.ArtifactError, match=f"manifest.json: {said}.*; export the layer again"):
+            lucid_tvm.load(artifact)
+        _edit_manifest(artifact, **{key: original[key]})
+    _edit_manifest(artifact, files=unchecked)
+    (artifact / kernel).write_bytes((artifact / kernel).read_bytes()[:1000])  # loaded unchecked, it crashed
+    with pytest.raises(lucid_tvm.ArtifactError, match=f"{kernel} not among its checksummed 'files'"):
+        lucid_tvm.load(artifact)
+    _edit_manifest(artifact, files=original["files"])
+    (artifact / kernel).unlink()
+    (artifact / kernel).mkdir()
+    with pytest.raises(lucid_tvm.ArtifactError, match=rf"{kernel} is missing \(a directory is there\)"):
+        lucid_tvm.load(artifact)
+
+
+def test_a_layer_the_manifest_cannot_make_is_refused(artifact):
+    original = json.loads((artifact / "manifest.json").read_text())
+    _edit_manifest(artifact, layer={**original["layer"], "config": {"size": 4}})
+    with pytest.raises(lucid_tvm.ArtifactError, match=r"its manifest's layer GRU\(\{'size': 4\}\) cannot be made "
+                                                      "with its weights: .*unexpected keyword argument 'size'"):
+        lucid_tvm.load(artifact)
+
+
 def test_newer_format_is_refused(artifact):
     _edit_manifest(artifact, format=99)
     with pytest.raises(lucid_tvm.ArtifactError, match="format 99, newer than"):

@@ -81,6 +81,33 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
     assert "--num-layers: lucid layers only" in capsys.readouterr().err
 
 
+def test_bad_layers_weights_and_numbers_are_reported_with_exit_code_2(tmp_path, capsys):
+    tracetorch_gru = ["compile", "GRU", "--face", "tracetorch", "--input-size", "4", "--hidden-size", "6",
+                      "--example-shape", "3,4", "-o", str(tmp_path / "a")]
+    torch.save(torch.nn.GRU(4, 6).state_dict(), tmp_path / "torch_gru.pt")  # torch's keys, not tracetorch's
+    torch.save(ref_tt.rnn.GRU(4, 8).state_dict(), tmp_path / "tt_gru_8.pt")  # tracetorch's, of other sizes
+    for weights, said in (("torch_gru.pt", "Missing key"), ("tt_gru_8.pt", "size mismatch")):
+        assert main(tracetorch_gru + ["--weights", str(tmp_path / weights)]) == 2
+        err = capsys.readouterr().err
+        assert f"lucid-tvm compile: weights file {tmp_path / weights} does not fit a tracetorch GRU(4, 6)" in err
+        assert said in err and "Traceback" not in err
+    for layer, face in (("Foo", "lucid"), ("SimpleRNN", "lucid"), ("RNNCell", "tracetorch")):
+        assert main(["compile", layer, "--face", face, "--input-size", "4", "--hidden-size", "6",
+                     "--example-shape", "3,4", "-o", str(tmp_path / "a")]) == 2
+        assert f"lucid-tvm compile: {'tracetorch' if face == 'tracetorch' else 'lucid.nn'} layers are" in \
+            capsys.readouterr().err
+    for option, value in (("--example-shape", "3,x"), ("--example-shape", "3,-1"), ("--example-shape", "")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["compile", "GRU", "--input-size", "4", "--hidden-size", "6", option, value, "-o", "a"])
+        assert exit_.value.code == 2
+        assert f"expected comma-separated sizes such as 25,1,10, got {value!r}" in capsys.readouterr().err
+    for calls in ("0", "-3", "x"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["bench", str(tmp_path), "--calls", calls])
+        assert exit_.value.code == 2
+        assert f"--calls: expected a whole number of at least 1, got {calls!r}" in capsys.readouterr().err
+
+
 def test_console_script_is_installed():
     done = subprocess.run([sys.executable, "-m", "lucid_tvm.cli", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "compile" in done.stdout and "info" in done.stdout

@@ -345,3 +345,10 @@ def test_tune_script_passes_its_target(monkeypatch):
     assert script.main(["--benchmark-shapes", "--trials", "3", "--target", "llvm -mcpu=znver3 -num-cores=8"]) == 0
     assert len(calls) == len(script.BENCHMARK_SHAPES) * len(script.BENCHMARK_MODES)
     assert all(kwargs["target"] == "llvm -mcpu=znver3 -num-cores=8" and kwargs["trials"] == 3 for _, kwargs in calls)
+
+
+def test_measured_times_keep_four_significant_digits():
+    """A tiny projection's times rounded to hundredths of a us read 0.02 and 0.02 where the tuned
+    one was used for being 10% faster."""
+    assert (tuning._microseconds(2.2e-8), tuning._microseconds(1.95e-8)) == (0.022, 0.0195)
+    assert tuning._microseconds(0.0123456) == 12350.0
