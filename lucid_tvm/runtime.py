@@ -21,7 +21,7 @@ import tvm
 import tvm_ffi
 
 from .kernels.layout import num_blocks, pack_bias, pack_weight, packed_row_bytes
-from .kernels.spec import LayerSpec
+from .kernels.spec import MAX_ELEMENTS, LayerSpec
 from .schedule import PROJECTING_ROWS, STACK_CHUNK_BYTES, chunk_steps
 
 ALIGNMENT = 64
@@ -198,6 +198,7 @@ class LayerKernel:
                           if _has(self.module, name)}
         self.blocks = num_blocks(spec.hidden_size, self.lanes)
         self.row_bytes = packed_row_bytes(spec.num_gates, spec.hidden_size, self.lanes, spec.dtype)
+        self.row_values = self.row_bytes // np.dtype(spec.dtype).itemsize  # of a step's projection, per batch row
         self._projections = {}
         self._tuned = None
 
@@ -625,6 +626,7 @@ class Gemm:
 
     def pack(self, w, b=None):
         """Weights (output_size, K) and bias in the GEMM's layout."""
+        _within_index_range("packed weights", self.width, w.shape[1])
         return (_dl(pack_weight(w, 1, self.output_size, self.lanes, self.dtype, aligned_empty)),
                 _dl(pack_bias(b, 1, self.output_size, self.lanes, self.dtype, aligned_empty)))
 
@@ -633,6 +635,7 @@ class Gemm:
         thread only, never waking the pool (the tracetorch face's training steps, ``tracetorch/_step.py``)."""
         _note_use(self.identity)
         rows, k = x.shape
+        _within_index_range("input or output", rows, max(k, self.width))
         out = aligned_empty((rows, self.width), self.dtype)
         args = (contiguous(x, self.dtype), *packed, _dl(out.reshape(rows, self.blocks, 1, self.lanes)), 0)
         if one_thread:
@@ -641,6 +644,14 @@ class Gemm:
             _choice((self, rows, k), lambda: _first_tried(self._serial, self._parallel, rows * k * self.output_size,
                                                           self._parallel_macs))(1, *args)
         return out
+
+
+def _within_index_range(what, rows, width):
+    """A GEMM's array of ``rows`` x ``width`` values within its 32-bit indices. (The tracetorch
+    face's elementwise kernels take arrays no larger than its GEMMs' of the same step.)"""
+    if rows * width > MAX_ELEMENTS:
+        raise ValueError(f"lucid_tvm: a GEMM's {what} of {rows} x {width} values outgrows the kernels' 32-bit "
+                         f"indices ({MAX_ELEMENTS} values an array); split the batch")
 
 
 @functools.lru_cache(maxsize=None)

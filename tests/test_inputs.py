@@ -191,41 +191,51 @@ def test_infinite_state_like_torch(mode, rng):
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
 def test_inputs_past_the_kernels_index_range_run_in_chunks_or_are_refused(monkeypatch, mode, rng):
     """Past 2**31 - 1 values an array's 32-bit indices in the kernels wrap around (an 8.6 GB input
-    crashed the process). With the limit lowered to one step's projection, a unidirectional module
-    runs such a sequence a chunk of steps at a time (time-major, batch-first, 2 layers, with hx,
-    and again through the one-layer fast path), and what cannot be split so is refused."""
+    crashed the process). With the limit lowered to a bidirectional stack's packed weights, a
+    unidirectional module runs a longer sequence a chunk of steps at a time (time-major,
+    batch-first, 2 layers, with hx, and again through the one-layer fast path), and what cannot be
+    split so is refused."""
     from lucid_tvm import runtime
     from lucid_tvm.nn import rnn
 
+    steps = 100
     ref, ours = torch_twin(mode, I, H, num_layers=2)
-    x = rng.standard_normal((23, B, I)).astype(np.float32)
+    x = rng.standard_normal((steps, B, I)).astype(np.float32)
     h0 = rng.standard_normal((2, B, H)).astype(np.float32)
     hx = (h0, h0[::-1].copy()) if mode == "LSTM" else h0
     ref_hx = tuple(map(torch.from_numpy, hx)) if mode == "LSTM" else torch.from_numpy(hx)
     ref_y, ref_state = ref(torch.from_numpy(x), ref_hx)
     one_ref, one = torch_twin(mode, I, H)
     one(x)  # a first call makes the fast path, which must step aside for a call past the limit
-    row = ours.layers[0]._kernel().row_bytes // 4  # a step's projection, per batch row
-    monkeypatch.setattr(rnn, "MAX_ELEMENTS", B * row)  # one step's projection: row // H steps a call
-    assert row // H < 23
+    row = ours.layers[0]._kernel().row_values  # a step's projection, per batch row
+    limit = 2 * H * row  # a bidirectional layer 1's packed W_ih: the largest weights below
+    monkeypatch.setattr(rnn, "MAX_ELEMENTS", limit)
+    per_call = limit // (B * H)
+    assert per_call < steps
     steps_run = []
     run = runtime.LayerKernel.run
     monkeypatch.setattr(runtime.LayerKernel, "run", lambda self, packed, x, *rest: (
         steps_run.append(x.shape[0]), run(self, packed, x, *rest))[1])
     y, state = ours(x, hx)
     assert_close(y, ref_y)
-    assert_close(state[0] if mode == "LSTM" else state, ref_state[0] if mode == "LSTM" else ref_state)
+    for got, expected in zip(state if mode == "LSTM" else [state], ref_state if mode == "LSTM" else [ref_state]):
+        assert_close(got, expected)  # h_n, and c_n
     ours.batch_first = True
     assert_close(ours(x.transpose(1, 0, 2).copy(), hx)[0], ref_y.transpose(0, 1))
     ours.batch_first = False
     assert_close(one(x)[0], one_ref(torch.from_numpy(x))[0])
-    assert max(steps_run) == row // H and sum(steps_run) == 5 * 23  # 2 layers, twice; then one layer
+    assert max(steps_run) == per_call and sum(steps_run) == 5 * steps  # 2 layers, twice; then one layer
     with pytest.raises(ValueError, match=rf"a bidirectional module runs its whole sequence in one kernel call, "
-                                         rf"and 23 steps of a batch of {B} take {23 * B * 2 * H} values"):
-        torch_twin(mode, I, H, bidirectional=True)[1](x)
-    monkeypatch.setattr(rnn, "MAX_ELEMENTS", B * row - 1)
-    with pytest.raises(ValueError, match=rf"one step of a batch of {B} takes {B * row} values in the kernels' arrays, "
-                                         rf"more than their 32-bit indices reach \({B * row - 1}\); split the batch"):
-        ours(x)
+                                         rf"and {steps} steps of a batch of {B} take {steps * B * 2 * H} values"):
+        torch_twin(mode, I, H, bidirectional=True, num_layers=2)[1](x)
+    ours.layers[0]._prepared_at = None  # prepared again under the limit: how many rows a step may have
+    wide = 2 * H + 1  # a batch whose one step's projection outgrows the limit
+    with pytest.raises(ValueError, match=rf"one step of a batch of {wide} outgrows the kernels' 32-bit indices "
+                                         rf"\({limit} values an array\) at more than {limit // row} rows; split the batch"):
+        ours(np.zeros((2, wide, I), np.float32))
     with pytest.raises(ValueError, match="one step of a batch"):
-        getattr(rnn, f"{mode}Cell")(I, H)(x[0])
+        getattr(rnn, f"{mode}Cell")(I, H)(np.zeros((wide, I), np.float32))
+    monkeypatch.setattr(rnn, "MAX_ELEMENTS", H * row - 1)
+    with pytest.raises(ValueError, match=rf"{mode}Cell\({I}, {H}\): its packed weights, {H} x {row} values, outgrow "
+                                         rf"the kernels' 32-bit indices \({H * row - 1} values an array\)"):
+        getattr(rnn, f"{mode}Cell")(I, H)(np.zeros((1, I), np.float32))

@@ -70,7 +70,6 @@ def test_load_state_dict_reports_keys_as_torch_does():
     assert (missing, unexpected) == (result.missing_keys, result.unexpected_keys)
 
 
-
 def test_load_state_dict_refuses_what_is_not_a_mapping_as_torch_does():
     with pytest.raises(TypeError, match="dict-like"):
         torch.nn.LSTM(4, 3).load_state_dict([("weight_ih_l0", torch.zeros(12, 4))])
@@ -81,6 +80,7 @@ def test_load_state_dict_refuses_what_is_not_a_mapping_as_torch_does():
                                             rf"to values\), got {type(value).__name__}"):
             ours.load_state_dict(value)
     assert all(np.array_equal(v, before[k]) for k, v in ours.state_dict().items())
+
 
 def test_assigning_other_than_a_parameter_is_refused_as_in_torch(rng):
     x = rng.standard_normal((2, 4)).astype(np.float32)

@@ -673,18 +673,27 @@ def test_a_layer_of_no_neurons_gives_empty_states_as_tracetorch(kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_step_past_the_kernels_index_range_is_refused(kind, monkeypatch):
-    from lucid_tvm.tracetorch import rnn
+    """The kernels index with 32-bit integers; a GEMM whose arrays would outgrow them refuses to
+    run (the runtime checks every GEMM call, the elementwise kernels' arrays being no larger)."""
+    from lucid_tvm import runtime
+    from lucid_tvm.tracetorch._step import LINEAR_OUTPUTS
 
     _, ours = twins(kind)
-    widest = max(IN + OUT + 1, 4 * OUT)  # cat([H, x]) and a column of ones, or the gate rows
-    monkeypatch.setattr(rnn, "MAX_ELEMENTS", 3 * widest - 1)
+    # The widest row of a step's GEMMs: cat([H, x]) in, the gates out (padded to whole vectors).
+    widest = max(max(IN + OUT, runtime.gemm(k * OUT, "float32").width) for k in LINEAR_OUTPUTS[kind])
+    rows = widest  # so that the packed weights, at most widest x widest, fit too
+    monkeypatch.setattr(runtime, "MAX_ELEMENTS", rows * widest)
     with torch.no_grad():
-        assert ours(torch.randn(2, IN)).shape == (2, OUT)
+        assert ours(torch.randn(rows, IN)).shape == (rows, OUT)  # at the limit: it runs
         ours.zero_states()
-        with pytest.raises(ValueError, match=rf"{kind}: a step of 3 rows of {IN} inputs and {OUT} neurons outgrows "
-                                             rf"the kernels' 32-bit indices \({3 * widest - 1} values an array\); "
-                                             r"split the batch"):
-            ours(torch.randn(3, IN))
+        monkeypatch.setattr(runtime, "MAX_ELEMENTS", rows * widest - 1)
+        with pytest.raises(ValueError, match=rf"lucid_tvm: a GEMM's input or output of {rows} x {widest} values "
+                                             rf"outgrows the kernels' 32-bit indices \({rows * widest - 1} values an "
+                                             r"array\); split the batch"):
+            ours(torch.randn(rows, IN))
+        monkeypatch.setattr(runtime, "MAX_ELEMENTS", (IN + OUT) * runtime.gemm(OUT, "float32").width - 1)
+        with pytest.raises(ValueError, match=r"lucid_tvm: a GEMM's packed weights of \d+ x \d+ values outgrows"):
+            getattr(tt.rnn, kind)(IN, OUT)(torch.randn(1, IN))
 
 
 @pytest.mark.parametrize("rows", [1, 9, 64])

@@ -30,24 +30,25 @@ def _kernel_rows(x, dtype):
     return x if in_place(x, dtype) or in_place(x.transpose(1, 0, 2), dtype) else contiguous(x, dtype)
 
 
-def _steps_per_call(owner, cells, steps, batch, width, directions):
+def _steps_per_call(owner, cell, steps, batch, width, directions):
     """How many steps of a sequence one kernel call may take: all of them, unless the input or
     the output of so many would hold more values than the kernels' 32-bit indices reach
     (``MAX_ELEMENTS``). A unidirectional module then runs the sequence a chunk of steps at a
-    time; a step whose arrays alone are too large, or a bidirectional module's too long
-    sequence (its reverse direction starts at the last step), is refused."""
-    row = cells[0]._kernel().row_bytes // np.dtype(cells[0].dtype).itemsize  # a step's projection, per batch row
-    step = batch * max(cells[0].input_size, width)  # a step of the input or of the output
-    if max(step, batch * row) > MAX_ELEMENTS:
-        raise ValueError(f"{owner}: one step of a batch of {batch} takes {max(step, batch * row)} values in the "
-                         f"kernels' arrays, more than their 32-bit indices reach ({MAX_ELEMENTS}); split the batch")
-    if steps * step <= MAX_ELEMENTS:
+    time. Refused: a step whose arrays are too large alone (and, on preparing the layer, its
+    packed weights), and a bidirectional module's too long sequence (its reverse direction
+    starts at the last step). ``cell``: the first layer's."""
+    cell._current()
+    if batch > cell._most_rows:
+        raise ValueError(f"{owner}: one step of a batch of {batch} outgrows the kernels' 32-bit indices "
+                         f"({MAX_ELEMENTS} values an array) at more than {cell._most_rows} rows; split the batch")
+    inputs = max(cell.input_size, width)  # the first layer's input, the others'
+    if steps * batch * inputs <= MAX_ELEMENTS:
         return steps
     if directions == 2:
         raise ValueError(f"{owner}: a bidirectional module runs its whole sequence in one kernel call, and "
-                         f"{steps} steps of a batch of {batch} take {steps * step} values, more than the kernels' "
-                         f"32-bit indices reach ({MAX_ELEMENTS}); split the batch")
-    return MAX_ELEMENTS // step
+                         f"{steps} steps of a batch of {batch} take {steps * batch * inputs} values, more than the "
+                         f"kernels' 32-bit indices reach ({MAX_ELEMENTS}); split the batch")
+    return MAX_ELEMENTS // (batch * inputs)
 
 
 def _check_size(owner, name, value, minimum=1):
@@ -71,7 +72,7 @@ class _Cell(Module):
 
     # The compiled kernel and the weights packed for it, looked up on the first call: they belong
     # to this process, so ``copy`` and ``pickle`` leave them out (``__getstate__``).
-    _COMPILED = ("_packed", "_packed_key", "_prepared", "_prepared_at")
+    _COMPILED = ("_packed", "_packed_key", "_prepared", "_prepared_at", "_most_rows")
 
     def __init__(self, input_size, hidden_size, bias=True):
         super().__init__()
@@ -142,22 +143,35 @@ class _Cell(Module):
                                 f"a cell's parameters share one dtype (cast them together with .to())")
 
     def run_sequence(self, x, h0, c0, y, yoff=0, reverse=False, hn=None, cn=None):
-        """Run over ``x`` (T, B, I); see :meth:`lucid_tvm.runtime.LayerKernel.run`. The kernel and
-        the packed weights are looked up again only after a parameter write anywhere or a kernel
-        registration (two integers to compare on every call of a small layer). A batch of 0 has
-        nothing to compute: its outputs are empty."""
+        """Run over ``x`` (T, B, I); see :meth:`lucid_tvm.runtime.LayerKernel.run`. A batch of 0
+        has nothing to compute: its outputs are empty."""
         if x.shape[1] == 0:
             return
+        kernel, packed = self._current(x.dtype)
+        kernel.run(packed, x, h0, c0, y, yoff, reverse, hn, cn)
+
+    def _current(self, input_dtype=None):
+        """``(kernel, packed weights)`` as the parameters are now, looked up again only after a
+        parameter write anywhere or a kernel registration (two integers to compare on every call
+        of a small layer). ``input_dtype``: that of the input from the layer before, checked then."""
         now = (Parameter.writes, registry_generation())
         if self._prepared_at != now:
-            if x.dtype != self.dtype:  # from the layer before, of another dtype (one parameter write made it so)
+            if input_dtype is not None and input_dtype != self.dtype:  # one parameter write made it so
                 raise TypeError(f"{type(self).__name__}({self.input_size}, {self.hidden_size}): its parameters "
-                                f"are {self.dtype} but its input is {x.dtype} from the layer before; the layers "
+                                f"are {self.dtype} but its input is {input_dtype} from the layer before; the layers "
                                 f"of a module share one dtype (cast the module with .to(), .float() or .double())")
             kernel = self._kernel()
+            # The kernels' arrays within their 32-bit indices: the packed weights (checked before
+            # packing them), and how many rows a step may have: its input and both directions'
+            # output, its projection, the state.
+            row = kernel.row_values  # packed gates of all units
+            if max(self.input_size, self.hidden_size) * row > MAX_ELEMENTS:
+                raise ValueError(f"{type(self).__name__}({self.input_size}, {self.hidden_size}): its packed weights, "
+                                 f"{max(self.input_size, self.hidden_size)} x {row} values, outgrow the kernels' "
+                                 f"32-bit indices ({MAX_ELEMENTS} values an array)")
+            self._most_rows = MAX_ELEMENTS // max(self.input_size, 2 * self.hidden_size, row)
             self._prepared, self._prepared_at = (kernel, self._packed_weights(kernel)), now
-        kernel, packed = self._prepared
-        kernel.run(packed, x, h0, c0, y, yoff, reverse, hn, cn)
+        return self._prepared
 
     def _state(self, value, name, batch, batched):
         owner = type(self).__name__
@@ -181,7 +195,7 @@ class _Cell(Module):
             h0, c0 = (self._state(v, n, batch, batched) for v, n in zip(hx, ("h_0", "c_0")))
         else:
             h0, c0 = self._state(hx, "hx", batch, batched), None
-        _steps_per_call(owner, (self,), 1, batch, self.hidden_size, 1)
+        _steps_per_call(owner, self, 1, batch, self.hidden_size, 1)
         y = np.empty((1, batch, self.hidden_size), self.dtype)
         cn = np.empty((batch, self.hidden_size), self.dtype) if self.is_lstm else None
         self.run_sequence(contiguous(x.reshape(1, batch, self.input_size), self.dtype), h0, c0, y, cn=cn)
@@ -236,10 +250,10 @@ class _OneLayerCalls:
         self.kernel, self.packed = cell._prepared  # as of ``stamp``
         self.dtype, self.input_size, self.hidden, self.is_lstm = (cell.dtype, cell.input_size, cell.hidden_size,
                                                                   cell.is_lstm)
-        # A call whose input, output or step's projection would outgrow the kernels' indices is
-        # not one of these (``forward`` runs it in chunks or refuses it).
+        # A call whose input, output, step's projection or state would outgrow the kernels' indices
+        # is not one of these (``forward`` runs it in chunks or refuses it).
         self.widest = max(self.input_size, self.hidden)
-        self.row = self.kernel.row_bytes // self.dtype.itemsize
+        self.row = max(self.kernel.row_values, 2 * self.hidden)
 
     def __call__(self, x):
         if not (x.ndim == 3 and x.shape[2] == self.input_size and in_place(x, self.dtype)  # (no empty array)
@@ -400,7 +414,7 @@ class RNNBase(Module):
             h0, c0 = self._initial_state(hx, "hx", batch, batched), None
 
         width = directions * hidden
-        chunk = _steps_per_call(owner, cells, steps, batch, width, directions)
+        chunk = _steps_per_call(owner, cells[0], steps, batch, width, directions)
         h_n = np.empty((self.num_layers * directions, batch, hidden), dtype)
         c_n = np.empty_like(h_n) if self.is_lstm else None
         output = np.empty((steps, batch, width), dtype)

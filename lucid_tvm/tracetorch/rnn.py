@@ -5,7 +5,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..kernels.spec import MAX_ELEMENTS
 from ..tensor import numpy_dtype
 from . import core
 from ._step import SAVED_STATE, StepEngine
@@ -147,12 +146,6 @@ class _CompiledLayer(Layer):
         working = x if last else self._to_working_dim(x)
         x2 = _as_rows(working, self.in_features, weight.dtype)
         s2 = [_as_rows(s if last else self._to_working_dim(s), self.num_neurons, weight.dtype) for s in states]
-        # A step's widest array, cat([H, x]) and a column of ones for the bias gradient, or the
-        # gate rows, must stay within the kernels' 32-bit indices.
-        if x2.shape[0] * max(self.in_features + self.num_neurons + 1, 4 * self.num_neurons) > MAX_ELEMENTS:
-            raise ValueError(f"{owner}: a step of {x2.shape[0]} rows of {self.in_features} inputs and "
-                             f"{self.num_neurons} neurons outgrows the kernels' 32-bit indices ({MAX_ELEMENTS} "
-                             f"values an array); split the batch")
         if self.num_neurons == 0:  # no neurons, nothing to compute: empty states, as tracetorch's
             outputs = tuple(x2.narrow(1, 0, 0) for _ in states)
         else:
