@@ -626,7 +626,7 @@ class Gemm:
 
     def pack(self, w, b=None):
         """Weights (output_size, K) and bias in the GEMM's layout."""
-        _within_index_range("packed weights", self.width, w.shape[1])
+        _within_index_range("packed operand", self.width, w.shape[1])
         return (_dl(pack_weight(w, 1, self.output_size, self.lanes, self.dtype, aligned_empty)),
                 _dl(pack_bias(b, 1, self.output_size, self.lanes, self.dtype, aligned_empty)))
 
@@ -651,7 +651,7 @@ def _within_index_range(what, rows, width):
     face's elementwise kernels take arrays no larger than its GEMMs' of the same step.)"""
     if rows * width > MAX_ELEMENTS:
         raise ValueError(f"lucid_tvm: a GEMM's {what} of {rows} x {width} values outgrows the kernels' 32-bit "
-                         f"indices ({MAX_ELEMENTS} values an array); split the batch")
+                         f"indices ({MAX_ELEMENTS} values an array); use a smaller batch or layer")
 
 
 @functools.lru_cache(maxsize=None)

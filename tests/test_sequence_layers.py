@@ -569,3 +569,13 @@ def test_repeated_calls_of_one_layer_skip_the_full_call_and_see_every_change(rng
     ours.__dict__.update(state)
     check(x, True)
     check(x, False)
+
+
+def test_an_empty_batch_looks_no_kernel_up(monkeypatch):
+    """A batch of 0 has nothing to compute: its empty outputs come without compiling or packing."""
+    from lucid_tvm.nn import rnn
+
+    layer = nn.GRU(13, 29)
+    monkeypatch.setattr(rnn.GRUCell, "_kernel", lambda self: pytest.fail("a kernel was looked up"))
+    y, h = layer(np.zeros((4, 0, 13), np.float32))
+    assert y.shape == (4, 0, 29) and h.shape == (1, 0, 29)

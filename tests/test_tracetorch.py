@@ -689,10 +689,10 @@ def test_a_step_past_the_kernels_index_range_is_refused(kind, monkeypatch):
         monkeypatch.setattr(runtime, "MAX_ELEMENTS", rows * widest - 1)
         with pytest.raises(ValueError, match=rf"lucid_tvm: a GEMM's input or output of {rows} x {widest} values "
                                              rf"outgrows the kernels' 32-bit indices \({rows * widest - 1} values an "
-                                             r"array\); split the batch"):
+                                             r"array\); use a smaller batch or layer"):
             ours(torch.randn(rows, IN))
         monkeypatch.setattr(runtime, "MAX_ELEMENTS", (IN + OUT) * runtime.gemm(OUT, "float32").width - 1)
-        with pytest.raises(ValueError, match=r"lucid_tvm: a GEMM's packed weights of \d+ x \d+ values outgrows"):
+        with pytest.raises(ValueError, match=r"lucid_tvm: a GEMM's packed operand of \d+ x \d+ values outgrows"):
             getattr(tt.rnn, kind)(IN, OUT)(torch.randn(1, IN))
 
 

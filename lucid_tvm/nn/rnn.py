@@ -37,6 +37,8 @@ def _steps_per_call(owner, cell, steps, batch, width, directions):
     time. Refused: a step whose arrays are too large alone (and, on preparing the layer, its
     packed weights), and a bidirectional module's too long sequence (its reverse direction
     starts at the last step). ``cell``: the first layer's."""
+    if batch == 0:  # nothing to compute, no kernel to look up
+        return steps
     cell._current()
     if batch > cell._most_rows:
         raise ValueError(f"{owner}: one step of a batch of {batch} outgrows the kernels' 32-bit indices "
