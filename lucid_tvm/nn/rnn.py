@@ -253,13 +253,12 @@ class _OneLayerCalls:
         self.dtype, self.input_size, self.hidden, self.is_lstm = (cell.dtype, cell.input_size, cell.hidden_size,
                                                                   cell.is_lstm)
         # A call whose input, output, step's projection or state would outgrow the kernels' indices
-        # is not one of these (``forward`` runs it in chunks or refuses it).
-        self.widest = max(self.input_size, self.hidden)
-        self.row = max(self.kernel.row_values, 2 * self.hidden)
+        # is not one of these (``forward`` runs it in chunks or refuses it): the cell's bound.
+        self.widest, self.most_rows = max(self.input_size, self.hidden), cell._most_rows
 
     def __call__(self, x):
         if not (x.ndim == 3 and x.shape[2] == self.input_size and in_place(x, self.dtype)  # (no empty array)
-                and x.shape[1] * max(x.shape[0] * self.widest, self.row) <= MAX_ELEMENTS
+                and x.shape[1] <= self.most_rows and x.shape[0] * x.shape[1] * self.widest <= MAX_ELEMENTS
                 and (Parameter.writes, registry_generation()) == self.stamp):
             return None
         steps, batch, _ = x.shape
