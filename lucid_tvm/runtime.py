@@ -626,7 +626,7 @@ class Gemm:
 
     def pack(self, w, b=None):
         """Weights (output_size, K) and bias in the GEMM's layout."""
-        _within_index_range("packed operand", self.width, w.shape[1])
+        _within_index_range("a GEMM's packed operand", self.width, w.shape[1], "use a smaller batch or layer")
         return (_dl(pack_weight(w, 1, self.output_size, self.lanes, self.dtype, aligned_empty)),
                 _dl(pack_bias(b, 1, self.output_size, self.lanes, self.dtype, aligned_empty)))
 
@@ -635,7 +635,7 @@ class Gemm:
         thread only, never waking the pool (the tracetorch face's training steps, ``tracetorch/_step.py``)."""
         _note_use(self.identity)
         rows, k = x.shape
-        _within_index_range("input or output", rows, max(k, self.width))
+        _within_index_range("a GEMM's input or output", rows, max(k, self.width), "use a smaller batch or layer")
         out = aligned_empty((rows, self.width), self.dtype)
         args = (contiguous(x, self.dtype), *packed, _dl(out.reshape(rows, self.blocks, 1, self.lanes)), 0)
         if one_thread:
@@ -646,12 +646,13 @@ class Gemm:
         return out
 
 
-def _within_index_range(what, rows, width):
-    """A GEMM's array of ``rows`` x ``width`` values within its 32-bit indices. (The tracetorch
-    face's elementwise kernels take arrays no larger than its GEMMs' of the same step.)"""
+def _within_index_range(what, rows, width, advice):
+    """An array of ``rows`` x ``width`` values within the kernels' 32-bit indices, else a
+    ValueError naming it and giving ``advice``. (The tracetorch face's elementwise kernels take
+    arrays no larger than its GEMMs' of the same step.)"""
     if rows * width > MAX_ELEMENTS:
-        raise ValueError(f"lucid_tvm: a GEMM's {what} of {rows} x {width} values outgrows the kernels' 32-bit "
-                         f"indices ({MAX_ELEMENTS} values an array); use a smaller batch or layer")
+        raise ValueError(f"lucid_tvm: {what} of {rows} x {width} values outgrows the kernels' 32-bit "
+                         f"indices ({MAX_ELEMENTS} values an array); {advice}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -717,6 +718,8 @@ class CudaLayerKernel:
 
     def pack(self, w_ih, w_hh, b_ih, b_hh):
         """Packed weights, copied to the GPU once."""
+        _within_index_range("the GPU kernels' packed weights", max(self.spec.input_size, self.spec.hidden_size),
+                            self.packed_width, "use a smaller layer")
         arrays = _pack_layer(self.spec, self.lanes, w_ih, w_hh, b_ih, b_hh)
         return tuple(tvm.runtime.tensor(a, device=self.device) for a in arrays)
 
@@ -725,8 +728,10 @@ class CudaLayerKernel:
         dtype, C-contiguous: ``x`` (T, B, I); ``hs`` (2, B, H) with h0 in ``hs[0]`` (the final h is
         there afterwards); ``cs`` (B, H), LSTM only, c0 in, c_n out; ``y`` (T, B, YW), columns
         ``yoff .. yoff+H`` written; workspaces ``xp`` (T*B, NB*G*L) and ``hp`` (B, NB*G*L).
-        The projection covers the whole sequence at once (GPU memory is not the limit the CPU's
-        chunking is for), so the recurrence runs with ``t0 = 0``."""
+        The projection covers all T steps at once (GPU memory is not the limit the CPU's chunking
+        is for), so the recurrence runs with ``t0 = 0``. A sequence whose arrays would outgrow the
+        kernels' 32-bit indices comes a chunk of steps at a time (``nn/gpu.py``), ``hs`` and
+        ``cs`` carrying the state from one to the next."""
         _note_use(self.identity)
         s = self.spec
         n_t, n_b = x.shape[0], x.shape[1]

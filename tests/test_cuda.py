@@ -122,29 +122,82 @@ def test_gpu_kernel_math_on_the_cpu(mode, rng):
     np.testing.assert_allclose(y.numpy(), out.numpy(), rtol=0, atol=2e-5)
 
 
-def test_gpu_driver_on_the_cpu(monkeypatch, rng):
+@pytest.fixture
+def gpu_kernels_on_the_cpu(monkeypatch):
+    """Registers, for layers of ``(mode, hidden)`` and each input size given, the GPU kernels
+    built to run serially on the CPU, and puts the GPU path's buffers on the CPU."""
+    keys = []
+
+    def register(mode, hidden, *input_sizes):
+        for layer_input in input_sizes:
+            entry = runtime.Compiled(cpu_module_of_gpu_kernels(mode, hidden),
+                                     {"lanes": LANES, "threads": THREADS, "rows": ROWS})
+            keys.append((runtime.CUDA, ("layer", mode, layer_input, hidden, "float32")))
+            runtime.register(keys[-1], entry)
+
+    monkeypatch.setattr(tvm, "cuda", lambda index=0: tvm.cpu(index))  # buffers on the CPU
+    yield register
+    for key in keys:
+        runtime._registry.pop(key, None)
+    runtime.cuda_layer_kernel.cache_clear()
+
+
+def _states_and_reference(mode, ref, x, h0, c0):
+    with torch.no_grad():
+        out, state = ref(x, (h0, c0) if mode == "LSTM" else h0)
+    return out, (state if mode == "LSTM" else (state, None))
+
+
+def test_gpu_driver_on_the_cpu(gpu_kernels_on_the_cpu, rng):
     """nn.gpu.run_layers and runtime.CudaLayerKernel (packing, workspaces, views, states, both
     directions, two layers) against torch, with the GPU kernels run serially on the CPU."""
     mode, inp, hidden = "LSTM", 5, 40
     ref, ours = torch_twin(mode, inp, hidden, num_layers=2, bidirectional=True)
-    for layer_input in (inp, 2 * hidden):
-        entry = runtime.Compiled(cpu_module_of_gpu_kernels(mode, hidden),
-                                 {"lanes": LANES, "threads": THREADS, "rows": ROWS})
-        runtime.register((runtime.CUDA, ("layer", mode, layer_input, hidden, "float32")), entry)
-    monkeypatch.setattr(tvm, "cuda", lambda index=0: tvm.cpu(index))  # buffers on the CPU
-    try:
-        x = torch.from_numpy(rng.standard_normal((6, 2, inp)).astype(np.float32))
-        h0 = torch.from_numpy(rng.standard_normal((4, 2, hidden)).astype(np.float32))
-        c0 = torch.from_numpy(rng.standard_normal((4, 2, hidden)).astype(np.float32))
-        out, h_n, c_n = gpu.run_layers(list(ours.layers), x, h0, c0, 2, 0.0, False)
-        with torch.no_grad():
-            out_ref, (h_ref, c_ref) = ref(x, (h0, c0))
-        for got, want in ((out, out_ref), (h_n, h_ref), (c_n, c_ref)):
-            np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=2e-5)
-    finally:
-        runtime._registry.pop((runtime.CUDA, ("layer", mode, inp, hidden, "float32")), None)
-        runtime._registry.pop((runtime.CUDA, ("layer", mode, 2 * hidden, hidden, "float32")), None)
-        runtime.cuda_layer_kernel.cache_clear()
+    gpu_kernels_on_the_cpu(mode, hidden, inp, 2 * hidden)
+    x = torch.from_numpy(rng.standard_normal((6, 2, inp)).astype(np.float32))
+    h0 = torch.from_numpy(rng.standard_normal((4, 2, hidden)).astype(np.float32))
+    c0 = torch.from_numpy(rng.standard_normal((4, 2, hidden)).astype(np.float32))
+    out, h_n, c_n = gpu.run_layers(list(ours.layers), x, h0, c0, 2, 0.0, False)
+    out_ref, (h_ref, c_ref) = _states_and_reference(mode, ref, x, h0, c0)
+    for got, want in ((out, out_ref), (h_n, h_ref), (c_n, c_ref)):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_gpu_driver_runs_a_sequence_past_the_index_range_in_chunks(monkeypatch, gpu_kernels_on_the_cpu, mode, rng):
+    """The GPU kernels index with 32-bit integers too. With the limit lowered, each direction
+    of a bidirectional stack runs a chunk of steps at a time (the reverse one from the last),
+    chunks whose views stay 64-byte aligned, and matches torch; a step too large for a chunk
+    that keeps them aligned, and weights too large, are refused."""
+    inp, hidden, steps, batch = 5, 40, 37, 2
+    ref, ours = torch_twin(mode, inp, hidden, num_layers=2, bidirectional=True)
+    gpu_kernels_on_the_cpu(mode, hidden, inp, 2 * hidden)
+    packed_width = runtime.cuda_layer_kernel(mode, inp, hidden, "float32").packed_width
+    # One step of the batch: 2 x packed_width projected values (the most); the first layer's
+    # input views stay aligned every 8 steps (2 rows x 5 values x 4 bytes = 40 bytes a step).
+    monkeypatch.setattr(gpu, "MAX_ELEMENTS", 20 * batch * packed_width)
+    steps_run = []
+    run = runtime.CudaLayerKernel.run
+    monkeypatch.setattr(runtime.CudaLayerKernel, "run", lambda self, packed, x, *rest: (
+        steps_run.append(x.shape[0]), run(self, packed, x, *rest))[1])
+    x = torch.from_numpy(rng.standard_normal((steps, batch, inp)).astype(np.float32))
+    h0 = torch.from_numpy(rng.standard_normal((4, batch, hidden)).astype(np.float32))
+    c0 = torch.from_numpy(rng.standard_normal((4, batch, hidden)).astype(np.float32)) if mode == "LSTM" else None
+    out, h_n, c_n = gpu.run_layers(list(ours.layers), x, h0, c0, 2, 0.0, False)
+    out_ref, (h_ref, c_ref) = _states_and_reference(mode, ref, x, h0, c0)
+    for got, want in ((out, out_ref), (h_n, h_ref)) + (((c_n, c_ref),) if mode == "LSTM" else ()):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=2e-5)
+    assert steps_run == [16, 16, 5, 5, 16, 16] * 2  # forward, then reverse, in each layer
+    monkeypatch.setattr(gpu, "MAX_ELEMENTS", 7 * batch * packed_width)
+    with pytest.raises(ValueError, match=rf"one step of a batch of {batch} takes {batch * packed_width} values, too "
+                                         rf"many for the kernels' 32-bit indices \({7 * batch * packed_width} values "
+                                         rf"an array\) in 8 steps; split the batch"):
+        gpu.run_layers(list(ours.layers), x, h0, c0, 2, 0.0, False)
+    monkeypatch.setattr(runtime, "MAX_ELEMENTS", 2 * hidden * packed_width - 1)  # layer 1's W_ih
+    with pytest.raises(ValueError, match=rf"lucid_tvm: the GPU kernels' packed weights of {2 * hidden} x {packed_width} "
+                                         rf"values outgrows the kernels' 32-bit indices"):
+        torch_twin(mode, inp, hidden, num_layers=2, bidirectional=True)[1].layers[2]._packed_weights(
+            runtime.cuda_layer_kernel(mode, 2 * hidden, hidden, "float32"))
 
 
 def _cuda_elf_images(data):

@@ -5,9 +5,12 @@ Outputs are torch CUDA tensors on the input's device.
 Shapes and states follow the CPU path of :mod:`.rnn` (PyTorch semantics); only the buffers differ.
 """
 
+import math
+
 import numpy as np
 import tvm_ffi
 
+from ..kernels.spec import MAX_ELEMENTS
 from ..runtime import ALIGNMENT, cuda_layer_kernel
 from ..tensor import Tensor, numpy_dtype
 from . import checks
@@ -84,6 +87,24 @@ def run_layers(cells, x, h0, c0, directions, dropout, training):
         return _run_layers(cells, x, h0, c0, directions, dropout, training)
 
 
+def _steps_per_call(owner, steps, batch, widths, itemsize):
+    """How many steps of a sequence one kernel call takes: all of them, unless an array of so
+    many would outgrow the kernels' 32-bit indices (``MAX_ELEMENTS`` values), where a chunk
+    does. ``widths``: the values per step and batch row of the arrays of a call: the first
+    layer's input, the output (every later layer's input too) and the projected input. A chunk's
+    input and output are views of the whole sequence's, so a chunk is a whole number of steps
+    that keeps them 64-byte aligned (TVM's DLPack import requires it)."""
+    if steps * batch * max(widths) <= MAX_ELEMENTS:
+        return steps
+    most = MAX_ELEMENTS // (batch * max(widths))
+    aligned = math.lcm(*(ALIGNMENT // math.gcd(ALIGNMENT, batch * width * itemsize) for width in widths[:2]))
+    if most < aligned:
+        raise ValueError(f"{owner}: one step of a batch of {batch} takes {batch * max(widths)} values, too many for "
+                         f"the kernels' 32-bit indices ({MAX_ELEMENTS} values an array) in {aligned} steps; "
+                         "split the batch")
+    return most // aligned * aligned
+
+
 def _run_layers(cells, x, h0, c0, directions, dropout, training):
     import torch
 
@@ -93,21 +114,29 @@ def _run_layers(cells, x, h0, c0, directions, dropout, training):
     h_n, c_n = torch.empty_like(h0), (torch.empty_like(c0) if is_lstm else None)
     if batch == 0:  # empty outputs, as torch's; no kernel launched on an empty grid
         return torch.empty((steps, 0, directions * hidden), dtype=x.dtype, device=x.device), h_n, c_n
+    kernels = [cuda_layer_kernel(cell.mode, cell.input_size, hidden, dtype, x.device.index or 0) for cell in cells]
+    width = directions * hidden
+    chunk = _steps_per_call(type(cells[0]).__name__, steps, batch,
+                            (x.shape[2], width, kernels[0].packed_width), x.element_size())
     layer_input = x
     num_layers = len(cells) // directions
     for layer in range(num_layers):
-        y = torch.empty((steps, batch, directions * hidden), dtype=x.dtype, device=x.device)
+        y = torch.empty((steps, batch, width), dtype=x.dtype, device=x.device)
         for direction in range(directions):
             index = layer * directions + direction
-            cell = cells[index]
-            kernel = cuda_layer_kernel(cell.mode, cell.input_size, hidden, dtype, x.device.index or 0)
+            cell, kernel = cells[index], kernels[index]
             hs = torch.empty((2, batch, hidden), dtype=x.dtype, device=x.device)
             hs[0] = h0[index]
             cs = c0[index].clone() if is_lstm else None
-            xp = torch.empty((steps * batch, kernel.packed_width), dtype=x.dtype, device=x.device)
+            xp = torch.empty((min(chunk, steps) * batch, kernel.packed_width), dtype=x.dtype, device=x.device)
             hp = torch.empty((batch, kernel.packed_width), dtype=x.dtype, device=x.device)
-            kernel.run(cell._packed_weights(kernel), layer_input, hs, cs, y, direction * hidden,
-                       direction == 1, xp, hp)
+            # A long sequence a chunk at a time (the reverse direction from the last), the state
+            # carried in hs and cs: each chunk's input and output are views of the whole.
+            starts = range(0, steps, chunk)
+            for t0 in reversed(starts) if direction == 1 else starts:
+                t1 = min(t0 + chunk, steps)
+                kernel.run(cell._packed_weights(kernel), layer_input[t0:t1], hs, cs, y[t0:t1], direction * hidden,
+                           direction == 1, xp[:(t1 - t0) * batch], hp)
             h_n[index] = hs[0]
             if is_lstm:
                 c_n[index] = cs
