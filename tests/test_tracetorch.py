@@ -407,6 +407,37 @@ def test_backward_after_the_weights_changed_like_tracetorch(kind, needs_grad):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_backward_uses_the_weights_the_forward_used(kind):
+    """Steps through ``torch.func.functional_call`` with weights of their own, whose backward runs
+    after the call has put the layer's own back; and a Parameter replaced by another between a
+    step and its backward: the gradients are those of the weights the steps used, as
+    tracetorch's (whose F.linear saved them)."""
+    from torch.func import functional_call
+
+    ref, ours = twins(kind)
+    torch.manual_seed(3)
+    params = {name: (p * 1.5).detach() for name, p in ref.named_parameters()}
+    x = torch.randn(3, IN)
+    grads = {}
+    for name, layer in (("ref", ref), ("ours", ours)):
+        inputs = x.clone().requires_grad_()
+        used = {key: value.clone().requires_grad_() for key, value in params.items()}
+        for _ in range(2):  # the second step's dH flows back through W as well
+            out = functional_call(layer, used, (inputs,))
+        (out ** 2).sum().backward()
+        grads[name] = [inputs.grad] + [used[key].grad for key in params]
+        layer.zero_states()
+        inputs = x.clone().requires_grad_()
+        loss = (layer(inputs) ** 2).sum()
+        first = next(iter(layer._modules.values()))
+        first.weight = torch.nn.Parameter(torch.zeros_like(first.weight))
+        loss.backward()
+        grads[name].append(inputs.grad)
+    for got, expected in zip(grads["ours"], grads["ref"]):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("in_features,out_features", [(3, 1), (4, 17)])
 def test_gradients_match_at_other_sizes(kind, in_features, out_features):
     """One unit, and 17 (a block and one more): the backward kernels' gate rows against tracetorch."""

@@ -47,10 +47,11 @@ class _PackedLinear:
         self.forward_gemm = gemm(shape[0], dtype)
         self._key, self._values = None, None  # of the weights last packed
 
-    def packed(self, compare_values=False):
-        """Itself, its weights packed as the Linear's are now; ``compare_values``: compare them with
-        those last packed, whatever the version counters say."""
-        w, b = self.linear.weight, self.linear.bias
+    def packed(self, compare_values=False, weights=None):
+        """Itself, with ``weights`` (a weight and bias, the bias maybe None) packed, by default the
+        Linear's as they are now; ``compare_values``: compare them with those last packed, whatever
+        the version counters say."""
+        w, b = weights or (self.linear.weight, self.linear.bias)
         key = (w.data_ptr(), w._version, None if b is None else (b.data_ptr(), b._version))
         if key != self._key or compare_values:
             values = (w.detach().numpy(), None if b is None else b.detach().numpy())
@@ -76,19 +77,21 @@ class _PackedLinear:
         return self.forward_gemm(x, self.forward, one_thread)
 
     def input_grad(self, dpre):
-        input_grad_gemm = gemm(self.linear.weight.shape[1], self.dtype)
+        """``dpre @ W``, with the W packed (a copy of it: the Linear may hold another by now)."""
+        input_grad_gemm = gemm(self.shape[1], self.dtype)
         if self.transposed is None:
-            self.transposed = input_grad_gemm.pack(self.linear.weight.detach().numpy().T)
+            self.transposed = input_grad_gemm.pack(self._values[0].T)
         return input_grad_gemm(dpre, self.transposed, one_thread=True)[:, :input_grad_gemm.output_size]
 
     def weight_grad(self, dpre, inputs):
-        """(dW, db) from dpre (B, out) and the Linear's inputs (B, in); db is None without a bias."""
+        """(dW, db) from dpre (B, out) and the Linear's inputs (B, in); db is None without a bias
+        (in the weights packed)."""
         batch, width = inputs.shape
         ones = np.ones((batch, 1), self.dtype)
         extended = np.concatenate([inputs, ones], axis=1)  # the last column yields db
         wgemm = gemm(width + 1, self.dtype)
         full = wgemm(dpre.T, wgemm.pack(extended.T), one_thread=True)  # the GEMM makes its input contiguous
-        return full[:, :width], None if self.linear.bias is None else full[:, width]
+        return full[:, :width], None if self._values[1] is None else full[:, width]
 
 
 class StepEngine:
@@ -144,13 +147,16 @@ class StepEngine:
         self.fns.forward_out(self.linears[1].packed(compare)(rhx, training), h, ru, h_new, cand)
         return h_new, None, (hx, h, ru, rhx, cand)
 
-    def backward(self, saved, dh, dc=None):
-        """(dx, dh_prev, dc_prev or None, [(dW, db) per Linear])."""
+    def backward(self, saved, weights, dh, dc=None):
+        """(dx, dh_prev, dc_prev or None, [(dW, db) per Linear]) of a step the forward computed
+        with ``weights``: each Linear's weight and bias (maybe None) in turn, the tensors it used,
+        which need not be the Linears' any more (``torch.func.functional_call``, a Parameter
+        replaced since)."""
         self.compare_values = True
         dh = aligned(dh, self.dtype)
         batch, hidden = dh.shape
         if self.kind in ("SimpleRNN", "LSTM"):
-            linear = self.linears[0].packed()
+            linear = self.linears[0].packed(weights=weights)
             if self.kind == "SimpleRNN":
                 hx, h_new = saved
                 dpre, dc_prev = self._empty(batch), None
@@ -162,7 +168,7 @@ class StepEngine:
             dhx = linear.input_grad(dpre)
             return dhx[:, hidden:], dhx[:, :hidden], dc_prev, [linear.weight_grad(dpre, hx)]
         hx, h, ru, rhx, cand = saved
-        gates, candidate = self.linears[0].packed(), self.linears[1].packed()
+        gates, candidate = self.linears[0].packed(weights=weights[:2]), self.linears[1].packed(weights=weights[2:])
         dpre2, du, dh_direct = self._empty(batch), self._empty(batch), self._empty(batch)
         self.fns.backward_out(h, ru, cand, dh, dpre2, du, dh_direct)
         drhx = aligned(candidate.input_grad(dpre2), self.dtype)

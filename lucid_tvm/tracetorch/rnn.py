@@ -25,7 +25,8 @@ class _Step(torch.autograd.Function):
     def forward(ctx, engine, x, h, c, *params):
         h_new, c_new, saved = engine.forward(x.numpy(), h.numpy(), None if c is None else c.numpy(),
                                              training=True)
-        ctx.engine, ctx.saved, ctx.has_cell = engine, saved, c is not None
+        # The weights used, for the backward to use them too: the Linears may hold others by then.
+        ctx.engine, ctx.saved, ctx.weights, ctx.has_cell = engine, saved, params, c is not None
         outputs = (torch.from_numpy(h_new),) if c is None else (torch.from_numpy(h_new), torch.from_numpy(c_new))
         # ``saved`` shares this tensor's memory: saved here too, autograd checks it for in-place
         # changes. So are the weights where tracetorch's F.linear saves them, where the Linear's
@@ -46,7 +47,7 @@ class _Step(torch.autograd.Function):
                                       f"are not supported by the compiled layers")
         ctx.saved_tensors  # raises if the tensor saved in forward was changed in place since
         dc = None if dc is None else dc.contiguous().numpy()
-        dx, dh_prev, dc_prev, weight_grads = ctx.engine.backward(ctx.saved, dh.contiguous().numpy(), dc)
+        dx, dh_prev, dc_prev, weight_grads = ctx.engine.backward(ctx.saved, ctx.weights, dh.contiguous().numpy(), dc)
         # Views into the GEMMs' padded outputs, as they are: torch adds a strided gradient into
         # .grad as fast as a contiguous one (and copies the first into the layout .grad needs),
         # where a contiguous copy of each step's dW cost a pass over it.
