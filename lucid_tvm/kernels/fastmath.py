@@ -4,7 +4,9 @@ TVM lowers ``tirx.exp`` / ``tirx.tanh`` / ``tirx.sigmoid`` to scalar libm calls,
 recurrent step at small batch. For float32 these versions use only multiply-adds, min/max, a
 floor, one division and bit operations, so LLVM keeps them in SIMD registers. Relative error is
 below 1e-6 wherever the result is a normal float (``tests/test_fastmath.py``, against numpy in
-float64); NaN propagates. Other dtypes keep TVM's intrinsics (tanh with its series near 0).
+float64); NaN propagates. float16 goes through them in float32 and is rounded once, as torch's
+CPU ops compute it (TVM's intrinsics in float16 round at every operation). float64 keeps TVM's
+intrinsics (tanh with its series near 0).
 
 The gate math of a small layer is bound by these instructions (with a batch) or by their latency
 (two of them in a row per LSTM step), so they are as short as the accuracy allows, and their
@@ -41,6 +43,15 @@ def _expr(x):
 
 def _is_fast(x):
     return str(x.ty.dtype) == "float32"
+
+
+def _is_half(x):
+    return str(x.ty.dtype) == "float16"
+
+
+def _in_float32(function, x):
+    """``function`` of a float16 ``x`` computed in float32 and rounded once."""
+    return tirx.Cast("float16", function(tirx.Cast("float32", x)))
 
 
 def _f(value):
@@ -96,7 +107,7 @@ def _exp32(x):
 def sigmoid(x):
     x = _expr(x)
     if not _is_fast(x):
-        return tirx.sigmoid(x)
+        return _in_float32(sigmoid, x) if _is_half(x) else tirx.sigmoid(x)
     return let(x, lambda v: _keep_nan(v, _f(1.0) / (_f(1.0) + _exp32(-v))))
 
 
@@ -117,7 +128,7 @@ def _tanh_intrinsic(x):
 def tanh(x):
     x = _expr(x)
     if not _is_fast(x):
-        return _tanh_intrinsic(x)
+        return _in_float32(tanh, x) if _is_half(x) else _tanh_intrinsic(x)
 
     def on(v):
         def clamped(c):

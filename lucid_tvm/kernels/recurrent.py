@@ -69,6 +69,15 @@ def _row_tiles(G, L, R, dtype, pieces=1):
     ways = {nrows: min(4, R // nrows) for nrows in (R, 4, 2, 1)}
     if G * L * np.dtype(dtype).itemsize >= 192:
         ways[1] = 2
+    # float16 sums in float32, as torch's CPU GEMMs do: summed in float16, a sum of 2048 ones
+    # stays at 2048 (a bias gradient over a batch of 4096, the tracetorch face's backward).
+    acc_dtype = "float32" if dtype == "float16" else dtype
+
+    def wide(value):
+        return value if acc_dtype == dtype else T.cast(value, acc_dtype)
+
+    def narrow(value):
+        return value if acc_dtype == dtype else T.cast(value, dtype)
 
     @T.macro
     def accumulate(nrows, n_blk, S, ko, row0, blk, a, w, acc):
@@ -77,7 +86,8 @@ def _row_tiles(G, L, R, dtype, pieces=1):
                 for c in T.unroll(n_blk):
                     for g in T.unroll(G):
                         for l in T.vectorized(L):
-                            acc[s, r, c, g, l] = acc[s, r, c, g, l] + a[row0 + r, ko * S + s] * w[blk + c, ko * S + s, g, l]
+                            acc[s, r, c, g, l] = acc[s, r, c, g, l] + wide(a[row0 + r, ko * S + s]) * wide(
+                                w[blk + c, ko * S + s, g, l])
 
     @T.macro
     def split_tile(nrows, n_blk, S, row0, blk, a, w, bias, out, turn, ahead=None, ahead_line=0, other=None):
@@ -87,13 +97,13 @@ def _row_tiles(G, L, R, dtype, pieces=1):
         # packed weight ``other`` (or None), row k of it beside row k of ``w`` (the rows past
         # ``w``'s are left to the hardware prefetcher). Row k * H // K instead, spread over all of
         # it, made LLVM's loop 2x slower (an integer division per k).
-        acc = T.alloc_buffer((S, nrows, n_blk, G, L), dtype, scope="local", annotations=ON_STACK)
+        acc = T.alloc_buffer((S, nrows, n_blk, G, L), acc_dtype, scope="local", annotations=ON_STACK)
         for r, c, g in T.grid(nrows, n_blk, G):
             for l in T.vectorized(L):
-                acc[0, r, c, g, l] = bias[blk + c, g, l]
+                acc[0, r, c, g, l] = wide(bias[blk + c, g, l])
             for s in range(1, S):
                 for l in T.vectorized(L):
-                    acc[s, r, c, g, l] = T.cast(0, dtype)
+                    acc[s, r, c, g, l] = T.cast(0, acc_dtype)
         # A turned block (see ``recurrence``) is read in ``pieces`` ranges of k, last range first,
         # each upwards, which the hardware prefetcher streams. Only tiles of few rows (those that
         # split k) turn: they stream W_hh from L2, where wider tiles wait on their FMAs. The piece
@@ -123,14 +133,14 @@ def _row_tiles(G, L, R, dtype, pieces=1):
                     for c in T.unroll(n_blk):
                         for g in T.unroll(G):
                             for l in T.vectorized(L):
-                                acc[0, r, c, g, l] = acc[0, r, c, g, l] + a[row0 + r, k] * w[blk + c, k, g, l]
+                                acc[0, r, c, g, l] = acc[0, r, c, g, l] + wide(a[row0 + r, k]) * wide(w[blk + c, k, g, l])
             for r, c, g in T.grid(nrows, n_blk, G):
                 for s in range(1, S):
                     for l in T.vectorized(L):
                         acc[0, r, c, g, l] = acc[0, r, c, g, l] + acc[s, r, c, g, l]
         for r, c, g in T.grid(nrows, n_blk, G):
             for l in T.vectorized(L):
-                out[row0 + r, blk + c, g, l] = acc[0, r, c, g, l]
+                out[row0 + r, blk + c, g, l] = narrow(acc[0, r, c, g, l])
 
     @T.macro
     def tile(nrows, row0, blk, a, w, bias, out, turn):
