@@ -93,9 +93,9 @@ def test_numpy_in_numpy_out(kind):
     np.testing.assert_allclose(out2, expected, atol=1e-5, rtol=0)
     assert isinstance(out2, np.ndarray)
     assert_states_equal(ours, ref)
-    model = tt.Model()
-    model.layer = ours
-    assert sorted(model.save_states()) == sorted(f"layer.{name}" for name in ours._state_names)
+    model, ref_model = tt.Model(), ref_tt.Model()
+    model.layer, ref_model.layer = ours, ref
+    assert model.save_states().keys() == ref_model.save_states().keys()
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -531,8 +531,10 @@ def test_model_reaches_nested_layers():
         for _ in range(3):
             torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=0)
     saved = ours.save_states()
-    assert set(saved) == {"seq.0.H", "seq.0.C", ".blocks[0].H", ".heads[a].H", ".pair[0].H"}
-    assert set(saved) <= set(ref.save_states())  # same names as tracetorch's
+    assert {"seq.0.H", "seq.0.C", ".blocks[0].H", ".heads[a].H", ".pair[0].H"} <= set(saved)
+    assert saved.keys() == ref.save_states().keys()  # tracetorch's names, its duplicates too
+    ref.load_states(saved)  # strict: each library loads the other's states
+    ours.load_states(ref.save_states())
     ours.zero_states()
     assert ours.seq[0].H is None and ours.blocks[0].H is None and ours.pair[0].H is None
     ours.load_states(saved)
@@ -543,6 +545,44 @@ def test_model_reaches_nested_layers():
     assert y.requires_grad
     ours.detach_states()
     assert not ours.blocks[0].H.requires_grad and not ours.heads["a"].H.requires_grad
+
+
+def _net_with_layers_in_other_places(lib):
+    """Layers in a dict attribute named with an underscore, in a plain object's list, and a
+    reference back to the model (a cycle, which tracetorch's walk does not survive)."""
+
+    class Bag:
+        def __init__(self):
+            self.layers = [lib.rnn.GRU(IN, 4)]
+
+    class Net(lib.Model):
+        def __init__(self):
+            super().__init__()
+            self.rnn = lib.rnn.LSTM(IN, IN)
+            self._extra = {"p": lib.rnn.SimpleRNN(IN, IN)}
+            self.bag = Bag()
+
+        def forward(self, x):
+            return self.bag.layers[0](self._extra["p"](self.rnn(x)))
+
+    return Net()
+
+
+def test_model_states_are_saved_and_loaded_where_tracetorch_finds_them():
+    torch.manual_seed(0)
+    ours, ref = _net_with_layers_in_other_places(tt), _net_with_layers_in_other_places(ref_tt)
+    with torch.no_grad():
+        ours(torch.randn(2, IN)), ref(torch.randn(2, IN))
+    saved = ours.save_states()
+    assert saved.keys() == ref.save_states().keys()
+    assert {".bag.layers[0].H", "._extra[p].H"} <= saved.keys()
+    ours.zero_states()
+    assert ours.bag.layers[0].H is None and ours._extra["p"].H is None
+    ours.load_states(saved)
+    torch.testing.assert_close(ours.bag.layers[0].H, saved[".bag.layers[0].H"])
+    ref.load_states(saved)
+    ours.bag.owner = ours  # a cycle: walked once round
+    assert ours.save_states().keys() == saved.keys()
 
 
 def _net_with_hooks(lib):

@@ -64,32 +64,43 @@ class Layer(nn.Module):
         return tensor.movedim(-1, self.dim)
 
 
-def _walk_layers(obj, path, seen):
-    """(path, layer) for every Layer under obj: submodules and list/tuple/set/dict attributes,
-    named as tracetorch names them (``net.0.H``, ``.blocks[1].H``, ``.heads[key].C``)."""
-    if id(obj) in seen:
+def _walk_layers(obj, path, ancestors=()):
+    """(path, layer) for every Layer under obj, named and found as tracetorch's ``save_states``
+    finds them, so that either library loads the other's states: submodules (``net.0.H``), then
+    every attribute, containers item by item (``.blocks[1].H``, ``.heads[key].C``) and any other
+    object's own attributes (``.bag.layers[0].H``). Like tracetorch's, it reaches a layer once
+    per way to it: also through ``_modules`` (``._modules[rnn].H`` beside ``rnn.H``). Unlike
+    tracetorch's, it does not go round a cycle of references (there, a RecursionError)."""
+    if any(obj is ancestor for ancestor in ancestors):
         return
-    seen.add(id(obj))
+    ancestors = (*ancestors, obj)
     if isinstance(obj, Layer):
         yield path, obj
     if isinstance(obj, nn.Module):
         for name, child in obj._modules.items():
-            if child is not None:
-                yield from _walk_layers(child, f"{path}.{name}" if path else name, seen)
-    for attr, value in getattr(obj, "__dict__", {}).items():
+            yield from _walk_layers(child, f"{path}.{name}" if path else name, ancestors)
+    try:
+        attributes = getattr(obj, "__dict__", {})
+    except Exception:  # noqa: BLE001 - an object whose attributes cannot be read has none to walk
+        attributes = {}
+    for attr, value in list(attributes.items()):
+        if value is None:
+            continue
         if isinstance(value, (list, tuple, set)):
             for i, item in enumerate(value):
-                yield from _walk_layers(item, f"{path}.{attr}[{i}]", seen)
-        elif isinstance(value, dict) and not attr.startswith("_"):
+                yield from _walk_layers(item, f"{path}.{attr}[{i}]", ancestors)
+        elif isinstance(value, dict):
             for key, item in value.items():
-                yield from _walk_layers(item, f"{path}.{attr}[{key}]", seen)
+                yield from _walk_layers(item, f"{path}.{attr}[{key}]", ancestors)
+        elif not isinstance(value, Layer):
+            yield from _walk_layers(value, f"{path}.{attr}", ancestors)
 
 
 class Model(nn.Module):
     """A torch Module whose state methods reach every tracetorch layer inside it."""
 
     def _layers(self):
-        return list(_walk_layers(self, "", set()))
+        return list(_walk_layers(self, ""))
 
     def zero_states(self):
         self._call_recursive("zero_states")
