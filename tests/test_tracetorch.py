@@ -713,6 +713,8 @@ def test_bad_inputs(kind):
     for scalar in (torch.tensor(1.0), np.array(1.0, np.float32)):  # numpy's as it is, not made 1-D
         with pytest.raises(ValueError, match="dim=1 is out of range for an input of 0 dimensions"):
             ours(scalar)
+    with pytest.raises(TypeError, match=r"expected a CPU tensor, got one on meta$"):
+        ours(torch.ones(2, IN, device="meta"))
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -119,7 +119,8 @@ class _CompiledLayer(Layer):
         if not x.is_floating_point():
             raise TypeError(f"{owner}: expected a floating-point input, got dtype {x.dtype}")
         if not x.is_cpu:
-            raise TypeError(f"{owner}: expected a CPU tensor, got one on {x.device} (no CUDA kernels yet)")
+            note = " (the tracetorch layers have no GPU kernels yet)" if x.is_cuda else ""
+            raise TypeError(f"{owner}: expected a CPU tensor, got one on {x.device}{note}")
         return x.resolve_neg(), False  # its values, where a view such as z.conj().imag negates them
 
     def forward(self, x):
