@@ -20,6 +20,12 @@ import numpy as np
 from ..runtime import Functions, aligned, aligned_empty, gemm
 
 
+# Rows of the batch a weight gradient's GEMM sums at a time. The GEMM sums its k (here the
+# batch) in one running sum per output, whose rounding grows with the rows summed: LSTM 16's
+# gradients at 200,704 rows were 7e-6 of their norm off float64's, torch's 5e-7. Chunks of rows
+# summed apart, then added, keep it that of one chunk.
+WEIGHT_GRAD_ROWS = 8192
+
 # Each kind's Linear modules over cat([H, x]), by their outputs in hidden sizes.
 LINEAR_OUTPUTS = {"SimpleRNN": (1,), "LSTM": (4,), "GRU": (2, 1)}
 
@@ -90,7 +96,12 @@ class _PackedLinear:
         ones = np.ones((batch, 1), self.dtype)
         extended = np.concatenate([inputs, ones], axis=1)  # the last column yields db
         wgemm = gemm(width + 1, self.dtype)
-        full = wgemm(dpre.T, wgemm.pack(extended.T), one_thread=True)  # the GEMM makes its input contiguous
+        full = None
+        for first in range(0, max(batch, 1), WEIGHT_GRAD_ROWS):  # (an empty batch: one GEMM, of zeros)
+            rows = slice(first, first + WEIGHT_GRAD_ROWS)
+            # (The GEMM makes its input contiguous.)
+            part = wgemm(dpre[rows].T, wgemm.pack(extended[rows].T), one_thread=True)
+            full = part if full is None else np.add(full, part, out=full)
         return full[:, :width], None if self._values[1] is None else full[:, width]
 
 
