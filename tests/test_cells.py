@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import lucid_tvm.nn as nn
-from conftest import assert_close
+from conftest import assert_close, torch_twin
 
 CELLS = [
     ("RNNCell", {"nonlinearity": "tanh"}),
@@ -87,6 +87,29 @@ def test_parameter_update_is_seen(rng):
         assert_close(cell(x), ref(torch.from_numpy(x)))
     with pytest.raises(ValueError, match="read-only"):
         cell.weight_ih.numpy()[0, 0] = 1.0
+
+
+def test_a_cell_assigned_into_layers_is_used(rng):
+    """``module.layers[i] = cell``, as torch's ModuleList takes it, is seen by the next call (the
+    one-layer fast path included); other indices and values are refused as torch's are."""
+    ref, seq = torch_twin("GRU", I, H)
+    other_ref, other = torch_twin("GRU", I, H)
+    with torch.no_grad():
+        for p in other_ref.parameters():
+            p.mul_(-1)
+    other.load_state_dict(other_ref.state_dict())
+    x = rng.standard_normal((4, B, I)).astype(np.float32)
+    seq(x)
+    seq(x)  # the fast path made and used
+    seq.layers[-1] = other.layers[0]
+    with torch.no_grad():
+        assert_close(seq(x)[0], other_ref(torch.from_numpy(x))[0])
+    with pytest.raises(IndexError, match="index 1 is out of range for a ModuleList of 1"):
+        seq.layers[1] = other.layers[0]
+    with pytest.raises(TypeError, match="ModuleList indices must be integers, not str"):
+        seq.layers["0"] = other.layers[0]
+    with pytest.raises(TypeError, match="cannot assign ndarray as submodule '0'"):
+        seq.layers[0] = np.zeros(3)
 
 
 def test_parameter_swap_and_module_dtype_are_seen(rng):

@@ -253,5 +253,29 @@ def test_copies_and_pickles_after_a_call(make, shape, rng):
         assert not np.array_equal(np.asarray(_flat(copied(x))[0]), np.asarray(_flat(expected)[0]))
 
 
+@pytest.mark.parametrize("make,shape", [(lambda: nn.GRU(3, 4, num_layers=2), (5, 2, 3)),
+                                        (lambda: nn.LSTMCell(3, 4), (2, 3))], ids=["GRU", "LSTMCell"])
+def test_parameters_stay_read_only_in_copies_and_exports(make, shape, rng):
+    """A copy's parameters are read-only as the original's are (its arrays came back writable,
+    and a write into one went unseen by the weights its layer had packed), and a torch tensor
+    made from a Parameter (``torch.from_dlpack``, ``torch.as_tensor``, which ignore numpy's
+    read-only flag) is a copy: writing it leaves the weights and the output as they were."""
+    m = make()
+    x = rng.standard_normal(shape).astype(np.float32)
+    expected = _flat(m(x))[0].numpy().copy()
+    for copied in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        for p in copied.parameters():
+            with pytest.raises(ValueError, match="read-only"):
+                p.data[...] = 0
+    first = next(iter(m.parameters()))
+    before = first.data.copy()
+    for export in (torch.from_dlpack, torch.as_tensor):
+        export(first).mul_(3)
+    np.testing.assert_array_equal(first.data, before)
+    np.testing.assert_array_equal(_flat(m(x))[0].numpy(), expected)
+    with pytest.raises(BufferError, match="read-only"):
+        first.__dlpack__(copy=False)
+
+
 def _flat(outputs):
     return list(outputs) if isinstance(outputs, tuple) else [outputs]

@@ -59,6 +59,20 @@ class Parameter(Tensor):
         self.version += 1
         Parameter.writes += 1
 
+    def __setstate__(self, state):
+        # A copy (copy.deepcopy, pickle, torch.save) gets its array back writable: read-only
+        # again, or a write into it would go unseen by the weights its layer packed.
+        self.__dict__.update(state)
+        self._data.flags.writeable = False
+
+    def __dlpack__(self, **kwargs):
+        # numpy exports the read-only array flagged so, and torch ignores the flag: a tensor from
+        # ``torch.from_dlpack`` or ``torch.as_tensor`` would write into the weights unseen. A copy.
+        if kwargs.pop("copy", None) is False:
+            raise BufferError("a Parameter's data is read-only and is exported only as a copy "
+                              "(assign param.data = array to change it)")
+        return self._data.copy().__dlpack__(**kwargs)
+
     def __repr__(self):
         return "Parameter containing:\n" + super().__repr__()
 
@@ -254,6 +268,15 @@ class ModuleList(Module):
         if isinstance(index, int) and -len(modules) <= index < len(modules):
             return modules[str(index % len(modules))]  # keys are the positions (append only)
         return list(modules.values())[index]
+
+    def __setitem__(self, index, module):
+        # As torch's: an int position only, the module assigned as a submodule (checked, and seen
+        # by a layer's kept calls).
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise TypeError(f"ModuleList indices must be integers, not {type(index).__name__}")
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} is out of range for a ModuleList of {len(self)}")
+        setattr(self, str(index % len(self)), module)
 
     def __len__(self):
         return len(self._modules)
