@@ -339,6 +339,22 @@ def test_dropout_only_in_training(rng):
         assert_close(ours(x)[0], ref(torch.from_numpy(x))[0])
 
 
+def test_dropout_keeps_nan_as_torch(rng):
+    """torch multiplies a dropped value by 0, so a dropped NaN or inf is NaN: with p = 1 a NaN in
+    one batch row's input reaches the layer above it in both libraries (a dropped NaN made 0
+    did not)."""
+    ref, ours = torch_twin("GRU", I, H, num_layers=2, dropout=1.0)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    x[1, 0, 0] = np.nan
+    ours.train()
+    ref.train()
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(x))[0].numpy()
+    got = ours(x)[0].numpy()
+    assert np.isnan(expected[1:, 0]).all()
+    assert_close(got, torch.from_numpy(expected))  # NaN where torch's is NaN
+
+
 def test_dropout_is_seedable_and_scaled(rng):
     import lucid_tvm
 

@@ -380,10 +380,10 @@ class RNNBase(Module):
 
     def _dropout(self, y):
         """Inverted dropout, in place: keep each value with probability 1 - p and scale it by
-        1 / (1 - p)."""
-        drop = generator().random(y.shape) < self.dropout
-        y *= y.dtype.type(0.0 if self.dropout >= 1 else 1.0 / (1.0 - self.dropout))
-        np.copyto(y, 0, where=drop)  # a dropped inf or NaN is 0 too
+        1 / (1 - p). Dropped values are multiplied by 0, as torch's are: a dropped inf or NaN
+        is NaN."""
+        scale = y.dtype.type(0.0 if self.dropout >= 1 else 1.0 / (1.0 - self.dropout))
+        y *= np.where(generator().random(y.shape) < self.dropout, y.dtype.type(0), scale)
 
     def forward(self, input, hx=None):
         calls = self._one_layer_calls
