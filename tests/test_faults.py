@@ -158,6 +158,32 @@ def test_threads_match_serial_calls(rng):
                 np.testing.assert_array_equal(a, b)
 
 
+def test_kernel_objects_are_made_once_when_threads_ask_first_together():
+    """Concurrent first calls of one layer kind share one kernel object (each made its own, and
+    a thread's workspace plan, kept per kind, was remade on every call alternating between them:
+    2x slower calls)."""
+    import threading
+    import time
+
+    from lucid_tvm import runtime
+
+    made = []
+
+    def slow_make(*args):
+        made.append(args)
+        time.sleep(0.05)  # as compiling takes: every thread asks before the first is done
+        return object()
+
+    get = runtime._made_once(slow_make)
+    start = threading.Barrier(8)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        objects = list(pool.map(lambda _: (start.wait(), get("GRU", 6, 11, "float32"))[1], range(8)))
+    assert made == [("GRU", 6, 11, "float32")]
+    assert all(o is objects[0] for o in objects)
+    get.cache_clear()
+    assert get("GRU", 6, 11, "float32") is not objects[0]
+
+
 def test_threads_on_tracetorch_layers():
     import lucid_tvm.tracetorch as tt
 
