@@ -120,8 +120,9 @@ def numpy_dtype(dtype):
     return np.dtype(str(dtype).removeprefix("torch.") if is_torch(dtype) else dtype)
 
 
-def to_numpy(value, what):
-    """The numpy array behind ``value`` (no copy where possible); TypeError for anything else.
+def to_numpy(value, what, kinds="f"):
+    """The numpy array behind ``value`` (no copy where possible); TypeError for anything else,
+    and for arrays whose dtype is not of ``kinds`` (numpy's kind codes: floats by default).
 
     ``what`` names the argument in the error, e.g. ``"LSTM input"``.
     """
@@ -145,6 +146,7 @@ def to_numpy(value, what):
     else:
         raise TypeError(f"{what}: expected a lucid_tvm.Tensor, numpy array, torch tensor or lucid "
                         f"tensor, got {type(value).__name__}")
-    if array.dtype.kind != "f":
-        raise TypeError(f"{what}: expected a floating-point tensor, got dtype {array.dtype}")
+    if array.dtype.kind not in kinds:
+        expected = "a floating-point" if kinds == "f" else "a real-valued"
+        raise TypeError(f"{what}: expected {expected} tensor, got dtype {array.dtype}")
     return array

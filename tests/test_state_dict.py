@@ -82,6 +82,23 @@ def test_load_state_dict_refuses_what_is_not_a_mapping_as_torch_does():
     assert all(np.array_equal(v, before[k]) for k, v in ours.state_dict().items())
 
 
+def test_load_state_dict_casts_integers_and_bools_as_torch_does(rng):
+    """torch's load_state_dict copies each value into its parameter, casting integers and bools;
+    complex values are a TypeError here (torch drops the imaginary part, with a warning)."""
+    ref, ours = torch.nn.GRU(3, 2), nn.GRU(3, 2)
+    given = {k: torch.from_numpy(rng.integers(-3, 4, v.shape)) for k, v in ref.state_dict().items()}
+    given["bias_hh_l0"] = given["bias_hh_l0"] > 0
+    ref.load_state_dict(given)
+    ours.load_state_dict(given)
+    x = rng.standard_normal((4, 1, 3)).astype(np.float32)
+    with torch.no_grad():
+        np.testing.assert_allclose(ours(x)[0].numpy(), ref(torch.from_numpy(x))[0].numpy(), atol=1e-5, rtol=0)
+    given["weight_ih_l0"] = given["weight_ih_l0"].to(torch.complex64)
+    with pytest.raises(TypeError, match=r"GRU.load_state_dict\['weight_ih_l0'\]: expected a real-valued tensor, "
+                                        r"got dtype complex64"):
+        ours.load_state_dict(given)
+
+
 def test_assigning_other_than_a_parameter_is_refused_as_in_torch(rng):
     x = rng.standard_normal((2, 4)).astype(np.float32)
     with pytest.raises(TypeError, match="cannot assign"):

@@ -173,7 +173,8 @@ class Module:
             if key not in given:
                 continue
             original = given[key]
-            value = to_numpy(state_dict[original], f"{type(self).__name__}.load_state_dict[{original!r}]")
+            # Integers and bools are cast to the parameter's dtype, as torch's copy_ casts them.
+            value = to_numpy(state_dict[original], f"{type(self).__name__}.load_state_dict[{original!r}]", "fiub")
             if value.shape != param.shape:
                 raise ValueError(f"{type(self).__name__}.load_state_dict: {original!r} expected shape "
                                  f"{param.shape}, got {value.shape}")
