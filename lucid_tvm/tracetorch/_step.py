@@ -126,6 +126,11 @@ class StepEngine:
         """Whether this engine computes with these Linear modules (not ones since replaced)."""
         return all(packed.linear is linear for packed, linear in zip(self.linears, linears.values()))
 
+    def weights_packed(self):
+        """Each Linear's weight and bias (the bias maybe None) as last packed: detached tensors of
+        the storage a step computed with, in the order :meth:`backward` takes them."""
+        return tuple(tensor for linear in self.linears for tensor in linear._held)
+
     def _empty(self, batch, width=None):
         return aligned_empty((batch, width or self.hidden), self.dtype)
 
@@ -160,9 +165,8 @@ class StepEngine:
 
     def backward(self, saved, weights, dh, dc=None):
         """(dx, dh_prev, dc_prev or None, [(dW, db) per Linear]) of a step the forward computed
-        with ``weights``: each Linear's weight and bias (maybe None) in turn, the tensors it used,
-        which need not be the Linears' any more (``torch.func.functional_call``, a Parameter
-        replaced since)."""
+        with ``weights`` (:meth:`weights_packed` after it), which need not be the Linears' any
+        more (``torch.func.functional_call``, a Parameter replaced since, ``p.data = new``)."""
         self.compare_values = True
         dh = aligned(dh, self.dtype)
         batch, hidden = dh.shape

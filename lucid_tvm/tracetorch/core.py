@@ -4,6 +4,8 @@ States are plain attributes registered by name, None until the first forward, th
 input's dtype and device and the input's shape with axis ``dim`` set to ``num_neurons``.
 """
 
+import types
+
 import torch
 from torch import nn
 
@@ -64,43 +66,69 @@ class Layer(nn.Module):
         return tensor.movedim(-1, self.dim)
 
 
-def _walk_layers(obj, path, ancestors=()):
-    """(path, layer) for every Layer under obj, named and found as tracetorch's ``save_states``
-    finds them, so that either library loads the other's states: submodules (``net.0.H``), then
-    every attribute, containers item by item (``.blocks[1].H``, ``.heads[key].C``) and any other
-    object's own attributes (``.bag.layers[0].H``). Like tracetorch's, it reaches a layer once
-    per way to it: also through ``_modules`` (``._modules[rnn].H`` beside ``rnn.H``). Unlike
-    tracetorch's, it does not go round a cycle of references (there, a RecursionError)."""
-    if any(obj is ancestor for ancestor in ancestors):
-        return
-    ancestors = (*ancestors, obj)
-    if isinstance(obj, Layer):
-        yield path, obj
-    if isinstance(obj, nn.Module):
-        for name, child in obj._modules.items():
-            yield from _walk_layers(child, f"{path}.{name}" if path else name, ancestors)
+def _attributes(obj):
+    """An object's own attributes (tracetorch's walks read ``__dict__``), or none where reading
+    them raises, and none of a Python module's (a model holding ``np``: tracetorch's walks fail
+    there, and going through every module it imports took 0.6 s and warned of deprecations)."""
+    if isinstance(obj, types.ModuleType):
+        return []
     try:
-        attributes = getattr(obj, "__dict__", {})
+        return list(getattr(obj, "__dict__", {}).items())
     except Exception:  # noqa: BLE001 - an object whose attributes cannot be read has none to walk
-        attributes = {}
-    for attr, value in list(attributes.items()):
-        if value is None:
-            continue
-        if isinstance(value, (list, tuple, set)):
-            for i, item in enumerate(value):
-                yield from _walk_layers(item, f"{path}.{attr}[{i}]", ancestors)
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                yield from _walk_layers(item, f"{path}.{attr}[{key}]", ancestors)
-        elif not isinstance(value, Layer):
-            yield from _walk_layers(value, f"{path}.{attr}", ancestors)
+        return []
+
+
+def _walk_layers(root):
+    """(path, layer) for every Layer under ``root``, named and found as tracetorch's
+    ``save_states`` finds them, so that either library loads the other's states: submodules
+    (``net.0.H``), then every attribute, containers item by item (``.blocks[1].H``,
+    ``.heads[key].C``) and any other object's own attributes (``.bag.layers[0].H``). Like
+    tracetorch's, it reaches a layer once per way to it: also through ``_modules``
+    (``._modules[rnn].H`` beside ``rnn.H``). Each object is walked once, and what lies under it
+    is named again below every other way to it; a reference back to an object being walked is
+    not followed. (tracetorch's walk raises RecursionError on any cycle, e.g. a model holding the
+    numpy module; walking every path round one took exponential time.)"""
+    under, walking = {}, set()
+
+    def below(obj):  # [(path suffix, layer)], the suffixes starting "." or "["
+        key = id(obj)
+        if key in under:
+            return under[key]
+        if key in walking:
+            return []
+        walking.add(key)
+        found = [("", obj)] if isinstance(obj, Layer) else []
+        if isinstance(obj, nn.Module):
+            for name, child in obj._modules.items():
+                found += [(f".{name}{rest}", layer) for rest, layer in below(child)]
+        for attr, value in _attributes(obj):
+            if value is None:
+                continue
+            if isinstance(value, (list, tuple, set)):
+                items = [(f".{attr}[{i}]", item) for i, item in enumerate(value)]
+            elif isinstance(value, dict):
+                items = [(f".{attr}[{k}]", item) for k, item in value.items()]
+            else:
+                items = [] if isinstance(value, Layer) else [(f".{attr}", value)]
+            for head, item in items:
+                if _attributes(item) or isinstance(item, nn.Module):  # (a list of numbers: none)
+                    found += [(head + rest, layer) for rest, layer in below(item)]
+        walking.discard(key)
+        under[key] = found
+        return found
+
+    # A submodule of the root is named without the leading dot (``rnn.H``), as tracetorch names it.
+    modules = {f".{name}" for name in getattr(root, "_modules", {})}
+    for path, layer in below(root):
+        head = path.split("[", 1)[0].split(".", 2)[:2]
+        yield (path[1:] if ".".join(head) in modules else path), layer
 
 
 class Model(nn.Module):
     """A torch Module whose state methods reach every tracetorch layer inside it."""
 
     def _layers(self):
-        return list(_walk_layers(self, ""))
+        return list(_walk_layers(self))
 
     def zero_states(self):
         self._call_recursive("zero_states")
@@ -139,7 +167,7 @@ class Model(nn.Module):
                 for child in obj._modules.values():
                     if child is not None:
                         visit(child)
-            for value in getattr(obj, "__dict__", {}).values():
+            for _, value in _attributes(obj):
                 if isinstance(value, (list, tuple, set)):
                     for item in value:
                         visit(item)

@@ -26,7 +26,8 @@ class _Step(torch.autograd.Function):
         h_new, c_new, saved = engine.forward(x.numpy(), h.numpy(), None if c is None else c.numpy(),
                                              training=True)
         # The weights used, for the backward to use them too: the Linears may hold others by then.
-        ctx.engine, ctx.saved, ctx.weights, ctx.has_cell = engine, saved, params, c is not None
+        # (Their storage, as torch's saved tensors keep it: ``p.data = new`` swaps a Parameter's.)
+        ctx.engine, ctx.saved, ctx.weights, ctx.has_cell = engine, saved, engine.weights_packed(), c is not None
         outputs = (torch.from_numpy(h_new),) if c is None else (torch.from_numpy(h_new), torch.from_numpy(c_new))
         # ``saved`` shares this tensor's memory: saved here too, autograd checks it for in-place
         # changes. So are the weights where tracetorch's F.linear saves them, where the Linear's
