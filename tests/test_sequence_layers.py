@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -340,18 +341,21 @@ def test_dropout_only_in_training(rng):
 
 
 def test_dropout_keeps_nan_as_torch(rng):
-    """torch multiplies a dropped value by 0, so a dropped NaN or inf is NaN: with p = 1 a NaN in
-    one batch row's input reaches the layer above it in both libraries (a dropped NaN made 0
-    did not)."""
-    ref, ours = torch_twin("GRU", I, H, num_layers=2, dropout=1.0)
+    """torch multiplies a dropped value by 0, so a dropped NaN or inf is NaN, without a warning:
+    with p = 1 a NaN in one batch row's input, and an inf in another's that relu passes on, reach
+    the layer above in both libraries (made 0, they did not; multiplied by numpy, inf * 0 warned)."""
+    ref, ours = torch_twin("RNN_RELU", I, H, num_layers=2, dropout=1.0)  # relu passes an inf on
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     x[1, 0, 0] = np.nan
+    x[2, 1, 0] = np.inf
     ours.train()
     ref.train()
     with torch.no_grad():
         expected = ref(torch.from_numpy(x))[0].numpy()
-    got = ours(x)[0].numpy()
-    assert np.isnan(expected[1:, 0]).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # inf * 0 is NaN silently, as in torch
+        got = ours(x)[0].numpy()
+    assert np.isnan(expected[1:, 0]).all() and np.isnan(expected[2:, 1]).all()
     assert_close(got, torch.from_numpy(expected))  # NaN where torch's is NaN
 
 

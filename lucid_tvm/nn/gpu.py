@@ -73,18 +73,19 @@ def _aligned(tensor):
     return tensor if tensor.data_ptr() % ALIGNMENT == 0 else tensor.clone()
 
 
-def run_layers(cells, x, h0, c0, directions, dropout, training):
+def run_layers(cells, x, h0, c0, directions, dropout, training, owner=None):
     """Run ``cells`` (layer-major, ``directions`` per layer) over ``x`` (T, B, I), a CUDA
     tensor (the tests also drive it with CPU tensors). Returns (output (T, B, D*H), h_n, c_n or
-    None)."""
+    None). ``owner`` names the layer in errors (by default the cells' class)."""
+    owner = owner or type(cells[0]).__name__
     import torch
 
     x = _aligned(x)
     if not x.is_cuda:
-        return _run_layers(cells, x, h0, c0, directions, dropout, training)
+        return _run_layers(owner, cells, x, h0, c0, directions, dropout, training)
     # TVM launches on the current CUDA device and the stream of the FFI context: torch's.
     with torch.cuda.device(x.device), tvm_ffi.use_torch_stream():
-        return _run_layers(cells, x, h0, c0, directions, dropout, training)
+        return _run_layers(owner, cells, x, h0, c0, directions, dropout, training)
 
 
 def _steps_per_call(owner, steps, batch, widths, itemsize):
@@ -105,7 +106,7 @@ def _steps_per_call(owner, steps, batch, widths, itemsize):
     return most // aligned * aligned
 
 
-def _run_layers(cells, x, h0, c0, directions, dropout, training):
+def _run_layers(owner, cells, x, h0, c0, directions, dropout, training):
     import torch
 
     steps, batch = x.shape[0], x.shape[1]
@@ -116,7 +117,7 @@ def _run_layers(cells, x, h0, c0, directions, dropout, training):
         return torch.empty((steps, 0, directions * hidden), dtype=x.dtype, device=x.device), h_n, c_n
     kernels = [cuda_layer_kernel(cell.mode, cell.input_size, hidden, dtype, x.device.index or 0) for cell in cells]
     width = directions * hidden
-    chunk = _steps_per_call(type(cells[0]).__name__, steps, batch,
+    chunk = _steps_per_call(owner, steps, batch,
                             (x.shape[2], width, kernels[0].packed_width), x.element_size())
     layer_input = x
     num_layers = len(cells) // directions
@@ -155,7 +156,7 @@ def sequence_forward(module, input, hx):
     stack = module.num_layers * module.num_directions
     h0, c0 = _states(owner, hx, module.is_lstm, (stack, x.shape[1], module.hidden_size), batched, x)
     output, h_n, c_n = run_layers(list(module.layers), x, h0, c0,
-                                  module.num_directions, module.dropout, module.training)
+                                  module.num_directions, module.dropout, module.training, owner)
     if not batched:
         output, h_n = output[:, 0], h_n[:, 0]
         c_n = c_n[:, 0] if module.is_lstm else None
@@ -187,5 +188,5 @@ def cell_forward(cell, input, hx):
         hx = as_stack(hx, "hx")
     h0, c0 = _states(owner, hx, cell.is_lstm, (1, batch, cell.hidden_size), True, x)
     _, h_n, c_n = run_layers([cell], x.reshape(1, batch, cell.input_size),
-                             h0, c0, 1, 0.0, False)
+                             h0, c0, 1, 0.0, False, owner)
     return (h_n.reshape(shape), c_n.reshape(shape)) if cell.is_lstm else h_n.reshape(shape)

@@ -1,5 +1,6 @@
 """Module, Parameter and ModuleList: the parts of lucid.nn / torch.nn the recurrent layers need."""
 
+import operator
 import re
 from collections import OrderedDict, namedtuple
 from collections.abc import Mapping
@@ -271,10 +272,13 @@ class ModuleList(Module):
         return list(modules.values())[index]
 
     def __setitem__(self, index, module):
-        # As torch's: an int position only, the module assigned as a submodule (checked, and seen
-        # by a layer's kept calls).
-        if isinstance(index, bool) or not isinstance(index, int):
-            raise TypeError(f"ModuleList indices must be integers, not {type(index).__name__}")
+        # As torch's: a position (anything ``operator.index`` takes), the module assigned as a
+        # submodule (seen by a layer's kept calls). Unlike torch's, not None: a layer cannot run
+        # without one of its cells.
+        try:
+            index = operator.index(index)
+        except TypeError:
+            raise TypeError(f"ModuleList indices must be integers, not {type(index).__name__}") from None
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} is out of range for a ModuleList of {len(self)}")
         setattr(self, str(index % len(self)), module)

@@ -383,7 +383,8 @@ class RNNBase(Module):
         1 / (1 - p). Dropped values are multiplied by 0, as torch's are: a dropped inf or NaN
         is NaN."""
         scale = y.dtype.type(0.0 if self.dropout >= 1 else 1.0 / (1.0 - self.dropout))
-        y *= np.where(generator().random(y.shape) < self.dropout, y.dtype.type(0), scale)
+        with np.errstate(invalid="ignore"):  # inf * 0, silently, as in torch
+            y *= np.where(generator().random(y.shape) < self.dropout, y.dtype.type(0), scale)
 
     def forward(self, input, hx=None):
         calls = self._one_layer_calls
