@@ -194,8 +194,8 @@ def test_gpu_driver_runs_a_sequence_past_the_index_range_in_chunks(monkeypatch, 
                                          rf"an array\) in 8 steps; split the batch"):
         gpu.run_layers(list(ours.layers), x, h0, c0, 2, 0.0, False)
     monkeypatch.setattr(runtime, "MAX_ELEMENTS", 2 * hidden * packed_width - 1)  # layer 1's W_ih
-    with pytest.raises(ValueError, match=rf"lucid_tvm: the GPU kernels' packed weights of {2 * hidden} x {packed_width} "
-                                         rf"values outgrows the kernels' 32-bit indices"):
+    with pytest.raises(ValueError, match=rf"lucid_tvm: the GPU kernels' packed weights of {2 * hidden} x "
+                                         rf"{packed_width} values outgrows the kernels' 32-bit indices"):
         torch_twin(mode, inp, hidden, num_layers=2, bidirectional=True)[1].layers[2]._packed_weights(
             runtime.cuda_layer_kernel(mode, 2 * hidden, hidden, "float32"))
 

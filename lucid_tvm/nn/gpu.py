@@ -77,9 +77,9 @@ def run_layers(cells, x, h0, c0, directions, dropout, training, owner=None):
     """Run ``cells`` (layer-major, ``directions`` per layer) over ``x`` (T, B, I), a CUDA
     tensor (the tests also drive it with CPU tensors). Returns (output (T, B, D*H), h_n, c_n or
     None). ``owner`` names the layer in errors (by default the cells' class)."""
-    owner = owner or type(cells[0]).__name__
     import torch
 
+    owner = owner or type(cells[0]).__name__
     x = _aligned(x)
     if not x.is_cuda:
         return _run_layers(owner, cells, x, h0, c0, directions, dropout, training)

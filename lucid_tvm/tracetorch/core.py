@@ -79,7 +79,7 @@ def _attributes(obj):
 
 
 def _walk_layers(root):
-    """(path, layer) for every Layer under ``root``, named and found as tracetorch's
+    """[(path, layer)] for every Layer under ``root``, named and found as tracetorch's
     ``save_states`` finds them, so that either library loads the other's states: submodules
     (``net.0.H``), then every attribute, containers item by item (``.blocks[1].H``,
     ``.heads[key].C``) and any other object's own attributes (``.bag.layers[0].H``). Like
@@ -90,7 +90,7 @@ def _walk_layers(root):
     numpy module; walking every path round one took exponential time.)"""
     under, walking = {}, set()
 
-    def below(obj):  # [(path suffix, layer)], the suffixes starting "." or "["
+    def below(obj, root=False):  # [(path suffix, layer)], the suffixes starting "." or "["
         key = id(obj)
         if key in under:
             return under[key]
@@ -99,8 +99,8 @@ def _walk_layers(root):
         walking.add(key)
         found = [("", obj)] if isinstance(obj, Layer) else []
         if isinstance(obj, nn.Module):
-            for name, child in obj._modules.items():
-                found += [(f".{name}{rest}", layer) for rest, layer in below(child)]
+            for name, child in obj._modules.items():  # the root's without the dot (``rnn.H``), as tracetorch's
+                found += [(f"{'' if root else '.'}{name}{rest}", layer) for rest, layer in below(child)]
         for attr, value in _attributes(obj):
             if value is None:
                 continue
@@ -117,18 +117,14 @@ def _walk_layers(root):
         under[key] = found
         return found
 
-    # A submodule of the root is named without the leading dot (``rnn.H``), as tracetorch names it.
-    modules = {f".{name}" for name in getattr(root, "_modules", {})}
-    for path, layer in below(root):
-        head = path.split("[", 1)[0].split(".", 2)[:2]
-        yield (path[1:] if ".".join(head) in modules else path), layer
+    return below(root, root=True)
 
 
 class Model(nn.Module):
     """A torch Module whose state methods reach every tracetorch layer inside it."""
 
     def _layers(self):
-        return list(_walk_layers(self))
+        return _walk_layers(self)
 
     def zero_states(self):
         self._call_recursive("zero_states")
