@@ -133,8 +133,9 @@ def to_numpy(value, what, kinds="f"):
     elif is_torch(value) and hasattr(value, "__dlpack__"):  # a tensor (not a PackedSequence, a Generator)
         if value.device.type != "cpu":
             raise TypeError(f"{what}: expected a CPU tensor, got a tensor on {value.device}")
-        if str(value.layout) != "torch.strided":
-            raise TypeError(f"{what}: expected a dense tensor, got layout {value.layout}")
+        if value.is_nested or str(value.layout) != "torch.strided":
+            got = "a nested tensor" if value.is_nested else f"layout {value.layout}"
+            raise TypeError(f"{what}: expected a dense tensor, got {got}")
         value = value.detach()
         if value.is_neg():  # DLPack carries no negative bit (a view such as z.conj().imag)
             value = value.resolve_neg()

@@ -15,6 +15,7 @@ import lucid_tvm.nn as nn
     ({"hidden_size": "8"}, TypeError, "hidden_size must be an int, got str"),
     ({"dropout": 1.5, "num_layers": 2}, ValueError, r"dropout must be a number in \[0, 1\], got 1.5"),
     ({"dropout": -0.1, "num_layers": 2}, ValueError, "dropout must be"),
+    ({"dropout": "0.5", "num_layers": 2}, TypeError, r"dropout must be a number in \[0, 1\], got str"),
     ({"mode": "LSTMX"}, ValueError, "mode must be one of"),
 ])
 def test_constructor_errors(kwargs, error, match):
@@ -70,6 +71,9 @@ def test_hidden_state_errors():
         lstm(x, (np.zeros((1, 2, 4), np.float32),) * 3)
     with pytest.raises(ValueError, match=r"expected c_0 of shape .*\(1, 2, 4\), got \(1, 2, 5\)"):
         lstm(x, (np.zeros((1, 2, 4), np.float32), np.zeros((1, 2, 5), np.float32)))
+    for hx, missing in [((np.zeros((1, 2, 4), np.float32), None), "c_0"), ((None, np.zeros((1, 2, 4))), "h_0")]:
+        with pytest.raises(TypeError, match=rf"LSTM: expected hx as a tuple of two states \(h_0, c_0\), got None for {missing}"):
+            lstm(x, hx)  # not zeros for the missing one: torch refuses it too
 
 
 def test_cell_errors():
@@ -84,6 +88,8 @@ def test_cell_errors():
         cell(np.zeros((2, 3), np.float32), np.zeros((2, 4)))
     with pytest.raises(ValueError, match=r"LSTMCell: expected hx as a tuple of two states \(h_0, c_0\), got a list of 1"):
         cell(np.zeros((2, 3), np.float32), [np.zeros((2, 4))])
+    with pytest.raises(TypeError, match=r"LSTMCell: expected hx as a tuple of two states \(h_0, c_0\), got None for c_0"):
+        cell(np.zeros((2, 3), np.float32), (np.zeros((2, 4)), None))
     with pytest.raises(ValueError, match=r"RNNCell: expected hx of shape \(4,\) for unbatched"):
         nn.RNNCell(3, 4)(np.zeros(3, np.float32), np.zeros((1, 4)))
     with pytest.raises(TypeError, match="GRUCell input: expected a floating-point tensor, got dtype int64"):

@@ -1,5 +1,7 @@
 """What goes in: Tensor, numpy, torch, lucid-like tensors, float64, views, misaligned buffers, NaN."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -100,6 +102,11 @@ def test_torch_views_and_dtypes_numpy_lacks(rng):
             assert_close(ours(x)[0], ref(x.float())[0])
     with pytest.raises(TypeError, match="dense tensor, got layout torch.sparse_coo"):
         ours(torch.zeros(T, B, I).to_sparse())
+    with warnings.catch_warnings():  # torch's, once a process: the strided layout is a prototype
+        warnings.simplefilter("ignore")
+        nested = torch.nested.nested_tensor([torch.zeros(B, I), torch.zeros(B, I)])
+    with pytest.raises(TypeError, match="dense tensor, got a nested tensor"):
+        ours(nested)  # its layout is strided, but it has no shape to read
 
 
 @pytest.mark.parametrize("dtype", [np.int64, np.int32, np.bool_, np.complex64])
@@ -225,9 +232,15 @@ def test_inputs_past_the_kernels_index_range_run_in_chunks_or_are_refused(monkey
     ours.batch_first = False
     assert_close(one(x)[0], one_ref(torch.from_numpy(x))[0])
     assert max(steps_run) == per_call and sum(steps_run) == 5 * steps  # 2 layers, twice; then one layer
+    bi_ref, bi = torch_twin(mode, I, H, bidirectional=True, num_layers=2)
     with pytest.raises(ValueError, match=rf"a bidirectional module runs its whole sequence in one kernel call, "
-                                         rf"and {steps} steps of a batch of {B} take {steps * B * 2 * H} values"):
-        torch_twin(mode, I, H, bidirectional=True, num_layers=2)[1](x)
+                                         rf"and {steps} steps of a batch of {B} take {steps * B * 2 * H} values.*"
+                                         rf"; it runs at most {limit // (2 * H)} steps of one sequence"):
+        bi(x)
+    short = x[:limit // (2 * H * 2)]  # what the advice says fits: split into batches of 2
+    with pytest.raises(ValueError, match=r"; split the batch into parts of at most 2$"):
+        bi(short)
+    assert_close(bi(short[:, :2].copy())[0], bi_ref(torch.from_numpy(short[:, :2].copy()))[0])
     ours.layers[0]._prepared_at = None  # prepared again under the limit: how many rows a step may have
     wide = 2 * H + 1  # a batch whose one step's projection outgrows the limit
     with pytest.raises(ValueError, match=rf"one step of a batch of {wide} outgrows the kernels' 32-bit indices "

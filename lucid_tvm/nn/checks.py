@@ -42,4 +42,8 @@ def lstm_states(owner, hx):
     if len(hx) != 2:
         raise ValueError(f"{owner}: expected hx as a tuple of two states (h_0, c_0), got a "
                          f"{type(hx).__name__} of {len(hx)}")
+    for name, state in zip(("h_0", "c_0"), hx):
+        if state is None:  # torch fails on it deep inside; zeros for one alone would be a guess
+            raise TypeError(f"{owner}: expected hx as a tuple of two states (h_0, c_0), got None for {name} "
+                            f"(pass hx=None for zeros)")
     return hx[0], hx[1]

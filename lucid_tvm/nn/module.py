@@ -217,7 +217,8 @@ class Module:
         except TypeError:
             dtype = None
         if dtype not in (np.float32, np.float64):
-            raise TypeError(f"{owner}: expected a dtype float32 or float64 (or a device), got {given!r}")
+            got = given if dtype is None else dtype.name  # np.float16 itself prints as a class
+            raise TypeError(f"{owner}: expected a dtype float32 or float64 (or a device), got {got!r}")
         # The same Parameters with new data, as torch does: references held to them (and
         # parameters shared between modules) keep working.
         for param in self.parameters():

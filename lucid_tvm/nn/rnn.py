@@ -47,9 +47,12 @@ def _steps_per_call(owner, cell, steps, batch, width, directions):
     if steps * batch * inputs <= MAX_ELEMENTS:
         return steps
     if directions == 2:
+        advice = (f"split the batch into parts of at most {MAX_ELEMENTS // (steps * inputs)}"
+                  if steps * inputs <= MAX_ELEMENTS else
+                  f"it runs at most {MAX_ELEMENTS // inputs} steps of one sequence (the GPU path runs more, in chunks)")
         raise ValueError(f"{owner}: a bidirectional module runs its whole sequence in one kernel call, and "
                          f"{steps} steps of a batch of {batch} take {steps * batch * inputs} values, more than the "
-                         f"kernels' 32-bit indices reach ({MAX_ELEMENTS}); split the batch")
+                         f"kernels' 32-bit indices reach ({MAX_ELEMENTS}); {advice}")
     return MAX_ELEMENTS // (batch * inputs)
 
 
@@ -300,7 +303,9 @@ class RNNBase(Module):
             if not isinstance(value, bool):
                 raise TypeError(f"{name}: {flag} must be a bool, got {type(value).__name__} {value!r}")
         self.bias, self.batch_first = bias, batch_first
-        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout <= 1:
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real):
+            raise TypeError(f"{name}: dropout must be a number in [0, 1], got {type(dropout).__name__}")
+        if not 0 <= dropout <= 1:
             raise ValueError(f"{name}: dropout must be a number in [0, 1], got {dropout!r}")
         self.dropout = float(dropout)
         if self.dropout > 0 and self.num_layers == 1:
