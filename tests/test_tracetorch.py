@@ -2,6 +2,7 @@
 
 import copy
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -767,6 +768,24 @@ def test_bad_inputs(kind):
             ours(scalar)
     with pytest.raises(TypeError, match=r"expected a CPU tensor, got one on meta$"):
         ours(torch.ones(2, IN, device="meta"))
+    with pytest.raises(TypeError, match="expected a dense tensor, got layout torch.sparse_coo"):
+        ours(torch.ones(2, IN).to_sparse())
+    with warnings.catch_warnings():  # torch's, once a process: the strided layout is a prototype
+        warnings.simplefilter("ignore")
+        nested = torch.nested.nested_tensor([torch.ones(2, IN), torch.ones(3, IN)])
+    with pytest.raises(TypeError, match="expected a dense tensor, got a nested tensor"):
+        ours(nested)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_longdouble_input_is_read_as_float64(kind):
+    """numpy's longdouble has no torch dtype; it is read as float64, as a float64 array would be."""
+    _, ours = twins(kind, dtype=torch.float64)
+    x = np.random.default_rng(0).standard_normal((2, IN))
+    with torch.no_grad():
+        expected = ours(x)
+        ours.zero_states()
+        torch.testing.assert_close(ours(x.astype(np.longdouble)), expected, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -114,9 +114,14 @@ class _CompiledLayer(Layer):
         if isinstance(x, np.ndarray):
             if x.dtype.kind != "f":
                 raise TypeError(f"{owner}: expected a floating-point input, got dtype {x.dtype}")
+            if x.dtype.itemsize > 8:  # longdouble, which torch has no dtype for
+                x = x.astype(np.float64)
             return torch.from_numpy(np.require(x, requirements="C")), True  # torch takes no negative strides
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{owner}: expected a torch tensor or numpy array, got {type(x).__name__}")
+        if x.is_nested or x.layout != torch.strided:
+            got = "a nested tensor" if x.is_nested else f"layout {x.layout}"
+            raise TypeError(f"{owner}: expected a dense tensor, got {got}")
         if not x.is_floating_point():
             raise TypeError(f"{owner}: expected a floating-point input, got dtype {x.dtype}")
         if not x.is_cpu:
