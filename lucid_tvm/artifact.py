@@ -190,10 +190,11 @@ def export(module, path, target="llvm", example_input=None):
             # Each file is written aside and renamed into place: a process that has loaded the
             # artifact keeps its mapped kernels, and one exporting a loaded artifact again into
             # its own directory copies each file onto itself.
-            if entry.path is not None:
-                write_atomic(path / file, lambda tmp: shutil.copyfile(entry.path, tmp))
-            else:  # built in this process (the kernel cache was not writable)
+            if entry.path is None:  # built in this process (the kernel cache was not writable)
                 write_atomic(path / file, lambda tmp: barrier.export_library(entry.module, tmp))
+            elif not _copied_intact(entry, path / file):  # its file deleted or changed since it was loaded
+                built, schedule = _built_again(identity, target, entry.schedule)
+                write_atomic(path / file, lambda tmp: barrier.export_library(built, tmp))
         else:
             found = build.build_for(identity, target)
             if found is None:  # a tuned projection with no record for that target: the default runs
@@ -320,6 +321,35 @@ def _check_machine(path, target):
                                 "which this CPU lacks; export it again on (or for) this machine")
 
 
+def _copied_intact(entry, destination):
+    """Copy the file ``entry`` was loaded from to ``destination`` if it still has the checksum it
+    was loaded with; False (nothing written) if it is gone or has changed since. A module loaded
+    from a library cannot be exported again from memory, so the file is the only copy of it."""
+    def copy_verified(tmp):
+        shutil.copyfile(entry.path, tmp)
+        if sha256(tmp) != entry.digest:
+            raise ValueError("checksum mismatch")
+
+    try:
+        write_atomic(destination, copy_verified)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _built_again(identity, target, schedule):
+    """(module, schedule) of ``identity`` compiled again, for a kernel whose file went away: the
+    same schedule the running one has, or an ArtifactError (a loaded artifact's kernel, say,
+    whose schedule came from another machine's tuning)."""
+    from . import build
+
+    found = build.build_for(identity, target)
+    if found is None or found[1] != schedule:
+        raise ArtifactError(f"the kernel file of {identity} this process loaded has been deleted or changed, "
+                            "and compiling it again here gives another schedule; export from a new process")
+    return found
+
+
 def verify_files(path, manifest):
     for file, digest in manifest["files"].items():
         full = path / file
@@ -365,7 +395,8 @@ def load(path):
         module = barrier.load_module(path / kernel["file"])
         identity = tuple(kernel["identity"])
         runtime.register((runtime.CUDA, identity) if is_cuda else identity,
-                         runtime.Compiled(module, kernel["schedule"], path / kernel["file"]))
+                         runtime.Compiled(module, kernel["schedule"], path / kernel["file"],
+                                          manifest["files"][kernel["file"]]))
     layer, weights = manifest["layer"], dict(np.load(path / "weights.npz"))
     try:
         if layer["face"] == "tracetorch":

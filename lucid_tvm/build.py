@@ -181,25 +181,25 @@ def lower_identity(identity, target):
 
 
 def compile_identity(identity, target=None):
-    """(module, schedule, cached file or None) for ``identity`` on ``target`` (default: this CPU),
-    loaded from the disk cache or compiled into it. None for a projection without a usable tuned
-    record, or whose tuned schedule fails to compile (with a warning)."""
+    """(module, schedule, cached file or None, its SHA-256 or None) for ``identity`` on ``target``
+    (default: this CPU), loaded from the disk cache or compiled into it. None for a projection
+    without a usable tuned record, or whose tuned schedule fails to compile (with a warning)."""
     target = target or host_target()
     lowered = lower_identity(identity, target)
     if lowered is None:
         return None
     description, lower, schedule = lowered
     if identity[0] != "projection":
-        module, path = compile_cached(description, lower, target)
-        return module, schedule, path
+        module, path, digest = compile_cached(description, lower, target)
+        return module, schedule, path, digest
     try:
-        module, path = compile_cached(description, lower, target)
+        module, path, digest = compile_cached(description, lower, target)
     except Exception as err:  # noqa: BLE001 - a tuned schedule that fails: the default runs
         warnings.warn(f"lucid_tvm: tuned projection {schedule['record']['workload']} failed to compile "
                       f"({type(err).__name__}: {str(err).strip()[:200]}); using the default schedule",
                       stacklevel=2)
         return None
-    return module, schedule, path
+    return module, schedule, path, digest
 
 
 def build_for(identity, target):
@@ -320,7 +320,8 @@ def _use_nvcc():
 
 
 def compile_cached(description, lower, target):
-    """(module, file or None) for ``description``: from the disk cache, or built by ``lower()``."""
+    """(module, file or None, the file's SHA-256 or None) for ``description``: from the disk
+    cache, or built by ``lower()``."""
     return _load_or_build(cache_key(description, target), lower, target)
 
 
@@ -331,28 +332,31 @@ def _load_or_build(key, lower, target):
     with _file_lock(directory / f"{key}.lock"):
         cached = _load_verified(path, digest_path)
         if cached is not None:
-            return cached, path
+            return cached
         module = compile_module(lower(), target)
         try:
             write_atomic(path, lambda tmp: barrier.export_library(module, tmp))
-            write_atomic(digest_path, lambda tmp: Path(tmp).write_text(sha256(path)))
+            digest = sha256(path)
+            write_atomic(digest_path, lambda tmp: Path(tmp).write_text(digest))
             # Run from the shared library, as a later process would.
-            return barrier.load_module(path), path
+            return barrier.load_module(path), path, digest
         except OSError as err:
             warnings.warn(f"lucid_tvm: cannot write the kernel cache at {directory} ({err}); "
                           "kernels will be compiled in every process", stacklevel=4)
-            return module, None
+            return module, None, None
 
 
 def _load_verified(path, digest_path):
-    """The cached module if its file matches the checksum written with it, else None (with a
-    warning when a file was there): a damaged shared library must never be loaded and run."""
+    """(module, path, checksum) of the cached file if it matches the checksum written with it,
+    else None (with a warning when a file was there): a damaged shared library must never be
+    loaded and run."""
     if not path.exists():
         return None
     try:
-        if digest_path.read_text().strip() != sha256(path):
+        digest = digest_path.read_text().strip()
+        if digest != sha256(path):
             raise ValueError("checksum mismatch (truncated or modified file)")
-        return barrier.load_module(path)
+        return barrier.load_module(path), path, digest
     except Exception as err:  # noqa: BLE001 - any failure means: rebuild
         warnings.warn(f"lucid_tvm: discarding cached module {path}: {err}; rebuilding it", stacklevel=5)
         return None

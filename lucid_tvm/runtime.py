@@ -94,6 +94,7 @@ class Compiled:
     module: object
     schedule: dict
     path: object = None  # the .so it was loaded from, if any
+    digest: str = None  # that file's SHA-256 when it was loaded (checked then), to export it by
 
 
 # Compiled modules by what they compute (not how): ("layer", mode, I, H, dtype),

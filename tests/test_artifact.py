@@ -106,6 +106,42 @@ def test_a_tracetorch_layer_holding_states_of_another_batch_exports_and_keeps_th
     assert all(getattr(layer, name) is value for name, value in states.items())
 
 
+@pytest.mark.parametrize("damage", ["deleted", "changed"])
+def test_export_compiles_again_a_kernel_whose_file_went_bad_after_loading(damage, tmp_path, monkeypatch):
+    """Export copies the files this process loaded its kernels from (the kernel cache's, or a
+    loaded artifact's), which can be deleted or changed after loading: such a file is not copied
+    (it made export fail, or shipped a library that passed the artifact's checksums and crashed
+    the process that loaded it) but compiled again, when that gives the same schedule."""
+    import dataclasses
+    import shutil
+
+    from lucid_tvm import runtime
+
+    layer = nn.GRU(4, 6)
+    x = np.random.default_rng(0).standard_normal((3, 2, 4)).astype(np.float32)
+    expected = _outputs(layer(x))
+    registered = runtime.registered
+
+    def loaded_from_a_file_gone_bad(identity, schedule_changes=None):
+        entry = registered(identity)
+        moved = tmp_path / f"{len(list(tmp_path.glob('*.so')))}.so"
+        shutil.copyfile(entry.path, moved)
+        if damage == "deleted":
+            moved.unlink()
+        else:
+            moved.write_bytes(moved.read_bytes()[: moved.stat().st_size // 2])
+        return dataclasses.replace(entry, path=moved, schedule={**entry.schedule, **(schedule_changes or {})})
+
+    monkeypatch.setattr(runtime, "registered", loaded_from_a_file_gone_bad)
+    artifact = lucid_tvm.export(layer, tmp_path / "artifact", example_input=x)
+    for got, want in zip(_run_runtime_only(artifact, x, "lucid", tmp_path), expected):
+        np.testing.assert_array_equal(got, want)
+    monkeypatch.setattr(runtime, "registered", lambda identity: loaded_from_a_file_gone_bad(identity, {"rows": 99}))
+    with pytest.raises(lucid_tvm.ArtifactError, match="has been deleted or changed, and compiling it again "
+                                                      "here gives another schedule"):
+        lucid_tvm.export(layer, tmp_path / "other", example_input=x)
+
+
 @pytest.fixture
 def artifact(tmp_path):
     layer = nn.GRU(4, 6)
