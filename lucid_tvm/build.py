@@ -7,8 +7,6 @@ without compiling. Files are written to a temporary name and renamed, so readers
 half-written module.
 """
 
-import contextlib
-import fcntl
 import functools
 import hashlib
 import json
@@ -24,7 +22,7 @@ import tvm
 from tvm.target import codegen
 
 from . import barrier
-from .files import sha256, write_atomic
+from .files import file_lock, sha256, write_atomic
 from .kernels import cuda, recurrent
 from .kernels.spec import LayerSpec
 from .schedule import compile_module, default_cuda_schedule, default_schedule, pass_config
@@ -329,7 +327,7 @@ def _load_or_build(key, lower, target):
     directory = cache_dir()
     path, digest_path = directory / f"{key}.so", directory / f"{key}.sha256"
     # A second process asking for the same kernel waits here, then loads the first one's file.
-    with _file_lock(directory / f"{key}.lock"):
+    with file_lock(directory / f"{key}.lock"):
         cached = _load_verified(path, digest_path)
         if cached is not None:
             return cached
@@ -360,20 +358,3 @@ def _load_verified(path, digest_path):
     except Exception as err:  # noqa: BLE001 - any failure means: rebuild
         warnings.warn(f"lucid_tvm: discarding cached module {path}: {err}; rebuilding it", stacklevel=5)
         return None
-
-
-@contextlib.contextmanager
-def _file_lock(path):
-    """An exclusive lock across processes; none when the cache directory cannot be written."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a")
-    except OSError:
-        yield
-        return
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

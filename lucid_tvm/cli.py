@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .kernels.spec import MODES
-
 from .artifact import LAYER_CLASSES
+from .kernels.spec import MODES
+from .tensor import to_numpy
 
 LUCID_CLASSES, TRACETORCH_CLASSES = LAYER_CLASSES["lucid.nn"], LAYER_CLASSES["tracetorch"]
 
@@ -43,7 +43,7 @@ def read_weights(path):
         try:
             from safetensors.numpy import load_file
         except ImportError:
-            raise SystemExit("reading .safetensors needs the safetensors package: pip install safetensors") from None
+            raise ImportError("reading .safetensors needs the safetensors package: pip install safetensors") from None
         return load_file(str(path))
     if path.suffix in (".pt", ".pth"):
         import torch
@@ -54,37 +54,50 @@ def read_weights(path):
             raise ValueError(f"weights file {path}: expected a state dict of tensors ({err})") from None
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise ValueError(f"weights file {path}: expected a state dict of tensors, got {type(state).__name__}")
-        return {key: value.numpy() for key, value in state.items()}
+        return {key: to_numpy(value, f"weights file {path}: {key}", kinds="fiub") for key, value in state.items()}
     raise ValueError(f"weights file {path}: expected .npz, .safetensors, .pt or .pth")
 
 
 def _make_layer(args):
+    _refuse_options_that_do_not_apply(args)
     if args.face == "tracetorch":
         import lucid_tvm.tracetorch as tt
 
-        if args.layer not in TRACETORCH_CLASSES:
-            raise ValueError(f"tracetorch layers are {TRACETORCH_CLASSES}, got {args.layer}")
-        lucid_only = [option for option, given in (("--num-layers", args.num_layers != 1), ("--no-bias", args.no_bias),
-                                                   ("--batch-first", args.batch_first),
-                                                   ("--bidirectional", args.bidirectional)) if given]
-        if lucid_only:
-            raise ValueError(f"{', '.join(lucid_only)}: lucid layers only; a tracetorch {args.layer} has one "
-                             "layer with bias and its feature axis at --dim")
-        layer = getattr(tt.rnn, args.layer)(args.input_size, args.hidden_size, args.dim)
+        layer = getattr(tt.rnn, args.layer)(args.input_size, args.hidden_size, -1 if args.dim is None else args.dim)
         return layer.double() if args.dtype == "float64" else layer
     import lucid_tvm.nn as nn
 
-    if args.layer not in LUCID_CLASSES:
-        raise ValueError(f"lucid.nn layers are {LUCID_CLASSES}, got {args.layer}")
     config = {"input_size": args.input_size, "hidden_size": args.hidden_size, "bias": not args.no_bias}
     if "Cell" not in args.layer:
-        config.update(num_layers=args.num_layers, batch_first=args.batch_first, bidirectional=args.bidirectional)
+        config.update(num_layers=1 if args.num_layers is None else args.num_layers,
+                      batch_first=args.batch_first, bidirectional=args.bidirectional)
     if args.layer in ("RNN", "RNNCell"):
-        config["nonlinearity"] = args.nonlinearity
+        config["nonlinearity"] = args.nonlinearity or "tanh"
     if args.layer == "RNNBase":
-        config["mode"] = args.mode
+        config["mode"] = args.mode or "LSTM"
     layer = getattr(nn, args.layer)(**config).eval()
     return layer.double() if args.dtype == "float64" else layer
+
+
+def _refuse_options_that_do_not_apply(args):
+    """An option the layer has no use for is an error, not dropped: the artifact would be another
+    layer than the one asked for (``LSTMCell --num-layers 3`` made one cell)."""
+    classes = TRACETORCH_CLASSES if args.face == "tracetorch" else LUCID_CLASSES
+    if args.layer not in classes:
+        raise ValueError(f"{'tracetorch' if args.face == 'tracetorch' else 'lucid.nn'} layers are {classes}, "
+                         f"got {args.layer}")
+    sequence = args.face == "lucid" and "Cell" not in args.layer
+    applies = {"--num-layers": sequence, "--batch-first": sequence, "--bidirectional": sequence,
+               "--no-bias": args.face == "lucid", "--nonlinearity": args.layer in ("RNN", "RNNCell"),
+               "--mode": args.layer == "RNNBase", "--dim": args.face == "tracetorch"}
+    given = {"--num-layers": args.num_layers is not None, "--batch-first": args.batch_first,
+             "--bidirectional": args.bidirectional, "--no-bias": args.no_bias,
+             "--nonlinearity": args.nonlinearity is not None, "--mode": args.mode is not None,
+             "--dim": args.dim is not None}
+    stray = [option for option in applies if given[option] and not applies[option]]
+    if stray:
+        face = "a tracetorch" if args.face == "tracetorch" else "lucid.nn's"
+        raise ValueError(f"{', '.join(stray)}: not an option of {face} {args.layer}")
 
 
 def compile_command(args):
@@ -162,18 +175,25 @@ def bench_command(args):
          f"over {args.calls} calls (min {min(times) * 1e3:.3f}, max {max(times) * 1e3:.3f})")
 
 
+def rpc_runner(tracker, key):
+    """The meta_schedule RPCConfig of ``--rpc-tracker HOST:PORT --rpc-key KEY``, or None for
+    neither (measure here)."""
+    if tracker is None and key is None:
+        return None
+    if key is not None and tracker is None:
+        raise ValueError("--rpc-key needs --rpc-tracker HOST:PORT (without it the kernels would be timed here)")
+    from tvm.s_tir.meta_schedule.runner import RPCConfig
+
+    host, _, port = tracker.rpartition(":")
+    if not host or not port.isdigit() or not key:
+        raise ValueError("--rpc-tracker takes HOST:PORT and needs --rpc-key (the device key)")
+    return RPCConfig(tracker_host=host, tracker_port=int(port), tracker_key=key, session_timeout_sec=60)
+
+
 def tune_command(args):
     from lucid_tvm import tuning
 
-    runner = None
-    if args.rpc_tracker:
-        from tvm.s_tir.meta_schedule.runner import RPCConfig
-
-        host, _, port = args.rpc_tracker.rpartition(":")
-        if not host or not port.isdigit() or not args.rpc_key:
-            raise ValueError("--rpc-tracker takes HOST:PORT and needs --rpc-key (the device key)")
-        runner = RPCConfig(tracker_host=host, tracker_port=int(port), tracker_key=args.rpc_key,
-                           session_timeout_sec=60)
+    runner = rpc_runner(args.rpc_tracker, args.rpc_key)
     directory = tuning.tune(args.mode, args.input_size, args.hidden_size, args.batch, args.seq_len,
                             dtype=args.dtype, target=args.target, trials=args.trials, runner=runner,
                             num_layers=args.num_layers, bidirectional=args.bidirectional,
@@ -212,14 +232,13 @@ def main(argv=None):
     compile_parser.add_argument("--face", choices=["lucid", "tracetorch"], default="lucid")
     compile_parser.add_argument("--input-size", type=int, required=True, help="input_size / in_features")
     compile_parser.add_argument("--hidden-size", type=int, required=True, help="hidden_size / out_features")
-    compile_parser.add_argument("--num-layers", type=int, default=1)
-    compile_parser.add_argument("--nonlinearity", choices=["tanh", "relu"], default="tanh")
-    compile_parser.add_argument("--mode", choices=MODES, default="LSTM",
-                                help="for RNNBase")
+    compile_parser.add_argument("--num-layers", type=int, help="sequence modules (default 1)")
+    compile_parser.add_argument("--nonlinearity", choices=["tanh", "relu"], help="RNN, RNNCell (default tanh)")
+    compile_parser.add_argument("--mode", choices=MODES, help="RNNBase (default LSTM)")
     compile_parser.add_argument("--no-bias", action="store_true")
     compile_parser.add_argument("--batch-first", action="store_true")
     compile_parser.add_argument("--bidirectional", action="store_true")
-    compile_parser.add_argument("--dim", type=int, default=-1, help="tracetorch: the feature axis")
+    compile_parser.add_argument("--dim", type=int, help="tracetorch: the feature axis (default -1)")
     compile_parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     compile_parser.add_argument("--weights", help=".npz, .safetensors or torch .pt state dict")
     compile_parser.add_argument("--example-shape", type=_shape, required=True,
@@ -258,7 +277,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, TypeError, OSError) as err:  # OSError: a path missing, unwritable, not a directory
+    except (ValueError, TypeError, OSError, ImportError) as err:  # OSError: a path missing, unwritable, not a
+        # directory; ImportError: a package an option needs, or the compiler a runtime-only install lacks
         print(f"lucid-tvm {args.command}: {err}", file=sys.stderr)
         return 2
     return 0

@@ -1,5 +1,7 @@
 """File helpers shared by the kernel cache and the artifacts (no TVM needed)."""
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import tempfile
@@ -32,3 +34,21 @@ def write_atomic(path, write):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def file_lock(path):
+    """An exclusive lock across processes on the file ``path`` (made if missing); none when its
+    directory cannot be written (a read-only kernel cache or database is only read)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a")
+    except OSError:
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

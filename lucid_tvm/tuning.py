@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import tvm
 
-from .files import write_atomic
+from .files import file_lock, write_atomic
 from .kernels import recurrent
 from .kernels.layout import num_blocks, packed_row_bytes
 from .kernels.projection_te import projection_te
@@ -177,6 +177,9 @@ def _read_measurements(directory):
         entries = json.loads(path.read_text())
     except ValueError as err:
         warnings.warn(f"lucid_tvm: {path} is not valid JSON ({err}); using default schedules", stacklevel=3)
+        return {}
+    except OSError as err:  # a directory, no permission
+        warnings.warn(f"lucid_tvm: cannot read {path} ({err}); using default schedules", stacklevel=3)
         return {}
     if not isinstance(entries, dict):
         warnings.warn(f"lucid_tvm: {path} holds a {type(entries).__name__}, not an object of workloads; "
@@ -409,7 +412,11 @@ def _database_for_writing(directory):
     from tvm.s_tir import meta_schedule as ms
 
     directory.mkdir(parents=True, exist_ok=True)
-    return ms.database.JSONDatabase(work_dir=str(directory), allow_missing=True)
+    try:
+        return ms.database.JSONDatabase(work_dir=str(directory), allow_missing=True)
+    except (RuntimeError, ValueError) as err:  # TVM's parse errors of a damaged file
+        raise ValueError(f"cannot read the tuning database in {directory} ({_reason(err)}); "
+                         "move the damaged file away or tune into another LUCID_TVM_SCHEDULES_DIR") from err
 
 
 def tune(mode, input_size, hidden_size, batch, seq_len, dtype="float32", target="llvm", trials=32,
@@ -436,7 +443,7 @@ def tune(mode, input_size, hidden_size, batch, seq_len, dtype="float32", target=
         raise ValueError(f"tune: the target {target} names no core count; add -num-cores=N (the "
                          "device's physical cores)")
     directory = schedules_dir() / hardware_key(target)
-    directory.mkdir(parents=True, exist_ok=True)  # before the search, not after: where it fails
+    _database_for_writing(directory)  # before the search, not after it: where it fails
     workloads = layer_workloads(mode, input_size, hidden_size, batch, seq_len, dtype, target,
                                 num_layers, bidirectional)
     measurements = _read_measurements(directory)
@@ -449,14 +456,15 @@ def tune(mode, input_size, hidden_size, batch, seq_len, dtype="float32", target=
             continue
         say(f"[{index}/{len(workloads)}] {workload.name}: {trials} trials")
         entry = tune_workload(workload, target, trials, directory, runner, say)
-        if earlier is not None and earlier.get("workload_hash") == entry["workload_hash"]:
-            # The database keeps the earlier search's records, and its best of all is the one
-            # used and timed: the entry counts every search's trials.
-            for key in ("trials", "search_s"):
-                if isinstance(earlier.get(key), (int, float)):
-                    entry[key] = round(entry[key] + earlier[key], 1)
-        measurements[workload.name] = entry
-        _write_measurements(directory, measurements)
+        with _measurements_updated(directory) as measurements:
+            earlier = measurements.get(workload.name)  # as the file is now: another run may have tuned it
+            if earlier is not None and earlier.get("workload_hash") == entry["workload_hash"]:
+                # The database keeps the earlier search's records, and its best of all is the one
+                # used and timed: the entry counts every search's trials.
+                for key in ("trials", "search_s"):
+                    if isinstance(earlier.get(key), (int, float)):
+                        entry[key] = round(entry[key] + earlier[key], 1)
+            measurements[workload.name] = entry
         verdict = "used" if entry["use"] else "not used: not 10% faster than the default kernel"
         say(f"      tuned {entry['tuned_us']} us, default {entry['default_us']} us ({verdict})")
     return directory
@@ -464,30 +472,46 @@ def tune(mode, input_size, hidden_size, batch, seq_len, dtype="float32", target=
 
 def remeasure(target="llvm", runner=None, say=print):
     """Time every workload of the target's database against the default kernel again and
-    update its times and ``use`` (tuning on a busy machine leaves noisy times). Returns the
-    database directory."""
-    from .build import parse_target
+    update its times and ``use`` (tuning on a busy machine leaves noisy times): here, or through
+    ``runner`` (an RPCConfig) on the device, which another machine's database needs. Returns
+    the database directory."""
+    from .build import host_target, parse_target
 
     target = parse_target(target)
     directory = schedules_dir() / hardware_key(target)
-    measurements = _read_measurements(directory)
-    for index, (name, entry) in enumerate(sorted(measurements.items()), 1):
+    if runner is None and hardware_key(target) != hardware_key(host_target()):
+        raise ValueError(f"remeasure: the database {directory.name} is for another machine than this one "
+                         f"({hardware_key(host_target())}), whose times would replace the device's; "
+                         "measure on the device through an RPC tracker (--rpc-tracker, --rpc-key)")
+    names = sorted(_read_measurements(directory))
+    for index, name in enumerate(names, 1):
+        entry = _read_measurements(directory).get(name)
+        if entry is None:  # removed meanwhile
+            continue
         try:
             tuned, default = _measure(ProjectionWorkload(**entry["workload"]), directory, target, runner)
         except Exception as err:  # noqa: BLE001 - one entry's failure (no record, a hand edit) is reported
-            entry["use"] = False
-            say(f"[{index}/{len(measurements)}] {name}: not measured, so not used "
-                f"({_reason(err)})")
+            update = {"use": False}
+            say(f"[{index}/{len(names)}] {name}: not measured, so not used ({_reason(err)})")
         else:
-            entry.update(tuned_us=_microseconds(tuned), default_us=_microseconds(default),
-                         use=bool(tuned < SPEEDUP_MARGIN * default))
-            say(f"[{index}/{len(measurements)}] {name}: tuned {entry['tuned_us']} us, default "
-                f"{entry['default_us']} us{' (used)' if entry['use'] else ''}")
-        _write_measurements(directory, measurements)  # after each: an interrupted run keeps its work
+            update = {"tuned_us": _microseconds(tuned), "default_us": _microseconds(default),
+                      "use": bool(tuned < SPEEDUP_MARGIN * default),
+                      "measured_on": "rpc" if runner is not None else "local"}
+            say(f"[{index}/{len(names)}] {name}: tuned {update['tuned_us']} us, default "
+                f"{update['default_us']} us{' (used)' if update['use'] else ''}")
+        with _measurements_updated(directory) as measurements:  # after each: an interrupted run keeps its work
+            if isinstance(measurements.get(name), dict):
+                measurements[name].update(update)
     return directory
 
 
-def _write_measurements(directory, measurements):
-    write_atomic(directory / MEASUREMENTS,
-                 lambda tmp: Path(tmp).write_text(json.dumps(measurements, indent=1, sort_keys=True)))
+@contextlib.contextmanager
+def _measurements_updated(directory):
+    """The database's measurements as the file holds them now, written back after the block:
+    under a lock, so that runs tuning into one database at once keep each other's entries."""
+    with file_lock(directory / (MEASUREMENTS + ".lock")):
+        measurements = _read_measurements(directory)
+        yield measurements
+        write_atomic(directory / MEASUREMENTS,
+                     lambda tmp: Path(tmp).write_text(json.dumps(measurements, indent=1, sort_keys=True)))
 

@@ -1,8 +1,10 @@
-"""Tune the input projections of layer configurations into schedules/<hardware-key>/.
+r"""Tune the input projections of layer configurations into schedules/<hardware-key>/.
 
     python scripts/tune.py LSTM --input-size 512 --hidden-size 512 --batch 64 --seq-len 25
     python scripts/tune.py --benchmark-shapes --trials 16   # every shape of scripts/bench.py --full
     python scripts/tune.py --remeasure     # time this CPU's database against the default again
+    python scripts/tune.py --remeasure --target "llvm -mcpu=cortex-a72 -num-cores=4" \
+        --rpc-tracker HOST:PORT --rpc-key KEY  # a board's database, timed on the board
 
 Options are those of ``lucid-tvm tune``. Run it under ``nice -n 19`` on a shared machine; it
 measures on the target, so the machine should be otherwise quiet for the numbers to mean much.
@@ -39,13 +41,22 @@ def main(argv):
     job.add_argument("--benchmark-shapes", action="store_true", help="tune every shape of scripts/bench.py --full")
     parser.add_argument("--target", default="llvm", help='"llvm" (this CPU) or e.g. "llvm -mcpu=znver3 -num-cores=8"')
     parser.add_argument("--trials", type=int, default=16, help="meta_schedule trials per workload (--benchmark-shapes)")
+    parser.add_argument("--rpc-tracker", help="HOST:PORT of a TVM RPC tracker: measure on a remote device (--remeasure)")
+    parser.add_argument("--rpc-key", help="the remote device's key at the tracker")
     args = parser.parse_args(argv)
     if args.trials < 1:
         parser.error(f"--trials must be at least 1, got {args.trials}")
-    if args.remeasure:
-        tuning.remeasure(target=args.target)
-    else:
-        benchmark_shapes(args.trials, args.target)
+    try:
+        if args.remeasure:
+            tuning.remeasure(target=args.target, runner=cli.rpc_runner(args.rpc_tracker, args.rpc_key))
+        else:
+            if args.rpc_tracker or args.rpc_key:
+                parser.error("--benchmark-shapes measures here; tune one configuration for a device with "
+                             "lucid-tvm tune --rpc-tracker")
+            benchmark_shapes(args.trials, args.target)
+    except (ValueError, TypeError, OSError) as err:
+        print(f"tune.py: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -12,13 +12,21 @@ import lucid_tvm
 from lucid_tvm.cli import main
 
 
-@pytest.mark.parametrize("suffix", [".npz", ".pt"])
+@pytest.mark.parametrize("suffix", [".npz", ".pt", ".safetensors", ".bfloat16.pt"])
 def test_compile_from_torch_weights_round_trip(tmp_path, suffix, capsys):
     torch.manual_seed(0)
     ref = torch.nn.LSTM(5, 7, num_layers=2, batch_first=True).eval()
     weights = tmp_path / f"lstm{suffix}"
     if suffix == ".npz":
         np.savez(weights, **{k: v.numpy() for k, v in ref.state_dict().items()})
+    elif suffix == ".safetensors":
+        from safetensors.numpy import save_file
+
+        save_file({k: v.numpy() for k, v in ref.state_dict().items()}, str(weights))
+    elif suffix == ".bfloat16.pt":  # numpy has no bfloat16: read as float32, as load_state_dict does
+        ref = ref.to(torch.bfloat16)
+        torch.save(ref.state_dict(), weights)
+        ref = ref.float()
     else:
         torch.save(ref.state_dict(), weights)
     out = tmp_path / "artifact"
@@ -78,7 +86,7 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
     assert "lucid-tvm compile:" in capsys.readouterr().err
     assert main(["compile", "GRU", "--face", "tracetorch", "--input-size", "4", "--hidden-size", "6",
                  "--num-layers", "2", "--example-shape", "3,4", "-o", str(tmp_path / "a")]) == 2
-    assert "--num-layers: lucid layers only" in capsys.readouterr().err
+    assert "--num-layers: not an option of a tracetorch GRU" in capsys.readouterr().err
 
 
 def test_bad_layers_weights_and_numbers_are_reported_with_exit_code_2(tmp_path, capsys):
@@ -96,6 +104,14 @@ def test_bad_layers_weights_and_numbers_are_reported_with_exit_code_2(tmp_path, 
                      "--example-shape", "3,4", "-o", str(tmp_path / "a")]) == 2
         assert f"lucid-tvm compile: {'tracetorch' if face == 'tracetorch' else 'lucid.nn'} layers are" in \
             capsys.readouterr().err
+    for layer, options, said in (("LSTMCell", ["--num-layers", "3", "--batch-first"], "--num-layers, --batch-first"),
+                                 ("LSTM", ["--nonlinearity", "relu", "--mode", "GRU", "--dim", "0"],
+                                  "--nonlinearity, --mode, --dim"),
+                                 ("GRU --face tracetorch", ["--no-bias"], "--no-bias")):
+        assert main(["compile", *layer.split(), *options, "--input-size", "4", "--hidden-size", "6",
+                     "--example-shape", "3,4", "-o", str(tmp_path / "a")]) == 2  # they were dropped, rc 0
+        face = "a tracetorch" if "tracetorch" in layer else "lucid.nn's"
+        assert f"lucid-tvm compile: {said}: not an option of {face} {layer.split()[0]}" in capsys.readouterr().err
     for option, value in (("--example-shape", "3,x"), ("--example-shape", "3,-1"), ("--example-shape", "")):
         with pytest.raises(SystemExit) as exit_:
             main(["compile", "GRU", "--input-size", "4", "--hidden-size", "6", option, value, "-o", "a"])

@@ -277,10 +277,42 @@ def test_tune_refuses_what_would_fail_after_the_search(monkeypatch, tmp_path):
     monkeypatch.setenv("LUCID_TVM_SCHEDULES_DIR", str(tmp_path))
     with pytest.raises(ValueError, match="-num-cores=N"):
         tuning.tune("GRU", 4, 8, 1, 2, target=f"llvm -mcpu={host_target().attrs['mcpu']}")
+    directory = tmp_path / tuning.hardware_key(host_target())
+    directory.mkdir()
+    (directory / "database_workload.json").write_text("garbage\n")
+    with pytest.raises(ValueError, match=rf"cannot read the tuning database in {re.escape(str(directory))} "):
+        tuning.tune("GRU", 4, 8, 1, 2)  # TVM's parse error came after the search, naming no file
     (tmp_path / "a file").write_text("")
     monkeypatch.setenv("LUCID_TVM_SCHEDULES_DIR", str(tmp_path / "a file"))
     with pytest.raises(OSError):
         tuning.tune("GRU", 4, 8, 1, 2)
+
+
+def test_runs_tuning_into_one_database_at_once_keep_each_others_entries(monkeypatch, tmp_path):
+    """Each run read the measurements once, before its searches, and wrote them whole after each:
+    the run that wrote last dropped the other's entries. Now each entry goes into the file as it
+    is then, under a lock."""
+    monkeypatch.setenv("LUCID_TVM_SCHEDULES_DIR", str(tmp_path))
+    directory = tmp_path / tuning.hardware_key(host_target())
+    other = tuning.projection_workload(LayerSpec("LSTM", 4, 16, "float32"), 2, host_target()).name
+    searched = {"workload_hash": "7", "trials": 2, "search_s": 1.0, "tuned_us": 1.0, "default_us": 2.0, "use": True}
+
+    def search_while_another_run_writes(workload, *args, **kwargs):
+        (directory / tuning.MEASUREMENTS).write_text(json.dumps({other: dict(searched)}))
+        return dict(searched)
+
+    monkeypatch.setattr(tuning, "tune_workload", search_while_another_run_writes)
+    tuning.tune("GRU", 4, 8, 1, 2, trials=2, say=lambda line: None)
+    mine = tuning.projection_workload(LayerSpec("GRU", 4, 8, "float32"), 2, host_target()).name
+    assert sorted(json.loads((directory / tuning.MEASUREMENTS).read_text())) == sorted([other, mine])
+
+
+def test_unreadable_measurements_never_fail_a_layer(monkeypatch, tmp_path):
+    monkeypatch.setenv("LUCID_TVM_SCHEDULES_DIR", str(tmp_path))
+    spec = LayerSpec("LSTM", 3, 16, "float32")
+    (tmp_path / tuning.hardware_key(host_target()) / tuning.MEASUREMENTS).mkdir(parents=True)
+    with pytest.warns(UserWarning, match="cannot read .*measurements.json"):
+        assert tuning.tuned_rows(spec, host_target()) == frozenset()
 
 
 def test_retune_counts_every_search_of_the_record_in_use(monkeypatch, tmp_path):
@@ -326,7 +358,20 @@ def test_remeasure_reports_an_entry_it_cannot_measure_and_keeps_its_progress(mon
     entries = json.loads((directory / tuning.MEASUREMENTS).read_text())
     assert entries[names[0]]["use"] is False and "holds no record" in said[0]
     assert (entries[names[1]]["tuned_us"], entries[names[1]]["default_us"], entries[names[1]]["use"]) == (1.0, 2.0, True)
+    assert entries[names[1]]["measured_on"] == "local"
     assert entries[names[2]]["tuned_us"] == 9.0  # not measured yet
+
+
+def test_remeasure_times_another_machines_database_on_that_machine_only(monkeypatch, tmp_path):
+    """Timed here, a board's database got this machine's times (and, for another architecture,
+    every record switched off as failing)."""
+    monkeypatch.setenv("LUCID_TVM_SCHEDULES_DIR", str(tmp_path))
+    monkeypatch.setattr(tuning, "_measure", lambda *args: pytest.fail("measured"))
+    with pytest.raises(ValueError, match="remeasure: the database llvm-cortex-a72-4c is for another machine .*--rpc-tracker"):
+        tuning.remeasure("llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a72 -num-cores=4")
+    assert cli.rpc_runner(None, None) is None
+    with pytest.raises(ValueError, match="--rpc-key needs --rpc-tracker"):
+        cli.rpc_runner(None, "board")  # it was ignored, and the kernels timed here
 
 
 def test_tune_script_passes_its_target(monkeypatch):
@@ -340,7 +385,11 @@ def test_tune_script_passes_its_target(monkeypatch):
     monkeypatch.setattr(tuning, "remeasure", lambda **kwargs: calls.append(("remeasure", kwargs)))
     monkeypatch.setattr(tuning, "tune", lambda *args, **kwargs: calls.append(("tune", kwargs)))
     assert script.main(["--remeasure", "--target", "llvm -mcpu=znver3 -num-cores=8"]) == 0
-    assert calls == [("remeasure", {"target": "llvm -mcpu=znver3 -num-cores=8"})]
+    assert calls == [("remeasure", {"target": "llvm -mcpu=znver3 -num-cores=8", "runner": None})]
+    calls.clear()
+    assert script.main(["--remeasure", "--rpc-tracker", "127.0.0.1:9190", "--rpc-key", "board"]) == 0
+    [(_, kwargs)] = calls
+    assert (kwargs["runner"].tracker_port, kwargs["runner"].tracker_key) == (9190, "board")
     calls.clear()
     assert script.main(["--benchmark-shapes", "--trials", "3", "--target", "llvm -mcpu=znver3 -num-cores=8"]) == 0
     assert len(calls) == len(script.BENCHMARK_SHAPES) * len(script.BENCHMARK_MODES)
