@@ -110,6 +110,7 @@ def _lower_cuda(identity, target):
     if identity[0] != "layer":
         raise ValueError(f"CUDA kernels exist for lucid_tvm.nn layers only, not for {identity[0]!r} "
                          "modules (the tracetorch face); export those for an llvm target")
+    _check_nvcc(target)
     _use_nvcc()
     spec = LayerSpec(*identity[1:])
     schedule = default_cuda_schedule(target, spec.num_gates, spec.hidden_size)
@@ -293,9 +294,7 @@ def _nvcc_fatbin(code, target):
     for ``compute_XX`` (uncompressed, so the PTX stays readable), built by nvcc without fast-math
     (its approximate division and exp would miss the CPU results by far more than 1e-5).
     """
-    nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
-    if nvcc is None:
-        raise RuntimeError("building for CUDA needs nvcc (the CUDA toolkit) on PATH")
+    nvcc, _ = _nvcc()
     version = cuda_arch(target)[len("sm_"):]
     with tempfile.TemporaryDirectory(prefix="lucid_tvm_nvcc") as tmp:
         source, fatbin = Path(tmp) / "kernels.cu", Path(tmp) / "kernels.fatbin"
@@ -307,6 +306,28 @@ def _nvcc_fatbin(code, target):
         if done.returncode != 0:
             raise RuntimeError(f"nvcc failed ({' '.join(command)}):\n{done.stdout}{done.stderr}")
         return fatbin.read_bytes()
+
+
+@functools.cache
+def _nvcc():
+    """(nvcc's path or None, the set of ``compute_XX`` it builds, or None if it does not say)."""
+    nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
+    if nvcc is None:
+        return None, None
+    listed = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True, check=False)
+    return nvcc, (frozenset(listed.stdout.split()) if listed.returncode == 0 else None)
+
+
+def _check_nvcc(target):
+    """Before code generation, whose hook's errors come back wrapped in TVM's traceback: nvcc is
+    there and builds the target's arch (CUDA 13 dropped everything before compute_75)."""
+    nvcc, builds = _nvcc()
+    if nvcc is None:
+        raise FileNotFoundError("building for CUDA needs nvcc (the CUDA toolkit) on PATH")
+    compute = "compute_" + cuda_arch(target)[len("sm_"):].rstrip("abf")  # sm_90a: compute_90's family
+    if builds is not None and compute not in builds:
+        raise ValueError(f"this nvcc ({nvcc}) cannot build {cuda_arch(target)}: it builds "
+                         f"{', '.join(sorted(builds, key=lambda name: int(name[len('compute_'):])))}")
 
 
 @functools.cache

@@ -229,6 +229,17 @@ def test_cuda_artifact_holds_device_code_for_the_arch(tmp_path):
             lucid_tvm.load(path)
 
 
+def test_an_arch_nvcc_cannot_build_or_no_nvcc_is_a_clear_error_before_code_generation(tmp_path, monkeypatch):
+    """Raised inside TVM's code generation hook, these came back as 35 lines of TVM traceback."""
+    layer, x = nn.GRU(6, 8).eval(), np.zeros((4, 1, 6), np.float32)
+    monkeypatch.setattr(build, "_nvcc", lambda: ("/cuda-13/nvcc", frozenset({"compute_90", "compute_75"})))
+    with pytest.raises(ValueError, match=r"this nvcc \(/cuda-13/nvcc\) cannot build sm_50: it builds compute_75, compute_90$"):
+        lucid_tvm.export(layer, tmp_path / "sm_50", target="cuda -arch=sm_50", example_input=x)  # as CUDA 13's
+    monkeypatch.setattr(build, "_nvcc", lambda: (None, None))
+    with pytest.raises(FileNotFoundError, match="building for CUDA needs nvcc"):
+        lucid_tvm.export(layer, tmp_path / "none", target="cuda -arch=sm_90", example_input=x)
+
+
 def test_tracetorch_layers_do_not_export_for_cuda(tmp_path):
     from lucid_tvm import tracetorch as tt
 
