@@ -159,7 +159,11 @@ def export(module, path, target="llvm", example_input=None):
     feature size is fixed in the artifact, while sequence length and batch (every other axis for
     tracetorch) may vary.
     """
-    from . import build
+    try:
+        from . import build
+    except ImportError as err:  # TVM_USE_RUNTIME_LIB=1: TVM's runtime only, which loads but cannot compile
+        raise ImportError(f"export compiles kernels and needs TVM's compiler, which this process did not "
+                          f"import ({err}); run it without TVM_USE_RUNTIME_LIB=1") from err
 
     target = build.parse_target(target)
     if target.kind.name not in ("llvm", "cuda"):
@@ -264,19 +268,23 @@ def _check_structure(path, manifest):
     files, layer, kernels = manifest["files"], manifest["layer"], manifest["kernels"]
     if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
         refuse("'files' is not a map of file names to checksums")
-    if not isinstance(manifest["target"], dict) or not isinstance(manifest["dtype"], str):
-        refuse("'target' is not an object or 'dtype' not a name")
+    target = manifest["target"]
+    if not (isinstance(target, dict) and isinstance(target.get("string"), str)
+            and isinstance(target.get("machine"), str)) or not isinstance(manifest["dtype"], str):
+        refuse("'target' is not an object with its string and machine, or 'dtype' not a name")
     shapes = manifest["shapes"]
     if not (isinstance(shapes, dict) and isinstance(shapes.get("example_input"), list)
             and isinstance(shapes.get("fixed"), dict) and isinstance(shapes.get("varying"), list)):
         refuse("'shapes' lacks the example input's shape, or what is fixed and what varies")
     if not (isinstance(layer, dict) and layer.get("class") in LAYER_CLASSES.get(layer.get("face"), ())
-            and isinstance(layer.get("config"), dict)):
-        refuse(f"'layer' is not one of {LAYER_CLASSES} with its config")
+            and isinstance(layer.get("config"), dict) and isinstance(layer.get("training"), bool)):
+        refuse(f"'layer' is not one of {LAYER_CLASSES} with its config and training mode")
     if not isinstance(kernels, list) or not all(
             isinstance(k, dict) and isinstance(k.get("file"), str) and isinstance(k.get("identity"), list)
             and isinstance(k.get("schedule"), dict) for k in kernels):
         refuse("'kernels' is not a list of kernels, each with its file, identity and schedule")
+    if not all(isinstance(k["schedule"].get("lanes"), int) for k in kernels if k["identity"][:1] in (["layer"], ["gemm"])):
+        refuse("a layer or GEMM kernel's schedule lacks its lanes, the vector width its weights are packed for")
     unlisted = [file for file in ["weights.npz"] + [k["file"] for k in kernels] if file not in files]
     if unlisted:
         refuse(f"{', '.join(unlisted)} not among its checksummed 'files'")

@@ -239,6 +239,8 @@ def parse_target(value):
         if key in ("mattr", "libs", "keys"):
             config[key] = item.split(",")
         elif key in ("num-cores", "max_num_threads", "thread_warp_size", "opt-level"):
+            if not item.isdigit():
+                raise ValueError(f"target {value!r}: -{key} takes a whole number, got {item!r}")
             config[key] = int(item)
         else:
             config[key] = item

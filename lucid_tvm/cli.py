@@ -12,6 +12,7 @@ with our keys or PyTorch's / tracetorch's.
 
 import argparse
 import json
+import os
 import pickle
 import statistics
 import sys
@@ -53,7 +54,11 @@ def read_weights(path):
         except pickle.UnpicklingError as err:  # e.g. a whole pickled module, which weights_only refuses
             raise ValueError(f"weights file {path}: expected a state dict of tensors ({err})") from None
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise ValueError(f"weights file {path}: expected a state dict of tensors, got {type(state).__name__}")
+            hint = ""
+            if isinstance(state, dict):  # a training checkpoint, say {"model": state_dict, "epoch": 3}
+                nested = [key for key, value in state.items() if isinstance(value, dict)]
+                hint = f" (its entries {nested} are dicts: save the model's state dict alone)" if nested else ""
+            raise ValueError(f"weights file {path}: expected a state dict of tensors, got {type(state).__name__}{hint}")
         return {key: to_numpy(value, f"weights file {path}: {key}", kinds="fiub") for key, value in state.items()}
     raise ValueError(f"weights file {path}: expected .npz, .safetensors, .pt or .pth")
 
@@ -124,7 +129,8 @@ def compile_command(args):
         import torch
 
         example = torch.from_numpy(example)
-    _say(f"[2/3] compiling kernels for target {args.target!r} (cached kernels load at once)")
+    _say(f"[2/3] compiling kernels for target {args.target!r}"
+         + (" (cached kernels load at once)" if args.target.split() == ["llvm"] else ""))
     started = time.perf_counter()
     path = lucid_tvm.export(layer, args.output, target=args.target, example_input=example)
     manifest = json.loads((Path(path) / "manifest.json").read_text())
@@ -143,12 +149,13 @@ def info_command(args):
     layer = manifest["layer"]
     _say(f"{path}: {layer['face']} {layer['class']}({', '.join(f'{k}={v!r}' for k, v in layer['config'].items())})")
     _say(f"  dtype {manifest['dtype']}, target {manifest['target']['string']} ({manifest['target']['machine']})")
-    _say(f"  built by lucid_tvm {manifest['lucid_tvm']} with TVM {manifest['tvm']}, manifest format {manifest['format']}")
+    _say(f"  built by lucid_tvm {manifest.get('lucid_tvm', '?')} with TVM {manifest.get('tvm', '?')}, "
+         f"manifest format {manifest['format']}")
     shapes = manifest["shapes"]
     _say(f"  example input {tuple(shapes['example_input'])}; fixed {shapes['fixed']}; varying: {', '.join(shapes['varying'])}")
     for kernel in manifest["kernels"]:
         _say(f"  kernel {kernel['file']}: {tuple(kernel['identity'])}, schedule {kernel['schedule']} "
-             f"({kernel['schedule_source']})")
+             f"({kernel.get('schedule_source', 'source not recorded')})")
     verify_files(path, manifest)
     _say(f"  {len(manifest['files'])} files, checksums verified")
 
@@ -277,6 +284,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         args.run(args)
+    except BrokenPipeError:  # `lucid-tvm info X | head -1`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's advice: no error at exit
+        return 0
     except (ValueError, TypeError, OSError, ImportError) as err:  # OSError: a path missing, unwritable, not a
         # directory; ImportError: a package an option needs, or the compiler a runtime-only install lacks
         print(f"lucid-tvm {args.command}: {err}", file=sys.stderr)

@@ -484,6 +484,8 @@ def remeasure(target="llvm", runner=None, say=print):
                          f"({hardware_key(host_target())}), whose times would replace the device's; "
                          "measure on the device through an RPC tracker (--rpc-tracker, --rpc-key)")
     names = sorted(_read_measurements(directory))
+    if not names:
+        say(f"no tuned workloads in {directory}: nothing to measure")
     for index, name in enumerate(names, 1):
         entry = _read_measurements(directory).get(name)
         if entry is None:  # removed meanwhile

@@ -164,6 +164,21 @@ def test_a_kernel_missing_from_the_artifact_is_named_on_a_runtime_only_machine(a
     assert "needs a kernel that no loaded artifact holds" in done.stdout
 
 
+def test_export_on_a_runtime_only_install_says_it_needs_the_compiler(tmp_path):
+    script = textwrap.dedent("""
+        import sys, numpy as np, lucid_tvm, lucid_tvm.nn as nn
+        try:
+            lucid_tvm.export(nn.GRU(2, 3), sys.argv[1], example_input=np.zeros((1, 1, 2), np.float32))
+        except ImportError as error:
+            print(error)
+    """)
+    env = {**os.environ, "TVM_USE_RUNTIME_LIB": "1", "LUCID_TVM_CACHE_DIR": str(tmp_path / "empty-cache")}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "a")], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "export compiles kernels and needs TVM's compiler" in done.stdout  # not an import of TCol failing
+
+
 def test_changed_files_are_refused(artifact):
     kernel = next((artifact / "kernels").glob("*.so"))
     data = bytearray(kernel.read_bytes())
@@ -205,11 +220,19 @@ def test_a_manifest_edited_out_of_shape_is_refused(artifact):
     original = json.loads((artifact / "manifest.json").read_text())
     kernel = original["kernels"][0]["file"]
     unchecked = {k: v for k, v in original["files"].items() if k != kernel}
-    edits = {"files": ([kernel], "'files' is not a map"), "target": ("llvm", "'target' is not an object"),
-             "shapes": ({"example_input": [2, 1, 4]}, "'shapes' lacks"),
-             "layer": ({**original["layer"], "class": "SimpleRNN"}, "'layer' is not one of"),
-             "kernels": ([{"file": kernel}], "'kernels' is not a list of kernels")}
-    for key, (value, said) in edits.items():
+    def without(mapping, key):
+        return {k: v for k, v in mapping.items() if k != key}
+
+    first = original["kernels"][0]
+    edits = [("files", [kernel], "'files' is not a map"), ("target", "llvm", "'target' is not an object"),
+             ("target", without(original["target"], "string"), "'target' is not an object with its string"),
+             ("shapes", {"example_input": [2, 1, 4]}, "'shapes' lacks"),
+             ("layer", {**original["layer"], "class": "SimpleRNN"}, "'layer' is not one of"),
+             ("layer", without(original["layer"], "training"), "'layer' is not one of .* training mode"),
+             ("kernels", [{"file": kernel}], "'kernels' is not a list of kernels"),
+             ("kernels", [{**first, "schedule": without(first["schedule"], "lanes")}], "a layer or GEMM kernel's "
+              "schedule lacks its lanes")]
+    for key, value, said in edits:  # each was a KeyError from load, info or the first call
         _edit_manifest(artifact, **{key: value})
         with pytest.raises(lucid_tvm.ArtifactError, match=f"manifest.json: {said}.*; export the layer again"):
             lucid_tvm.load(artifact)
@@ -331,6 +354,8 @@ def test_export_arguments():
         lucid_tvm.export(nn.GRU(2, 3), "/tmp/unused", target="opencl", example_input=np.zeros((1, 1, 2)))
     with pytest.raises(ValueError, match="expected options like -key=value"):
         lucid_tvm.export(nn.GRU(2, 3), "/tmp/unused", target="llvm mcpu", example_input=np.zeros((1, 1, 2)))
+    with pytest.raises(ValueError, match="-num-cores takes a whole number, got 'abc'"):  # it was int()'s message
+        lucid_tvm.export(nn.GRU(2, 3), "/tmp/unused", target="llvm -num-cores=abc", example_input=np.zeros((1, 1, 2)))
     with pytest.raises(ValueError, match="LLVM knows no CPU 'znver33'"):
         lucid_tvm.export(nn.GRU(2, 3), "/tmp/unused", target="llvm -mcpu=znver33", example_input=np.zeros((1, 1, 2)))
     with pytest.raises(TypeError, match="expected a lucid_tvm.nn or lucid_tvm.tracetorch"):

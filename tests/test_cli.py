@@ -42,6 +42,12 @@ def test_compile_from_torch_weights_round_trip(tmp_path, suffix, capsys):
 
     assert main(["info", str(out)]) == 0
     info = capsys.readouterr().out
+    if suffix == ".npz":  # `lucid-tvm info X | head -1`: a reader that stops early is no error
+        reader = subprocess.Popen([sys.executable, "-m", "lucid_tvm.cli", "info", str(out)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        reader.stdout.close()
+        assert reader.wait(timeout=120) == 0 and reader.stderr.read() == b""
+        reader.stderr.close()
     assert "lucid.nn LSTM(input_size=5, hidden_size=7" in info and "checksums verified" in info
     assert main(["bench", str(out), "--calls", "5"]) == 0
     assert "ms per call" in capsys.readouterr().out
@@ -78,6 +84,9 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
     torch.save([torch.zeros(1)], tmp_path / "list.pt")
     assert main(compile_gru + ["--weights", str(tmp_path / "list.pt"), "-o", str(tmp_path / "a")]) == 2
     assert "expected a state dict of tensors, got list" in capsys.readouterr().err
+    torch.save({"model": torch.nn.GRU(4, 6).state_dict(), "epoch": 3}, tmp_path / "checkpoint.pt")
+    assert main(compile_gru + ["--weights", str(tmp_path / "checkpoint.pt"), "-o", str(tmp_path / "a")]) == 2
+    assert "got dict (its entries ['model'] are dicts: save the model's state dict alone)" in capsys.readouterr().err
     torch.save(torch.nn.GRU(4, 6), tmp_path / "module.pt")
     assert main(compile_gru + ["--weights", str(tmp_path / "module.pt"), "-o", str(tmp_path / "a")]) == 2
     assert "expected a state dict of tensors" in capsys.readouterr().err

@@ -369,6 +369,9 @@ def test_remeasure_times_another_machines_database_on_that_machine_only(monkeypa
     monkeypatch.setattr(tuning, "_measure", lambda *args: pytest.fail("measured"))
     with pytest.raises(ValueError, match="remeasure: the database llvm-cortex-a72-4c is for another machine .*--rpc-tracker"):
         tuning.remeasure("llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a72 -num-cores=4")
+    said = []
+    tuning.remeasure(say=said.append)  # this machine's, with nothing in it: said, not silent
+    assert said == [f"no tuned workloads in {tmp_path / tuning.hardware_key(host_target())}: nothing to measure"]
     assert cli.rpc_runner(None, None) is None
     with pytest.raises(ValueError, match="--rpc-key needs --rpc-tracker"):
         cli.rpc_runner(None, "board")  # it was ignored, and the kernels timed here
