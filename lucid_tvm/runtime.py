@@ -12,6 +12,7 @@ import ctypes
 import functools
 import itertools
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -190,8 +191,9 @@ def _build():
 
 def _first_tried(serial, parallel, macs, limit):
     """A kernel on one thread and on all (``parallel`` None if not compiled) as variants for
-    :class:`_Faster`: the parallel one first when ``macs`` reach the schedule's ``limit``."""
-    if parallel is None:
+    :class:`_Faster`: the parallel one first when ``macs`` reach the schedule's ``limit``; the
+    serial one alone on a thread without a thread pool (:func:`_without_pool`)."""
+    if parallel is None or _without_pool():
         return (serial,)
     return (parallel, serial) if limit is None or macs >= limit else (serial, parallel)
 
@@ -232,6 +234,8 @@ class LayerKernel:
         many rows when one is registered (from an artifact) or the tuning database of this CPU has
         a record faster than the default; else the default ``project`` on one thread and on all,
         the one the schedule's threshold picks first."""
+        if _without_pool():  # and not a tuned schedule, which may run on all threads
+            return (self.functions["project"],)
         if rows not in self._projections:
             tuned = self._tuned_projection(rows)
             self._projections[rows] = (tuned,) if tuned else self._variants(
@@ -296,6 +300,8 @@ class LayerKernel:
         was slower (RNN 256/1/150: 245 us a call against 182), yet won timing trials run while
         another process held a core, and the bench then ran RNN_TANH 256/1 28% slower. Nor where
         the chunk's projection is a tuned schedule rather than the default it runs."""
+        if _without_pool():
+            return ("recur",)
         s, rows = self.spec, self.schedule["rows"]
         macs, limit = batch * s.num_gates * s.hidden_size ** 2, self.schedule.get("parallel_step_macs")
         one_thread_first = limit is not None and macs < limit
@@ -490,6 +496,31 @@ _plans = threading.local()
 # against 0.74 called alone, as their learned choice started over every time.
 _choices = threading.local()
 MAX_CHOICES = 256  # per thread; past it the choices start over (a few hundred bytes each)
+
+
+# Per thread: ``without_pool`` is set, in a forked child, on the thread that forked it if that
+# thread had run kernels. TVM gives each thread that launches a parallel kernel a pool of worker
+# threads, and a child holds a copy of the forking thread but none of its workers: the child's
+# first parallel launch waited for them forever. TVM cannot restart that pool (its reset joins the
+# missing workers, and the child aborts), so that thread then runs every kernel on itself, as
+# torch's DataLoader workers run torch on one thread. The child's other threads get pools of their
+# own. (A thread that had only run one-thread variants has no pool yet, but is held to one thread
+# all the same.)
+_forked = threading.local()
+
+
+def _without_pool():
+    return getattr(_forked, "without_pool", False)
+
+
+def _after_fork_in_child():
+    if _choices.__dict__:  # every call that can start the pool goes through a choice, made first
+        _forked.without_pool = True
+    _choices.__dict__.clear()
+    _plans.__dict__.clear()  # their choices
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _choice(key, variants):

@@ -204,6 +204,70 @@ def test_threads_on_tracetorch_layers():
                 torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
+# A process that ran layers forks (as multiprocessing and torch's DataLoader do on Linux); the child,
+# a thread the child starts and the child's own child run them again and must agree with the
+# parent, which agrees with torch. A child that hangs is killed by its alarm.
+FORKED = textwrap.dedent("""
+    import os, pickle, signal, threading
+    import numpy as np
+    import torch
+    import lucid_tvm.nn as nn
+    import lucid_tvm.tracetorch as tt
+
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(64, 256).eval()
+    ours = nn.LSTM(64, 256).eval()
+    ours.load_state_dict(ref.state_dict())
+    x = np.random.default_rng(0).standard_normal((20, 16, 64)).astype(np.float32)  # all threads first
+    one = np.random.default_rng(1).standard_normal((30, 1, 64)).astype(np.float32)
+    cell = tt.rnn.LSTM(64, 128)
+    xs = torch.randn(16, 64)
+
+    def run():
+        with torch.no_grad():
+            cell.zero_states()
+            return ours(x)[0].numpy(), ours(one)[0].numpy(), cell(xs).numpy().copy()
+
+    for _ in range(40):  # past the first trials of the other variants
+        parent = run()
+    with torch.no_grad():
+        print("error against torch", np.abs(parent[0] - ref(torch.from_numpy(x))[0].numpy()).max())
+
+    def in_child(depth):
+        signal.alarm(60)
+        answers = [run() for _ in range(40)][-1:]
+        thread = threading.Thread(target=lambda: answers.append(run()))
+        thread.start()
+        thread.join()
+        same = len(answers) == 2 and all(np.array_equal(a, b) for got in answers for a, b in zip(got, parent))
+        return same and (depth == 2 or forked(depth + 1))
+
+    def forked(depth):
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.write(write, pickle.dumps(in_child(depth)))
+            os._exit(0)
+        os.close(write)
+        with os.fdopen(read, "rb") as answer:
+            same = answer.read()
+        _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status) == 0 and pickle.loads(same)
+
+    print("children agree", forked(1))
+""")
+
+
+def test_forked_children_run_layers():
+    """The child's first parallel kernel on the thread that forked it waited forever for the TVM
+    workers that thread had in the parent (runtime._after_fork_in_child)."""
+    done = subprocess.run([sys.executable, "-c", FORKED], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    error, agree = done.stdout.strip().splitlines()
+    assert float(error.split()[-1]) < 2e-5
+    assert agree == "children agree True"
+
+
 def test_memory_stays_flat():
     """A short version of scripts/leak_check.py."""
     done = subprocess.run([sys.executable, "scripts/leak_check.py", "--calls", "3000", "--json"],
