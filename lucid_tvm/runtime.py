@@ -103,7 +103,10 @@ class Compiled:
 # ("gemm", N, dtype), ("tracetorch", kind, H, I, dtype). Filled by compiling on first use, or by
 # lucid_tvm.load from an artifact, in which case no compiler is needed.
 _registry = {}
-_registry_lock = threading.Lock()
+_registry_lock = threading.Lock()  # held only to read or write _registry, never while compiling
+# One compile at a time: TVM's compiler is not known to be safe in two threads at once, and two
+# threads asking for one kernel compile it once.
+_compile_lock = threading.Lock()
 _recorders = []
 # Bumped whenever a module is registered over the cache, so that objects holding kernels made
 # earlier (a cell's cached kernel) know to look them up again.
@@ -115,26 +118,39 @@ def registry_generation():
 
 
 def compiled(identity, compile):
-    """The registered module for ``identity``, compiled by ``compile()`` if there is none yet."""
+    """The registered module for ``identity``, compiled by ``compile()`` if there is none yet.
+    Other threads' lookups go on meanwhile: a thread's first call of a new batch size of a
+    compiled layer, which looks here, waited 4.9 s for another thread's compile of a new layer
+    kind while the registry's lock was held throughout."""
     with _registry_lock:
-        if identity not in _registry:
-            _registry[identity] = Compiled(*compile())
-        return _registry[identity]
+        entry = _registry.get(identity)
+    if entry is None:
+        with _compile_lock:
+            with _registry_lock:
+                entry = _registry.get(identity)
+            if entry is None:
+                entry = Compiled(*compile())
+                with _registry_lock:  # one registered meanwhile (from an artifact) stays
+                    entry = _registry.setdefault(identity, entry)
+    return entry
 
 
 def _made_once(make):
     """``make(*args)`` kept per ``args``, like ``functools.lru_cache``, but made once however many
     threads ask first: two kernel objects of one layer kind each had the thread's workspace plan
     remade on every call that alternated between them (two GRU 6->11 first called from two
-    threads, then in turn on one: 14.3 us a call against 6.9). The lock is held while ``make``
-    compiles, as compiling holds the registry's anyway; ``cache_clear()`` forgets them all."""
-    made, lock = {}, threading.Lock()
+    threads, then in turn on one: 14.3 us a call against 6.9). Each ``args`` has its own lock,
+    held while ``make`` compiles, so that making one (from a compiled module) never waits for
+    another's compile; ``cache_clear()`` forgets them all."""
+    made, locks, lock = {}, {}, threading.Lock()
 
     @functools.wraps(make)
     def get(*args):
         found = made.get(args)
         if found is None:
             with lock:
+                args_lock = locks.setdefault(args, threading.Lock())
+            with args_lock:
                 found = made.get(args)
                 if found is None:
                     found = made[args] = make(*args)
@@ -251,7 +267,8 @@ class LayerKernel:
         if entry is None:
             if rows not in self._tuned_rows():
                 return None
-            built = _build().compile_identity(identity)
+            with _compile_lock:
+                built = _build().compile_identity(identity)
             if built is None:
                 return None
             entry = compiled(identity, lambda: built)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import torch_twin
+from conftest import assert_close, torch_twin
 
 # Runs one GRU in a fresh process; reports compiles, warnings and the output.
 PROBE = textwrap.dedent("""
@@ -182,6 +182,47 @@ def test_kernel_objects_are_made_once_when_threads_ask_first_together():
     assert all(o is objects[0] for o in objects)
     get.cache_clear()
     assert get("GRU", 6, 11, "float32") is not objects[0]
+
+
+def test_a_compile_holds_up_no_other_thread(rng):
+    """While one thread compiles, another's first call of a compiled layer at a new batch size
+    (which looks up the registry) and its making of another kernel object run on: they waited for
+    the compile (4.9 s for a new LSTM kind), the registry's lock and the kernel objects' being held
+    throughout. Events, not timings: a call held up by the compile would never end here."""
+    import threading
+
+    from lucid_tvm import runtime
+
+    ref, ours = torch_twin("GRU", 5, 24)
+    ours(rng.standard_normal((3, 2, 5)).astype(np.float32))  # compiled, and called at batch 2
+    compiling, finish = threading.Event(), threading.Event()
+
+    def slow_compile():
+        compiling.set()
+        finish.wait(60)
+        return object(), {}
+
+    def slow_make(*args):
+        return runtime.compiled(("slow", *args), slow_compile)
+
+    make = runtime._made_once(slow_make)
+    runtime._registry[("slow", "second")] = runtime.Compiled(object(), {})  # compiled: nothing to wait for
+    slow = threading.Thread(target=make, args=("first",))
+    slow.start()
+    try:
+        assert compiling.wait(60)
+        x = rng.standard_normal((3, 7, 5)).astype(np.float32)
+        answers = []
+        other = threading.Thread(target=lambda: answers.extend([ours(x)[0].numpy(), make("second")]))
+        other.start()
+        other.join(60)
+        assert answers, "the other thread waited for the compile"
+        assert_close(answers[0], ref(torch.from_numpy(x))[0])
+    finally:
+        finish.set()
+        slow.join()
+        for key in ("first", "second"):
+            runtime._registry.pop(("slow", key), None)
 
 
 def test_threads_on_tracetorch_layers():
