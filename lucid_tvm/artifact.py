@@ -17,6 +17,7 @@ Layout::
 import json
 import platform
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +169,10 @@ def export(module, path, target="llvm", example_input=None):
     target = build.parse_target(target)
     if target.kind.name not in ("llvm", "cuda"):
         raise ValueError(f"export: expected an llvm (CPU) or cuda target, got {target.kind.name}")
+    if target.kind.name == "llvm" and not target.attrs.get("num-cores"):
+        # The schedules then leave out every variant that runs on several threads.
+        warnings.warn(f"export: the target {str(target)!r} names no core count, so its kernels run on one "
+                      "thread; add -num-cores=N (the device's cores) to use them all", stacklevel=2)
     if example_input is None:
         raise ValueError("export: example_input is required (it decides which kernels are compiled)")
     face, name, config, dtype = _describe(module)

@@ -381,8 +381,10 @@ def _elf_machines(path):
 
 def test_cross_compile_for_aarch64(tmp_path):
     layer = nn.LSTM(4, 6)
-    path = lucid_tvm.export(layer, tmp_path / "arm", target="llvm -mtriple=aarch64-linux-gnu -mattr=+neon",
-                            example_input=np.zeros((2, 1, 4), np.float32))
+    # Without a core count the kernels would run on one thread there: said, not silent.
+    with pytest.warns(UserWarning, match="names no core count, so its kernels run on one thread"):
+        path = lucid_tvm.export(layer, tmp_path / "arm", target="llvm -mtriple=aarch64-linux-gnu -mattr=+neon",
+                                example_input=np.zeros((2, 1, 4), np.float32))
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["target"]["machine"] == "aarch64"
     (kernel,) = manifest["kernels"]
@@ -406,7 +408,8 @@ def test_host_target_strings(tmp_path):
     # An x86 artifact for a named CPU: compiled for that -mcpu, loadable here (same machine).
     layer = nn.GRU(4, 6).eval()
     x = np.random.default_rng(0).standard_normal((3, 2, 4)).astype(np.float32)
-    path = lucid_tvm.export(layer, tmp_path / "x86", target="llvm -mcpu=x86-64-v3", example_input=x)
+    path = lucid_tvm.export(layer, tmp_path / "x86", target="llvm -mcpu=x86-64-v3 -num-cores=2", example_input=x)
+    assert any(k["schedule"]["cores"] == 2 for k in json.loads((path / "manifest.json").read_text())["kernels"])
     expected = layer(x)[0].numpy()
     loaded = lucid_tvm.load(path)
     assert lucid_tvm.runtime.layer_kernel("GRU", 4, 6, "float32").lanes == 8  # AVX2's, not this CPU's
