@@ -251,7 +251,8 @@ def main(argv=None):
     compile_parser.add_argument("--example-shape", type=_shape, required=True,
                                 help="comma-separated shape of an example input, e.g. 25,1,10")
     compile_parser.add_argument("--target", default="llvm",
-                                help='"llvm" (this CPU), "llvm -mcpu=znver3", "llvm -mtriple=aarch64-linux-gnu -mattr=+neon"')
+                                help='"llvm" (this CPU), "llvm -mcpu=znver3 -num-cores=8", '
+                                     '"llvm -mtriple=aarch64-linux-gnu -mattr=+neon -num-cores=4"')
     compile_parser.add_argument("-o", "--output", required=True, help="artifact directory to write")
     compile_parser.set_defaults(run=compile_command)
 
