@@ -166,13 +166,14 @@ def export(module, path, target="llvm", example_input=None):
         raise ImportError(f"export compiles kernels and needs TVM's compiler, which this process did not "
                           f"import ({err}); run it without TVM_USE_RUNTIME_LIB=1") from err
 
-    target = build.parse_target(target)
+    named, target = target, build.parse_target(target)
     if target.kind.name not in ("llvm", "cuda"):
         raise ValueError(f"export: expected an llvm (CPU) or cuda target, got {target.kind.name}")
     if target.kind.name == "llvm" and not target.attrs.get("num-cores"):
-        # The schedules then leave out every variant that runs on several threads.
-        warnings.warn(f"export: the target {str(target)!r} names no core count, so its kernels run on one "
-                      "thread; add -num-cores=N (the device's cores) to use them all", stacklevel=2)
+        # The schedules then run each parallel variant as one task and leave out the others.
+        warnings.warn(f"export: the target {named if isinstance(named, str) else str(target)!r} names no core "
+                      "count, so its kernels run on one thread; add -num-cores=N (the device's cores) to use "
+                      "them all", stacklevel=2)
     if example_input is None:
         raise ValueError("export: example_input is required (it decides which kernels are compiled)")
     face, name, config, dtype = _describe(module)
@@ -205,7 +206,8 @@ def export(module, path, target="llvm", example_input=None):
                 built, schedule = _built_again(identity, target, entry.schedule)
                 write_atomic(path / file, lambda tmp: barrier.export_library(built, tmp))
         else:
-            found = build.build_for(identity, target)
+            with runtime.compile_lock:
+                found = build.build_for(identity, target)
             if found is None:  # a tuned projection with no record for that target: the default runs
                 continue
             built, schedule = found
@@ -356,7 +358,8 @@ def _built_again(identity, target, schedule):
     whose schedule came from another machine's tuning)."""
     from . import build
 
-    found = build.build_for(identity, target)
+    with runtime.compile_lock:
+        found = build.build_for(identity, target)
     if found is None or found[1] != schedule:
         raise ArtifactError(f"the kernel file of {identity} this process loaded has been deleted or changed, "
                             "and compiling it again here gives another schedule; export from a new process")

@@ -104,9 +104,9 @@ class Compiled:
 # lucid_tvm.load from an artifact, in which case no compiler is needed.
 _registry = {}
 _registry_lock = threading.Lock()  # held only to read or write _registry, never while compiling
-# One compile at a time: TVM's compiler is not known to be safe in two threads at once, and two
-# threads asking for one kernel compile it once.
-_compile_lock = threading.Lock()
+# One compile at a time (here and in export): TVM's compiler is not known to be safe in two
+# threads at once, and two threads asking for one kernel compile it once.
+compile_lock = threading.Lock()
 _recorders = []
 # Bumped whenever a module is registered over the cache, so that objects holding kernels made
 # earlier (a cell's cached kernel) know to look them up again.
@@ -125,7 +125,7 @@ def compiled(identity, compile):
     with _registry_lock:
         entry = _registry.get(identity)
     if entry is None:
-        with _compile_lock:
+        with compile_lock:
             with _registry_lock:
                 entry = _registry.get(identity)
             if entry is None:
@@ -143,6 +143,13 @@ def _made_once(make):
     held while ``make`` compiles, so that making one (from a compiled module) never waits for
     another's compile; ``cache_clear()`` forgets them all."""
     made, locks, lock = {}, {}, threading.Lock()
+
+    def new_locks():  # in a forked child, where a lock another thread held would stay held
+        nonlocal lock
+        lock = threading.Lock()
+        locks.clear()
+
+    os.register_at_fork(after_in_child=new_locks)
 
     @functools.wraps(make)
     def get(*args):
@@ -267,11 +274,14 @@ class LayerKernel:
         if entry is None:
             if rows not in self._tuned_rows():
                 return None
-            with _compile_lock:
-                built = _build().compile_identity(identity)
-            if built is None:
-                return None
-            entry = compiled(identity, lambda: built)
+            with compile_lock:
+                with _registry_lock:
+                    entry = _registry.get(identity)  # compiled by another thread meanwhile
+                built = None if entry is not None else _build().compile_identity(identity)
+            if entry is None:
+                if built is None:
+                    return None
+                entry = compiled(identity, lambda: built)
         if entry.schedule["lanes"] != self.lanes:  # packed for another vector width
             return None
         function = entry.module["project"]
@@ -516,13 +526,15 @@ MAX_CHOICES = 256  # per thread; past it the choices start over (a few hundred b
 
 
 # Per thread: ``without_pool`` is set, in a forked child, on the thread that forked it if that
-# thread had run kernels. TVM gives each thread that launches a parallel kernel a pool of worker
-# threads, and a child holds a copy of the forking thread but none of its workers: the child's
-# first parallel launch waited for them forever. TVM cannot restart that pool (its reset joins the
-# missing workers, and the child aborts), so that thread then runs every kernel on itself, as
-# torch's DataLoader workers run torch on one thread. The child's other threads get pools of their
-# own. (A thread that had only run one-thread variants has no pool yet, but is held to one thread
-# all the same.)
+# thread had made kernel choices (every call that can run on all threads makes one first). TVM
+# gives each thread that launches a parallel kernel a pool of worker threads, and a child holds a
+# copy of the forking thread but none of its workers: the child's first parallel launch waited
+# for them forever. TVM cannot restart that pool (its reset joins the missing workers, and the
+# child aborts), so that thread then runs every kernel on itself, as torch's DataLoader workers
+# run torch on one thread, and with the default projection rather than a tuned one (which may run
+# on all threads; the two agree within the tuning check's 1e-4, not bit for bit). The child's
+# other threads get pools of their own. (A thread whose choices ran only one-thread variants has
+# no pool yet, but is held to one thread all the same.)
 _forked = threading.local()
 
 
@@ -531,10 +543,14 @@ def _without_pool():
 
 
 def _after_fork_in_child():
-    if _choices.__dict__:  # every call that can start the pool goes through a choice, made first
+    global _registry_lock, compile_lock
+    if _choices.__dict__:
         _forked.without_pool = True
     _choices.__dict__.clear()
     _plans.__dict__.clear()  # their choices
+    # Fresh locks: a thread of the parent that held one (compiling) is not in the child. (A compile
+    # cut off there may have held TVM's or LLVM's own locks too, which no fresh lock here frees.)
+    _registry_lock, compile_lock = threading.Lock(), threading.Lock()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -309,6 +309,43 @@ def test_forked_children_run_layers():
     assert agree == "children agree True"
 
 
+# Another thread is compiling when the process forks: the child, which lacks that thread, must
+# still compile (the locks that thread held would never be released) and make its kernel objects.
+FORKED_WHILE_COMPILING = textwrap.dedent("""
+    import os, signal, threading
+    from lucid_tvm import runtime
+
+    compiling, finish, parent = threading.Event(), threading.Event(), os.getpid()
+
+    def slow_compile():  # in the parent; quick in the child
+        if os.getpid() == parent:
+            compiling.set()
+            finish.wait(60)
+        return object(), {}
+
+    make = runtime._made_once(lambda *key: runtime.compiled(("fork test", *key), slow_compile))
+    thread = threading.Thread(target=make, args=("slow",))
+    thread.start()
+    compiling.wait(60)
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(60)
+        made = make("slow"), runtime.compiled(("fork test", "other"), lambda: (object(), {}))
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    finish.set()
+    thread.join()
+    print("child exit", os.waitstatus_to_exitcode(status))
+""")
+
+
+def test_forked_while_compiling():
+    done = subprocess.run([sys.executable, "-c", FORKED_WHILE_COMPILING], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "child exit 0"
+
+
 def test_memory_stays_flat():
     """A short version of scripts/leak_check.py."""
     done = subprocess.run([sys.executable, "scripts/leak_check.py", "--calls", "3000", "--json"],
