@@ -141,7 +141,8 @@ def _made_once(make):
     remade on every call that alternated between them (two GRU 6->11 first called from two
     threads, then in turn on one: 14.3 us a call against 6.9). Each ``args`` has its own lock,
     held while ``make`` compiles, so that making one (from a compiled module) never waits for
-    another's compile; ``cache_clear()`` forgets them all."""
+    another's compile; ``cache_clear()`` forgets them all, and one made while a module was
+    registered (:func:`register`) is not kept: it may hold the module registered before."""
     made, locks, lock = {}, {}, threading.Lock()
 
     def new_locks():  # in a forked child, where a lock another thread held would stay held
@@ -160,10 +161,18 @@ def _made_once(make):
             with args_lock:
                 found = made.get(args)
                 if found is None:
-                    found = made[args] = make(*args)
+                    generation = _generation
+                    found = make(*args)
+                    with lock:  # not kept if a module was registered meanwhile (see cache_clear)
+                        if _generation == generation:
+                            made[args] = found
         return found
 
-    get.cache_clear = made.clear
+    def cache_clear():
+        with lock:
+            made.clear()
+
+    get.cache_clear = cache_clear
     return get
 
 

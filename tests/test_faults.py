@@ -184,6 +184,35 @@ def test_kernel_objects_are_made_once_when_threads_ask_first_together():
     assert get("GRU", 6, 11, "float32") is not objects[0]
 
 
+def test_a_kernel_object_made_while_a_module_is_registered_is_made_again():
+    """It may hold the module registered before (an artifact loaded in another thread meanwhile);
+    it was kept, and every later call used the old kernels."""
+    import threading
+
+    from lucid_tvm import runtime
+
+    making, finish, first = threading.Event(), threading.Event(), []
+
+    def slow_make(*args):
+        making.set()
+        finish.wait(60)
+        return object()
+
+    get = runtime._made_once(slow_make)
+    thread = threading.Thread(target=lambda: first.append(get("GRU", 6, 11, "float32")))
+    thread.start()
+    try:
+        assert making.wait(60)
+        runtime.register(("test", "registered meanwhile"), runtime.Compiled(object(), {}))
+    finally:
+        finish.set()
+        thread.join()
+        runtime._registry.pop(("test", "registered meanwhile"), None)
+    again = get("GRU", 6, 11, "float32")
+    assert again is not first[0]
+    assert get("GRU", 6, 11, "float32") is again
+
+
 def test_a_compile_holds_up_no_other_thread(rng):
     """While one thread compiles, another's first call of a compiled layer at a new batch size
     (which looks up the registry) and its making of another kernel object run on: they waited for
