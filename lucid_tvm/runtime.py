@@ -118,8 +118,9 @@ def registry_generation():
 
 
 def compiled(identity, compile):
-    """The registered module for ``identity``, compiled by ``compile()`` if there is none yet.
-    Other threads' lookups go on meanwhile: a thread's first call of a new batch size of a
+    """The registered module for ``identity``, compiled by ``compile()`` if there is none yet
+    (None, registering nothing, if ``compile()`` returns None: a tuned projection without its
+    record). Other threads' lookups go on meanwhile: a thread's first call of a new batch size of a
     compiled layer, which looks here, waited 4.9 s for another thread's compile of a new layer
     kind while the registry's lock was held throughout."""
     with _registry_lock:
@@ -129,7 +130,10 @@ def compiled(identity, compile):
             with _registry_lock:
                 entry = _registry.get(identity)
             if entry is None:
-                entry = Compiled(*compile())
+                built = compile()
+                if built is None:
+                    return None
+                entry = Compiled(*built)
                 with _registry_lock:  # one registered meanwhile (from an artifact) stays
                     entry = _registry.setdefault(identity, entry)
     return entry
@@ -283,14 +287,9 @@ class LayerKernel:
         if entry is None:
             if rows not in self._tuned_rows():
                 return None
-            with compile_lock:
-                with _registry_lock:
-                    entry = _registry.get(identity)  # compiled by another thread meanwhile
-                built = None if entry is not None else _build().compile_identity(identity)
+            entry = compiled(identity, lambda: _build().compile_identity(identity))
             if entry is None:
-                if built is None:
-                    return None
-                entry = compiled(identity, lambda: built)
+                return None
         if entry.schedule["lanes"] != self.lanes:  # packed for another vector width
             return None
         function = entry.module["project"]
