@@ -206,8 +206,7 @@ def export(module, path, target="llvm", example_input=None):
                 built, schedule = _built_again(identity, target, entry.schedule)
                 write_atomic(path / file, lambda tmp: barrier.export_library(built, tmp))
         else:
-            with runtime.compile_lock:
-                found = build.build_for(identity, target)
+            found = _build_for(identity, target)
             if found is None:  # a tuned projection with no record for that target: the default runs
                 continue
             built, schedule = found
@@ -352,14 +351,19 @@ def _copied_intact(entry, destination):
     return True
 
 
+def _build_for(identity, target):
+    """``build.build_for``, one compile at a time with the runtime's (``runtime.compile_lock``)."""
+    from . import build
+
+    with runtime.compile_lock:
+        return build.build_for(identity, target)
+
+
 def _built_again(identity, target, schedule):
     """(module, schedule) of ``identity`` compiled again, for a kernel whose file went away: the
     same schedule the running one has, or an ArtifactError (a loaded artifact's kernel, say,
     whose schedule came from another machine's tuning)."""
-    from . import build
-
-    with runtime.compile_lock:
-        found = build.build_for(identity, target)
+    found = _build_for(identity, target)
     if found is None or found[1] != schedule:
         raise ArtifactError(f"the kernel file of {identity} this process loaded has been deleted or changed, "
                             "and compiling it again here gives another schedule; export from a new process")
