@@ -33,10 +33,32 @@ _KERNEL_SOURCES = sorted([*_KERNELS.glob("*.py"), *_KERNELS.glob("*.cc"), Path(b
 
 
 def host_target():
-    """The CPU this process runs on, with its own -mcpu and core count."""
-    return tvm.target.Target(
-        {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": os.cpu_count() or 1}
-    )
+    """The CPU this process runs on, with its own -mcpu and core count, less the instruction sets
+    that CPU model has and this one lacks (``-mattr=-avx512f,...``).
+
+    A hypervisor may hide some of a CPU's features: a Zen 4 VM without AVX-512 still names its
+    CPU ``znver4``, whose code would then die of an illegal instruction at the first AVX-512 one.
+    So the target names the CPU, and LLVM's own reading of this CPU's features (as clang's
+    ``-march=native`` takes it) turns off what the name implies and is not there. A CPU that has
+    all its model's features gets the plain ``-mcpu`` target."""
+    cpu = codegen.llvm_get_system_cpu()
+    config = {"kind": "llvm", "mcpu": cpu, "num-cores": os.cpu_count() or 1}
+    missing = features_missing(cpu, host_cpu_features())
+    if missing:
+        config["mattr"] = [f"-{feature}" for feature in missing]
+    return tvm.target.Target(config)
+
+
+@functools.cache
+def host_cpu_features():
+    """{feature: whether this CPU has it}, as LLVM reads it (cpuid and the OS's saved state)."""
+    return {str(name): bool(has) for name, has in tvm.get_global_func("tvm.codegen.llvm.GetHostCPUFeatures")().items()}
+
+
+def features_missing(cpu, features):
+    """The features LLVM enables for the CPU model ``cpu`` that ``features`` says are absent."""
+    named = codegen.llvm_get_cpu_features(tvm.target.Target({"kind": "llvm", "mcpu": cpu}))
+    return sorted(str(name) for name in named if features.get(str(name), True) is False)
 
 
 def cache_dir():

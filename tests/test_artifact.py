@@ -425,3 +425,21 @@ def test_host_target_strings(tmp_path):
         patch.setattr(lucid_tvm.artifact, "_cpu_flags", lambda: without)
         with pytest.raises(lucid_tvm.ArtifactError, match="compiled for a CPU with avx2, fma"):
             lucid_tvm.load(path)
+
+
+def test_the_host_target_uses_no_feature_this_cpu_lacks():
+    """A VM may hide features of its CPU model (a Zen 4 VM without AVX-512 still names its CPU
+    znver4): kernels compiled for the bare model died of an illegal instruction at their first
+    AVX-512 one. The host target turns such features off, and only those."""
+    from tvm.target import codegen
+
+    from lucid_tvm.build import features_missing, host_cpu_features, host_target
+
+    here = host_cpu_features()
+    enabled = {str(name) for name in codegen.llvm_get_cpu_features(host_target())}
+    assert not {name for name in enabled if here.get(name) is False}
+    assert "avx2" in enabled or not here.get("avx2")
+    # The rule itself, for a CPU model this machine need not be.
+    assert "avx512f" in features_missing("znver4", {"avx512f": False, "avx2": True})
+    assert "avx2" not in features_missing("znver4", {"avx512f": False, "avx2": True})
+    assert features_missing("znver4", {}) == []

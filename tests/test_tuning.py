@@ -128,7 +128,10 @@ def test_export_for_another_cpu_ships_its_tuned_projections(monkeypatch, tmp_pat
     the example ran: this machine's database has none, and the example runs 3 rows."""
     committed, workload = _committed_current_workload()
     here = host_target()
-    other = parse_target(f"llvm -mcpu={here.attrs['mcpu']} -num-cores={int(here.attrs['num-cores']) + 1}")
+    other = {"kind": "llvm", "mcpu": str(here.attrs["mcpu"]), "num-cores": int(here.attrs["num-cores"]) + 1}
+    if here.attrs.get("mattr"):  # the features this CPU lacks of its model's (a VM without AVX-512)
+        other["mattr"] = [str(feature) for feature in here.attrs["mattr"]]
+    other = parse_target(other)
     _database_using(committed, workload, tmp_path / tuning.hardware_key(other))
     monkeypatch.setenv("LUCID_TVM_SCHEDULES_DIR", str(tmp_path))
     runtime.layer_kernel.cache_clear()
