@@ -5,8 +5,9 @@ The CPU kernels (``kernels/recurrent.py``) take these knobs; this module picks t
 - ``lanes``: hidden units per block, one, two or four SIMD vectors of the target (a vector is 16
   float32 on AVX-512, 8 on AVX2); layers with few gates get wider blocks, unless a narrower one
   pads the layer less or shares it out more evenly among the cores.
-- ``rows``: rows that share each weight vector load; accumulators take
-  ``rows * gates * vectors per block`` registers (see :func:`accumulator_registers`), 4 to 8 rows.
+- ``rows``: rows that share each weight vector load, 2 to 8: as many as leave their
+  ``rows * gates * vectors per block`` accumulators, the block's weight vectors and the
+  broadcast input in the vector registers (:func:`vector_registers`).
 - ``tiles_first``: a step runs every hidden block's ``h @ W_hh^T`` before any block's gate math
   where ``W_hh`` fits in the core's L1 cache (``L1_BYTES``): such a step waits on its chain of
   dependent operations, and the gate math of one block then overlaps the next block's. Where the
@@ -74,12 +75,11 @@ def vector_bits(target):
     return codegen.llvm_get_vector_width(target)  # e.g. 128 for AArch64 NEON
 
 
-def accumulator_registers(target):
-    """Vector registers a tile may keep accumulators in: 24 of the 32 of AVX-512 and AArch64,
-    12 of AVX2's 16; the rest hold the broadcast input and the weights."""
+def vector_registers(target):
+    """SIMD registers of a CPU target: 32 on AVX-512 and AArch64, 16 on x86 without AVX-512."""
     x86_without_avx512 = (codegen.llvm_cpu_has_features("sse2", target)
                           and not codegen.llvm_cpu_has_features("avx512f", target))
-    return 12 if x86_without_avx512 else 24
+    return 16 if x86_without_avx512 else 32
 
 
 def vector_lanes(target, dtype):
@@ -95,12 +95,12 @@ def _most_columns(size, block, cores):
 def default_schedule(target, num_gates, hidden_size, dtype):
     """Knobs for kernels producing ``num_gates * hidden_size`` columns (a GEMM: num_gates=1)."""
     gates, simd = num_gates, vector_lanes(target, dtype)
-    registers = accumulator_registers(target)
+    registers = vector_registers(target)
     # Few gates leave accumulators unused: a block then spans several vectors (up to 4), so one
     # broadcast input value feeds more FMAs. Never wider than the layer itself, and a power of two:
     # blocks of 3 vectors (48 lanes for hidden sizes 33-48 on AVX-512) compiled to code 3-18x
     # slower a step than blocks of 2 or 4 (docs/design.md).
-    vectors = max(1, min(4, registers // (6 * gates), -(-hidden_size // simd)))
+    vectors = max(1, min(4, registers * 3 // 4 // (6 * gates), -(-hidden_size // simd)))
     vectors = 1 << (vectors.bit_length() - 1)
     # A column of padding costs as much as a real one, and a step split by hidden blocks waits for
     # the core with the most. Blocks of 2 vectors are never worse on either count than blocks of 4,
@@ -116,7 +116,12 @@ def default_schedule(target, num_gates, hidden_size, dtype):
     pieces = -(-hidden_size * gates * lanes * np.dtype(dtype).itemsize // (L1_BYTES // 2))  # of a W_hh block
     return CpuSchedule(
         lanes=lanes,
-        rows=min(8, max(4, registers // (gates * vectors))),
+        # Each row's accumulators, the block's weight vectors (loaded once, used by every row)
+        # and the broadcast input value. One more row spills them to the stack every k: on AVX2
+        # (16 registers) an LSTM input projection ran at 72 GFLOP/s with 4 rows and 145 with 2,
+        # a GRU's at 78 with 5 rows and 164 with 4, an RNN's (blocks of 2 vectors) at 48 with 7
+        # rows and 156 with 6 (docs/design.md, "AVX2").
+        rows=min(8, max(2, (registers - gates * vectors - 1) // (gates * vectors))),
         parallel_step_macs=PARALLEL_STEP_MACS,
         parallel_call_macs=PARALLEL_CALL_MACS,
         cores=cores,

@@ -49,16 +49,20 @@ from .tvmscript import T
 ON_STACK = {"disable_lower_builtin": True}
 
 
+# The tiles, largest first, that make up the rows left over after the full tiles of R rows.
+REMAINDER_TILES = (4, 2, 1)
+
+
 def _row_tiles(G, L, R, dtype, pieces=1):
     """Macros for ``out[m, blk] = a[m, :] @ w[blk] + bias[blk]`` over packed weights, the inner
     kernel of both the projection and each recurrent step: ``tile`` does ``nrows`` rows with one
     weight load shared by all of them, ``remainder`` the last ``rest < R <= 8`` rows as tiles of
-    4, 2 and 1 (which covers any rest below 8, hence R in [4, 8]), and ``in_order`` does the same
-    summing every row in the order of a full tile (no split k loop, see below); ``blocks_row``
-    does one row against several blocks in one loop. Each takes ``turn``: read the block in
-    ``pieces`` ranges of k, last first (the recurrence's odd steps)."""
-    if not 4 <= R <= 8:
-        raise ValueError(f"rows must be in [4, 8], got {R}")
+    4, 2 and 1 smaller than R (which covers any rest below 8, hence R <= 8), and ``in_order``
+    does the same summing every row in the order of a full tile (no split k loop, see below);
+    ``blocks_row`` does one row against several blocks in one loop. Each takes ``turn``: read the
+    block in ``pieces`` ranges of k, last first (the recurrence's odd steps)."""
+    if not 2 <= R <= 8:
+        raise ValueError(f"rows must be in [2, 8], got {R}")
     # Fewer rows than R leave too few independent FMA chains to hide the FMA latency (a batch-1
     # LSTM step has 4): the k loop is then split S ways into separate accumulators (interleaved,
     # so w is still read in order), keeping about as many accumulators as a full tile. Except a
@@ -66,7 +70,7 @@ def _row_tiles(G, L, R, dtype, pieces=1):
     # it streams W_hh from L2 or L3, and on Zen 5 it did so 5-35% faster split 2 ways than 4 (3 ways
     # and 1 way were slower; numbers in docs/design.md). With 2 vectors (RNN 32) 2 ways leave 4
     # accumulators, and its L1-resident step waits on the FMA latency: it keeps 4 ways.
-    ways = {nrows: min(4, R // nrows) for nrows in (R, 4, 2, 1)}
+    ways = {nrows: min(4, R // nrows) for nrows in (R, *REMAINDER_TILES) if nrows <= R}
     if G * L * np.dtype(dtype).itemsize >= 192:
         ways[1] = 2
     # float16 sums in float32, as torch's CPU GEMMs do: summed in float16, a sum of 2048 ones
@@ -155,9 +159,11 @@ def _row_tiles(G, L, R, dtype, pieces=1):
 
     @T.macro
     def tiles_of_4_2_1(rest, row0, blk, a, w, bias, out, split_k, turn):
-        if rest >= 4:
+        # (A tile of R rows or more is never part of a rest below R, and is not built: Python's
+        # ``and`` stops at the false constant.)
+        if R > 4 and rest >= 4:
             split_tile(4, 1, ways[4] if split_k else 1, row0, blk, a, w, bias, out, turn)
-        if rest % 4 >= 2:
+        if R > 2 and rest % 4 >= 2:
             split_tile(2, 1, ways[2] if split_k else 1, row0 + rest // 4 * 4, blk, a, w, bias, out, turn)
         if rest % 2 == 1:
             split_tile(1, 1, ways[1] if split_k else 1, row0 + rest // 2 * 2, blk, a, w, bias, out, turn)
@@ -372,14 +378,17 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
         return task * NB // n
 
     n_hidden = min(parts, NB)
+    # Two blocks' 1-row tiles in one loop stream W_hh from L2 2-11% faster a step than one at a
+    # time (RNN 256-512, LSTM 128); three or four were slower for RNN and LSTM (docs/design.md).
+    # Only where their accumulators fit in a full tile's: beyond, they spill to the stack every k
+    # (AVX2's 16 registers).
+    unit = 2 if 2 * ways[1] <= R else 1
 
     def units(task):
         """The blocks of hidden-split task ``task``, as a one-row step of that split reads them:
-        in pairs from the first (``blocks_row``), the last alone where the count is odd. Two
-        blocks' 1-row tiles in one loop stream W_hh from L2 2-11% faster a step than one at a time
-        (RNN 256-512, LSTM 128); three or four were slower for RNN and LSTM (docs/design.md)."""
+        in ``unit``s from the first (``blocks_row``), the last alone where the count is odd."""
         lo, hi = task_first(task, n_hidden), task_first(task + 1, n_hidden)
-        return [list(range(b, min(b + 2, hi))) for b in range(lo, hi, 2)]
+        return [list(range(b, min(b + unit, hi))) for b in range(lo, hi, unit)]
 
     # The blocks read first and last by each task (a pair, or the one alone), so turned on odd steps.
     ends = sorted({b for t in range(n_hidden) for b in units(t)[0] + units(t)[-1]})
@@ -399,10 +408,12 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
 
     def ordered_rows(n_b):
         """How many of the first rows the one-thread variant sums in full-tile order: its full
-        tiles, and its 4-row tile where that one does not split k (rows < 8). It sums the rest, its
-        last 1-3 rows (up to 7 at rows = 8), with k split."""
+        tiles, and the first tiles of the rest that do not split k, those of more than R / 2 rows
+        (the 4-row tile at rows 5-7, the 2-row tile at rows 3). It sums the rest, its last 1-3
+        rows (up to 7 at rows = 8), with k split."""
         full = n_b // R * R
-        return full + T.if_then_else(n_b % R >= 4, 4, 0) if ways[4] == 1 else full
+        unsplit = [size for size in REMAINDER_TILES if size < R and ways[size] == 1]
+        return full + n_b % R // unsplit[-1] * unsplit[-1] if unsplit else full
 
     def part_start(part, n_b, ordered):
         """First row of batch-split ``part`` (``n_b`` for ``part == n_parts``): an even share of the
@@ -499,14 +510,14 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
                 for blk in T.unroll(NB):
                     block_gates(row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
             elif split == "hidden" and n_rows == 1:
-                # The task's blocks in pairs, each pair one k loop: the units of ``units``, which
-                # says which of them turn.
-                n_units = T.bind((count + 1) // 2)
+                # The task's blocks in ``unit``s, each one k loop: those of ``units``, which says
+                # which of them turn.
+                n_units = T.bind((count + unit - 1) // unit)
                 for j in range(n_units):
-                    blk = T.bind(first + 2 * in_step_order(j, n_units, odd))
-                    n_blk = T.bind(T.min(2, first + count - blk))
+                    blk = T.bind(first + unit * in_step_order(j, n_units, odd))
+                    n_blk = T.bind(T.min(unit, first + count - blk))
                     if tiles:
-                        if n_blk == 2:
+                        if unit == 2 and n_blk == 2:
                             blocks_row(2, row0, blk, hprev, w, rb, hp, turned(odd, blk))
                         else:
                             blocks_row(1, row0, blk, hprev, w, rb, hp, turned(odd, blk))
