@@ -32,6 +32,7 @@ _KERNELS = Path(__file__).parent / "kernels"
 _KERNEL_SOURCES = sorted([*_KERNELS.glob("*.py"), *_KERNELS.glob("*.cc"), Path(barrier.__file__)])
 
 
+@functools.cache  # asked for each kernel made: the features take LLVM a while to list
 def host_target():
     """The CPU this process runs on, with its own -mcpu and core count, less the instruction sets
     that CPU model has and this one lacks (``-mattr=-avx512f,...``).
@@ -41,9 +42,8 @@ def host_target():
     So the target names the CPU, and LLVM's own reading of this CPU's features (as clang's
     ``-march=native`` takes it) turns off what the name implies and is not there. A CPU that has
     all its model's features gets the plain ``-mcpu`` target."""
-    cpu = codegen.llvm_get_system_cpu()
-    config = {"kind": "llvm", "mcpu": cpu, "num-cores": os.cpu_count() or 1}
-    missing = features_missing(cpu, host_cpu_features())
+    config = {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": os.cpu_count() or 1}
+    missing = features_missing(tvm.target.Target(config), host_cpu_features())
     if missing:
         config["mattr"] = [f"-{feature}" for feature in missing]
     return tvm.target.Target(config)
@@ -55,10 +55,10 @@ def host_cpu_features():
     return {str(name): bool(has) for name, has in tvm.get_global_func("tvm.codegen.llvm.GetHostCPUFeatures")().items()}
 
 
-def features_missing(cpu, features):
-    """The features LLVM enables for the CPU model ``cpu`` that ``features`` says are absent."""
-    named = codegen.llvm_get_cpu_features(tvm.target.Target({"kind": "llvm", "mcpu": cpu}))
-    return sorted(str(name) for name in named if features.get(str(name), True) is False)
+def features_missing(target, features):
+    """The features LLVM enables for the CPU ``target`` that ``features`` (:func:`host_cpu_features`'
+    form) says are absent."""
+    return sorted(str(name) for name in codegen.llvm_get_cpu_features(target) if features.get(str(name), True) is False)
 
 
 def cache_dir():

@@ -121,6 +121,19 @@ def projection_workload(spec, rows, target):
     return ProjectionWorkload(rows, spec.input_size, spec.hidden_size, spec.num_gates, lanes, spec.dtype)
 
 
+def _runs_here(what, target):
+    """A ValueError where ``target``'s code would use instruction sets this CPU lacks (the model's
+    own name on a VM that hides some of them: ``-mcpu=znver4`` without AVX-512), rather than the
+    illegal instruction that would end the process."""
+    from .build import features_missing, host_cpu_features
+
+    lacking = features_missing(target, host_cpu_features())
+    if lacking:
+        raise ValueError(f"{what}: the target {target} uses {', '.join(lacking)}, which this CPU lacks, so its "
+                         "kernels cannot run here; use 'llvm' for this CPU, or measure on a machine that has "
+                         "them through an RPC tracker (--rpc-tracker, --rpc-key)")
+
+
 def tuned_rows(spec, target):
     """The chunk row counts of layer ``spec`` that ``target``'s database has a record in use for:
     one read of the database, so that calls with a new sequence length need not ask the compiler
@@ -439,6 +452,8 @@ def tune(mode, input_size, hidden_size, batch, seq_len, dtype="float32", target=
     target = parse_target(target)
     if target.kind.name != "llvm":
         raise ValueError(f"tune: only CPU (llvm) targets are supported so far, got {target.kind.name}")
+    if runner is None:
+        _runs_here("tune", target)
     if not target.attrs.get("num-cores"):  # meta_schedule needs it, and would say so only after its imports
         raise ValueError(f"tune: the target {target} names no core count; add -num-cores=N (the "
                          "device's physical cores)")
@@ -479,6 +494,8 @@ def remeasure(target="llvm", runner=None, say=print):
 
     target = parse_target(target)
     directory = schedules_dir() / hardware_key(target)
+    if runner is None:
+        _runs_here("remeasure", target)
     if runner is None and hardware_key(target) != hardware_key(host_target()):
         raise ValueError(f"remeasure: the database {directory.name} is for another machine than this one "
                          f"({hardware_key(host_target())}), whose times would replace the device's; "

@@ -433,13 +433,15 @@ def test_the_host_target_uses_no_feature_this_cpu_lacks():
     AVX-512 one. The host target turns such features off, and only those."""
     from tvm.target import codegen
 
-    from lucid_tvm.build import features_missing, host_cpu_features, host_target
+    from lucid_tvm.build import features_missing, host_cpu_features, host_target, parse_target
 
     here = host_cpu_features()
     enabled = {str(name) for name in codegen.llvm_get_cpu_features(host_target())}
     assert not {name for name in enabled if here.get(name) is False}
     assert "avx2" in enabled or not here.get("avx2")
     # The rule itself, for a CPU model this machine need not be.
-    assert "avx512f" in features_missing("znver4", {"avx512f": False, "avx2": True})
-    assert "avx2" not in features_missing("znver4", {"avx512f": False, "avx2": True})
-    assert features_missing("znver4", {}) == []
+    znver4 = parse_target("llvm -mcpu=znver4")
+    assert "avx512f" in features_missing(znver4, {"avx512f": False, "avx2": True})
+    assert "avx2" not in features_missing(znver4, {"avx512f": False, "avx2": True})
+    assert features_missing(znver4, {}) == []
+    assert features_missing(parse_target("llvm -mcpu=znver4 -mattr=-avx512f"), {"avx512f": False}) == []

@@ -278,8 +278,9 @@ def test_tune_refuses_what_would_fail_after_the_search(monkeypatch, tmp_path):
     cannot be made are refused before any search starts, not after its minutes."""
     monkeypatch.setattr(tuning, "tune_workload", lambda *args, **kwargs: pytest.fail("the search started"))
     monkeypatch.setenv("LUCID_TVM_SCHEDULES_DIR", str(tmp_path))
+    without_cores = {key: value for key, value in host_target().attrs.items() if key in ("mcpu", "mattr")}
     with pytest.raises(ValueError, match="-num-cores=N"):
-        tuning.tune("GRU", 4, 8, 1, 2, target=f"llvm -mcpu={host_target().attrs['mcpu']}")
+        tuning.tune("GRU", 4, 8, 1, 2, target={"kind": "llvm", **without_cores})
     directory = tmp_path / tuning.hardware_key(host_target())
     directory.mkdir()
     (directory / "database_workload.json").write_text("garbage\n")
@@ -407,3 +408,17 @@ def test_measured_times_keep_four_significant_digits():
     one was used for being 10% faster."""
     assert (tuning._microseconds(2.2e-8), tuning._microseconds(1.95e-8)) == (0.022, 0.0195)
     assert tuning._microseconds(0.0123456) == 12350.0
+
+
+@pytest.mark.parametrize("run", ["tune", "remeasure"])
+def test_measuring_here_refuses_a_target_this_cpu_cannot_run(monkeypatch, run):
+    """A CPU model's own name on a VM that hides some of its features (znver4 without AVX-512)
+    passes for this machine (one database directory), but its kernels would die of an illegal
+    instruction: a ValueError instead, naming the features."""
+    from lucid_tvm import build
+
+    monkeypatch.setattr(build, "host_cpu_features", lambda: {"avx512f": False, "avx2": True, "fma": True})
+    call = {"tune": lambda: tuning.tune("GRU", 8, 8, 1, 4, target="llvm -mcpu=znver4 -num-cores=2"),
+            "remeasure": lambda: tuning.remeasure("llvm -mcpu=znver4 -num-cores=2")}[run]
+    with pytest.raises(ValueError, match="avx512f, which this CPU lacks"):
+        call()
