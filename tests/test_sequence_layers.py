@@ -477,8 +477,9 @@ def test_hidden_split_takes_its_first_step_from_project_first(mode, hidden, batc
 # block by block (schedule.tiles_first). LSTM 128 (8 blocks, the 2 rows of its last tile) and RNN 256
 # (4 blocks, the 5th row) read the blocks at the ends of the hidden split's ranges in pieces, the last
 # first, on odd steps (schedule.pieces), in every variant. At batch 1 the hidden split reads blocks in
-# pairs, each task's first and last unit turned, the one thread block by block: LSTM 150 (3 pieces, 5
-# blocks a task) has a pair turned, a pair not, and a block alone, turned.
+# pairs where their accumulators fit (AVX-512; one at a time on AVX2), each task's first and last unit
+# turned, the one thread block by block: LSTM 150 (3 pieces, 5 blocks a task) has a pair turned, a
+# pair not, and a block alone, turned. (The shapes named are AVX-512's: lanes of 16, tiles of 6-8 rows.)
 # Batch-first, the first layer projects rows that gather copied (GRU 33: the batch split; LSTM 12: the
 # recurrence that projects as it goes). RNN 160 has blocks of 2 vectors (5 blocks, tiles of 8 rows:
 # the batch split's parts take a full tile and the 9th row), which pad it less than 4 would.
@@ -490,18 +491,24 @@ def test_variants_give_identical_answers(mode, hidden, batch, batch_first, rng):
     """One thread, all split by hidden blocks or all split by batch rows, or one thread while
     another core projects: the same numbers, bit for bit, for every variant of the projection and
     the recurrence the runtime may choose."""
-    from lucid_tvm import runtime
-
     ref, ours = torch_twin(mode, hidden, hidden, num_layers=2, bidirectional=True, batch_first=batch_first)
     # 31 steps: every shape here has a chunk of odd length, whose final state each part copies back.
     x = rng.standard_normal((batch, 31, hidden) if batch_first else (31, batch, hidden)).astype(np.float32)
+    _every_variant_gives_one_answer(ours, x, ref)
+
+
+def _every_variant_gives_one_answer(ours, x, ref):
+    """``ours(x)`` the same, bit for bit, whichever projection and recurrence variants of its first
+    layer run, and ``ref``'s (torch's) within tolerance."""
+    from lucid_tvm import runtime
+
     first = ours(x)[0].numpy()
     kernel = ours.layers[0]._kernel()
     plan = runtime._plans.__dict__[kernel.identity]
     runners = plan.run_chunk
     # The batch split is offered from 4 rows (below 8 rows a tile), else from one full tile; with
     # several cores and small steps, the recurrence that projects as it goes.
-    rows, cores = kernel.schedule["rows"], kernel.schedule["cores"]
+    rows, cores, batch, hidden = kernel.schedule["rows"], kernel.schedule["cores"], plan.batch, ours.hidden_size
     splits_batch = batch >= (4 if rows < 8 else rows) and cores > 1
     small_steps = batch * kernel.spec.num_gates * hidden ** 2 < kernel.schedule["parallel_step_macs"]
     assert {runner.name for runner in runners.variants} == (
@@ -517,6 +524,32 @@ def test_variants_give_identical_answers(mode, hidden, batch, batch_first, rng):
             np.testing.assert_array_equal(ours(x)[0].numpy(), first)
     with torch.no_grad():
         assert_close(first, ref(torch.from_numpy(x))[0])
+
+
+# AVX2's 16 registers give tiles of fewer rows (schedule.default_schedule): LSTM 2 (the rest of a
+# batch of 7: one row, k split in two), GRU 4 (21 rows: 5 tiles and one row), RNN 6 with blocks of 2
+# vectors; and the hidden split's batch-1 step reads its blocks one at a time, not in pairs (LSTM
+# 152: 19 blocks, pieces turned on odd steps). Compiled for x86-64-v3 (AVX2, FMA), which any such
+# CPU runs, so that a machine with AVX-512 checks them too.
+@pytest.mark.parametrize("mode, hidden, batch", [
+    ("LSTM", 136, 7), ("LSTM", 152, 1), ("GRU", 35, 21), ("RNN_TANH", 168, 9)])
+def test_avx2_kernels_give_every_variant_one_answer(mode, hidden, batch, rng, tmp_path, monkeypatch):
+    import lucid_tvm
+    from lucid_tvm import runtime
+    from lucid_tvm.artifact import _cpu_flags
+
+    if not {"avx2", "fma"} <= set(_cpu_flags() or ()):
+        pytest.skip("needs an x86 CPU with AVX2 and FMA")
+    monkeypatch.setattr(runtime, "_registry", dict(runtime._registry))  # the loaded kernels: this test's only
+    ref, ours = torch_twin(mode, hidden, hidden)
+    x = rng.standard_normal((31, batch, hidden)).astype(np.float32)
+    target = "llvm -mcpu=x86-64-v3 -num-cores=2"
+    try:
+        loaded = lucid_tvm.load(lucid_tvm.export(ours, tmp_path / "avx2", target=target, example_input=x))
+        assert loaded.layers[0]._kernel().schedule["rows"] == {"LSTM": 2, "GRU": 4, "RNN_TANH": 6}[mode]
+        _every_variant_gives_one_answer(loaded, x, ref)
+    finally:
+        runtime.layer_kernel.cache_clear()  # kernel objects of this test's registry
 
 
 @pytest.mark.parametrize("mode", ["RNN_TANH", "LSTM", "GRU"])
