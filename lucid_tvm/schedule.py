@@ -117,7 +117,8 @@ def default_schedule(target, num_gates, hidden_size, dtype):
     return CpuSchedule(
         lanes=lanes,
         # Each row's accumulators, the block's weight vectors (loaded once, used by every row)
-        # and the broadcast input value. One more row spills them to the stack every k: on AVX2
+        # and the broadcast input value (counted as float32's: float16, which sums in float32,
+        # takes more). One more row spills them to the stack every k: on AVX2
         # (16 registers) an LSTM input projection ran at 72 GFLOP/s with 4 rows and 145 with 2,
         # a GRU's at 78 with 5 rows and 164 with 4, an RNN's (blocks of 2 vectors) at 48 with 7
         # rows and 156 with 6 (docs/design.md, "AVX2").

@@ -386,11 +386,12 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
 
     def units(task):
         """The blocks of hidden-split task ``task``, as a one-row step of that split reads them:
-        in ``unit``s from the first (``blocks_row``), the last alone where the count is odd."""
+        in ``unit``s from the first (``blocks_row``): pairs, the last alone where the count is
+        odd, or one block at a time."""
         lo, hi = task_first(task, n_hidden), task_first(task + 1, n_hidden)
         return [list(range(b, min(b + unit, hi))) for b in range(lo, hi, unit)]
 
-    # The blocks read first and last by each task (a pair, or the one alone), so turned on odd steps.
+    # The blocks read first and last by each task (their units), so turned on odd steps.
     ends = sorted({b for t in range(n_hidden) for b in units(t)[0] + units(t)[-1]})
 
     def in_step_order(j, n, odd):
