@@ -5,8 +5,8 @@
 
 How: small TIR kernels compiled for this CPU, run on every core at once (one task per core):
 
-- FMA peak: the best rate of lucid_tvm's packed GEMM (an LSTM layer's input projection, M x 512
-  x 2048, 24 accumulators per tile), whose inner loop is nothing but vector FMAs. (A synthetic loop of dependent
+- FMA peak: the best rate of lucid_tvm's packed GEMM (LSTM and GRU layers' input projections,
+  M x 512 x 2048 and x 1536), whose inner loop is nothing but vector FMAs. (A synthetic loop of dependent
   FMAs on a local buffer reached only 40% of it: LLVM kept that buffer in memory, which is what TVM
   does with a "local" buffer unless told otherwise; see "Scratch on the stack" in docs/design.md.)
 - Read bandwidth: each task sums its own buffer over and over with 8 vector accumulators, kept in
@@ -95,17 +95,20 @@ class Probe:
         build = lambda f: compile_module(tvm.IRModule({"main": f}), self.target)["main"]  # noqa: E731
         out = tvm.runtime.empty((self.cores, lanes), "float32")
 
-        # An LSTM layer's input projection: 6 rows x 4 gates = 24 accumulators per tile, the best
-        # of a few shapes (tile edges and caches differ).
-        kernel = runtime.layer_kernel("LSTM", 512, 512, "float32")
+        # LSTM and GRU layers' input projections (on AVX-512, 6 rows x 4 gates and 8 rows x 3
+        # gates = 24 accumulators per tile; on AVX2, whose 16 registers hold fewer, 2 x 4 and
+        # 4 x 3), the best of a few shapes (tile edges and caches differ).
         rng = np.random.default_rng(0)
-        w_ih, b_ih, _, _ = kernel.pack(rng.standard_normal((2048, 512)), rng.standard_normal((2048, 512)), None, None)
         self.projections = []  # (flops a call, function, arguments)
-        for rows in (48, 192, 768):
-            x = runtime.aligned(rng.standard_normal((rows, 512)), "float32")
-            xp = runtime.aligned_empty((rows, kernel.blocks, 4, kernel.lanes), "float32")
-            self.projections.append((2 * rows * 512 * 2048, kernel.functions["project_parallel"],
-                                     (runtime._dl(x), w_ih, b_ih, runtime._dl(xp), 0)))
+        for mode, gates in (("LSTM", 4), ("GRU", 3)):
+            kernel = runtime.layer_kernel(mode, 512, 512, "float32")
+            w = rng.standard_normal((gates * 512, 512))
+            w_ih, b_ih, _, _ = kernel.pack(w, w, None, None)
+            for rows in (48, 192, 768):
+                x = runtime.aligned(rng.standard_normal((rows, 512)), "float32")
+                xp = runtime.aligned_empty((rows, kernel.blocks, gates, kernel.lanes), "float32")
+                self.projections.append((2 * rows * 512 * gates * 512, kernel.functions["project_parallel"],
+                                         (runtime._dl(x), w_ih, b_ih, runtime._dl(xp), 0)))
 
         self.l2, self.l3 = _cache_sizes()
         self.reads = {}  # level: (bytes read a call, function, arguments)
