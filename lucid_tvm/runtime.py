@@ -329,12 +329,13 @@ class LayerKernel:
         by hidden blocks (the threshold orders these two), then split by batch rows when compiled
         and the batch can be split: only rows the one-thread variant sums in full-tile order can
         go to any part (``kernels/recurrent.py``), which are its full tiles of ``rows`` rows and the
-        first tiles of the rest that do not split k (a tile of 4 at 5-7 rows a tile, of 2 at 3). Where one thread comes first and there are several cores,
-        ``recur_projecting`` comes before them all: it runs the recurrence on one thread while
-        another core projects the next few steps. Not where the hidden split comes first: there it
-        was slower (RNN 256/1/150: 245 us a call against 182), yet won timing trials run while
-        another process held a core, and the bench then ran RNN_TANH 256/1 28% slower. Nor where
-        the chunk's projection is a tuned schedule rather than the default it runs."""
+        first tiles of the rest that do not split k (a tile of 4 at 5-7 rows a tile, of 2 at 3).
+        Where one thread comes first and there are several cores, ``recur_projecting`` comes
+        before them all: it runs the recurrence on one thread while another core projects the
+        next few steps. Not where the hidden split comes first: there it was slower (RNN
+        256/1/150: 245 us a call against 182), yet won timing trials run while another process
+        held a core, and the bench then ran RNN_TANH 256/1 28% slower. Nor where the chunk's
+        projection is a tuned schedule rather than the default it runs."""
         if _without_pool():
             return ("recur",)
         s, rows = self.spec, self.schedule["rows"]

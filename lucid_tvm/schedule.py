@@ -99,7 +99,8 @@ def default_schedule(target, num_gates, hidden_size, dtype):
     # Few gates leave accumulators unused: a block then spans several vectors (up to 4), so one
     # broadcast input value feeds more FMAs. Never wider than the layer itself, and a power of two:
     # blocks of 3 vectors (48 lanes for hidden sizes 33-48 on AVX-512) compiled to code 3-18x
-    # slower a step than blocks of 2 or 4 (docs/design.md).
+    # slower a step than blocks of 2 or 4 (docs/design.md). (Three quarters of the registers for
+    # the accumulators of 6 rows.)
     vectors = max(1, min(4, registers * 3 // 4 // (6 * gates), -(-hidden_size // simd)))
     vectors = 1 << (vectors.bit_length() - 1)
     # A column of padding costs as much as a real one, and a step split by hidden blocks waits for
@@ -121,7 +122,7 @@ def default_schedule(target, num_gates, hidden_size, dtype):
         # takes more). One more row spills them to the stack every k: on AVX2
         # (16 registers) an LSTM input projection ran at 72 GFLOP/s with 4 rows and 145 with 2,
         # a GRU's at 78 with 5 rows and 164 with 4, an RNN's (blocks of 2 vectors) at 48 with 7
-        # rows and 156 with 6 (docs/design.md, "AVX2").
+        # rows and 156 with 6 (docs/design.md, "x86 without AVX-512").
         rows=min(8, max(2, (registers - gates * vectors - 1) // (gates * vectors))),
         parallel_step_macs=PARALLEL_STEP_MACS,
         parallel_call_macs=PARALLEL_CALL_MACS,
