@@ -414,7 +414,8 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
         rows (up to 7 at rows = 8), with k split."""
         full = n_b // R * R
         unsplit = [size for size in REMAINDER_TILES if size < R and ways[size] == 1]
-        return full + n_b % R // unsplit[-1] * unsplit[-1] if unsplit else full
+        # (One such tile at most: it has more than R / 2 rows.)
+        return full + T.if_then_else(n_b % R >= unsplit[0], unsplit[0], 0) if unsplit else full
 
     def part_start(part, n_b, ordered):
         """First row of batch-split ``part`` (``n_b`` for ``part == n_parts``): an even share of the
