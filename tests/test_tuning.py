@@ -65,6 +65,13 @@ def _current(workload):
     return tuning.projection_workload(spec, workload["rows"], host_target()).lanes == workload["lanes"]
 
 
+def _this_cpu():
+    """The host target's CPU, with no core count: its -mcpu and, on a VM that hides some of that
+    model's features (AVX-512), the -mattr that turns them off."""
+    here = host_target().attrs
+    return {"kind": "llvm", **{key: here[key] for key in ("mcpu", "mattr") if here.get(key)}}
+
+
 def _committed_current_workload():
     """(directory, workload): a committed database and its smallest record that today's default
     kernels ask for on this CPU. Its trace replays on any CPU with the same vector lanes, so a
@@ -127,11 +134,7 @@ def test_export_for_another_cpu_ships_its_tuned_projections(monkeypatch, tmp_pat
     carries the projections that CPU's database has in use for the layer, whatever row counts
     the example ran: this machine's database has none, and the example runs 3 rows."""
     committed, workload = _committed_current_workload()
-    here = host_target()
-    other = {"kind": "llvm", "mcpu": str(here.attrs["mcpu"]), "num-cores": int(here.attrs["num-cores"]) + 1}
-    if here.attrs.get("mattr"):  # the features this CPU lacks of its model's (a VM without AVX-512)
-        other["mattr"] = [str(feature) for feature in here.attrs["mattr"]]
-    other = parse_target(other)
+    other = parse_target({**_this_cpu(), "num-cores": int(host_target().attrs["num-cores"]) + 1})
     _database_using(committed, workload, tmp_path / tuning.hardware_key(other))
     monkeypatch.setenv("LUCID_TVM_SCHEDULES_DIR", str(tmp_path))
     runtime.layer_kernel.cache_clear()
@@ -278,9 +281,8 @@ def test_tune_refuses_what_would_fail_after_the_search(monkeypatch, tmp_path):
     cannot be made are refused before any search starts, not after its minutes."""
     monkeypatch.setattr(tuning, "tune_workload", lambda *args, **kwargs: pytest.fail("the search started"))
     monkeypatch.setenv("LUCID_TVM_SCHEDULES_DIR", str(tmp_path))
-    without_cores = {key: value for key, value in host_target().attrs.items() if key in ("mcpu", "mattr")}
     with pytest.raises(ValueError, match="-num-cores=N"):
-        tuning.tune("GRU", 4, 8, 1, 2, target={"kind": "llvm", **without_cores})
+        tuning.tune("GRU", 4, 8, 1, 2, target=_this_cpu())
     directory = tmp_path / tuning.hardware_key(host_target())
     directory.mkdir()
     (directory / "database_workload.json").write_text("garbage\n")
