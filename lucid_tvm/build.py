@@ -101,15 +101,15 @@ def lower_layer(spec, schedule):
 
     def recurrence(split):
         return recurrent.recurrence(s.mode, s.hidden_size, s.dtype, *knobs, split, schedule.cores,
-                                    schedule.tiles_first, schedule.pieces)
+                                    schedule.tiles_first, schedule.pieces, schedule.wide)
 
     functions = {"gather": recurrent.gather_steps(s.input_size, s.dtype)}
     for parallel, suffix in ((False, ""), (True, "_parallel")):
         functions["project" + suffix] = recurrent.projection(s.num_gates, s.hidden_size, s.dtype, *knobs, parallel,
-                                                             cores=schedule.cores)
+                                                             cores=schedule.cores, wide=schedule.wide)
         functions["recur" + suffix] = recurrence("hidden" if parallel else None)
     functions["project_first"] = recurrent.projection(s.num_gates, s.hidden_size, s.dtype, *knobs, True,
-                                                      first_step=True, cores=schedule.cores)
+                                                      first_step=True, cores=schedule.cores, wide=schedule.wide)
     if schedule.cores > 1:
         functions["recur_batch_parallel"] = recurrence("batch")
         functions["recur_projecting"] = recurrence("projection")
@@ -184,7 +184,7 @@ def lower_identity(identity, target):
 
         def lower_gemm():
             return tvm.IRModule({name: recurrent.projection(1, output_size, dtype, schedule.lanes, schedule.rows,
-                                                            parallel, cores=schedule.cores)
+                                                            parallel, cores=schedule.cores, wide=schedule.wide)
                                   .with_attr("global_symbol", name)
                                  for name, parallel in variants.items()})
 

@@ -8,6 +8,8 @@ The CPU kernels (``kernels/recurrent.py``) take these knobs; this module picks t
 - ``rows``: rows that share each weight vector load, 2 to 8: as many as leave their
   ``rows * gates * vectors per block`` accumulators, the block's weight vectors and the
   broadcast input in the vector registers (:func:`vector_registers`).
+- ``wide``: a taller tile for rows in bulk, reading a few gates at a time, where that keeps more
+  accumulators in the registers (:func:`wide_tile`: an LSTM on AVX2).
 - ``tiles_first``: a step runs every hidden block's ``h @ W_hh^T`` before any block's gate math
   where ``W_hh`` fits in the core's L1 cache (``L1_BYTES``): such a step waits on its chain of
   dependent operations, and the gate math of one block then overlaps the next block's. Where the
@@ -64,6 +66,7 @@ class CpuSchedule:
     cores: int = 1
     tiles_first: bool = False
     pieces: int = 1
+    wide: tuple | None = None
 
 
 def vector_bits(target):
@@ -92,6 +95,22 @@ def _most_columns(size, block, cores):
     return -(-num_blocks(size, block) // cores) * block
 
 
+def wide_tile(registers, gates, vectors, rows):
+    """``(rows, gates)`` of a tile for rows in bulk that keeps more accumulators in the registers
+    than ``rows`` rows of all gates, by reading a block's gates that many at a time (one pass over
+    k each), or None. Its rows are a multiple of ``rows``, at most 8. On AVX2 (16 registers) an
+    LSTM's 2 rows of 4 gates keep 8 accumulators, too few to hide the FMA latency on two FMA
+    pipes; 6 rows of 2 gates keep 12: its input projection ran at 161 GFLOP/s against 143
+    (docs/design.md, "x86 without AVX-512"). With 32 registers no layout gains."""
+    best, most = None, rows * gates * vectors
+    for n_g in range(1, gates):
+        if gates % n_g == 0:
+            n_rows = min(8, (registers - n_g * vectors - 1) // (n_g * vectors)) // rows * rows
+            if n_rows * n_g * vectors > most:
+                best, most = (n_rows, n_g), n_rows * n_g * vectors
+    return best
+
+
 def default_schedule(target, num_gates, hidden_size, dtype):
     """Knobs for kernels producing ``num_gates * hidden_size`` columns (a GEMM: num_gates=1)."""
     gates, simd = num_gates, vector_lanes(target, dtype)
@@ -115,15 +134,17 @@ def default_schedule(target, num_gates, hidden_size, dtype):
     lanes = simd * vectors
     recurrent_weight_bytes = hidden_size * packed_row_bytes(gates, hidden_size, lanes, dtype)  # W_hh packed
     pieces = -(-hidden_size * gates * lanes * np.dtype(dtype).itemsize // (L1_BYTES // 2))  # of a W_hh block
+    # Each row's accumulators, the block's weight vectors (loaded once, used by every row) and the
+    # broadcast input value (counted as float32's: float16, which sums in float32, takes more).
+    # One more row spills them to the stack every k: on AVX2 (16 registers) an LSTM input
+    # projection ran at 72 GFLOP/s with 4 rows and 145 with 2, a GRU's at 78 with 5 rows and 164
+    # with 4, an RNN's (blocks of 2 vectors) at 48 with 7 rows and 156 with 6 (docs/design.md,
+    # "x86 without AVX-512").
+    rows = min(8, max(2, (registers - gates * vectors - 1) // (gates * vectors)))
     return CpuSchedule(
         lanes=lanes,
-        # Each row's accumulators, the block's weight vectors (loaded once, used by every row)
-        # and the broadcast input value (counted as float32's: float16, which sums in float32,
-        # takes more). One more row spills them to the stack every k: on AVX2
-        # (16 registers) an LSTM input projection ran at 72 GFLOP/s with 4 rows and 145 with 2,
-        # a GRU's at 78 with 5 rows and 164 with 4, an RNN's (blocks of 2 vectors) at 48 with 7
-        # rows and 156 with 6 (docs/design.md, "x86 without AVX-512").
-        rows=min(8, max(2, (registers - gates * vectors - 1) // (gates * vectors))),
+        rows=rows,
+        wide=wide_tile(registers, gates, vectors, rows),
         parallel_step_macs=PARALLEL_STEP_MACS,
         parallel_call_macs=PARALLEL_CALL_MACS,
         cores=cores,

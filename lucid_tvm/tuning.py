@@ -280,7 +280,7 @@ def _default_module(workload, target):
     schedule = default_schedule(target, w.num_gates, w.output_size, w.dtype)
     parallel = w.rows * w.input_size * w.num_gates * w.output_size >= schedule.parallel_call_macs
     func = recurrent.projection(w.num_gates, w.output_size, w.dtype, w.lanes, schedule.rows, parallel,
-                                cores=schedule.cores)
+                                cores=schedule.cores, wide=schedule.wide)
     return tvm.IRModule({"project": func})
 
 

@@ -38,7 +38,7 @@ def variant_call(mode, hidden, batch, steps, schedule, split, directory):
     b_hh = 0.1 * rng.standard_normal(gates * hidden).astype(np.float32)
     xp_rows = rng.standard_normal((steps * batch, gates * hidden)).astype(np.float32)
     function = recurrent.recurrence(mode, hidden, "float32", lanes, schedule.rows, split, schedule.cores,
-                                    schedule.tiles_first, schedule.pieces)
+                                    schedule.tiles_first, schedule.pieces, schedule.wide)
     path = f"{directory}/{mode}{hidden}_{lanes}x{schedule.rows}x{schedule.pieces}.so"
     module = compile_module(tvm.IRModule({"recur": function.with_attr("global_symbol", "recur")}),
                             build.host_target())
@@ -78,8 +78,10 @@ def main():
         calls = {}
         for text in args.schedules:
             lanes, rows, *pieces = (int(v) for v in text.split("x"))
+            # (The default wide tile is a multiple of the default rows: none with other rows.)
             schedule = dataclasses.replace(default, lanes=lanes, rows=rows,
-                                           pieces=pieces[0] if pieces else default.pieces)
+                                           pieces=pieces[0] if pieces else default.pieces,
+                                           wide=default.wide if rows == default.rows else None)
             calls[text] = variant_call(mode, hidden, batch, steps, schedule, SPLITS[args.variant], directory)
         times = {text: [] for text in calls}
         for call in range(args.calls):

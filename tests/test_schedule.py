@@ -53,4 +53,12 @@ def test_a_tile_fits_in_the_vector_registers(target, registers):
             vectors = gates * schedule.lanes // vector_lanes(target, "float32")
             assert schedule.rows * vectors + vectors + 1 <= registers, (gates, hidden, schedule)
             assert 2 <= schedule.rows <= 8
+            if schedule.wide is not None:  # fits too, and keeps more accumulators than a full tile
+                rows, wide_gates = schedule.wide
+                pass_vectors = vectors // gates * wide_gates
+                assert rows * pass_vectors + pass_vectors + 1 <= registers, (gates, hidden, schedule)
+                assert rows % schedule.rows == 0 and gates % wide_gates == 0 and rows <= 8
+                assert rows * pass_vectors > schedule.rows * vectors
     assert default_schedule(target, 4, 256, "float32").rows == (2 if registers == 16 else 6)
+    # An AVX2 LSTM's 2 rows of 4 gates keep 8 accumulators; 6 rows of 2 gates at a time keep 12.
+    assert default_schedule(target, 4, 256, "float32").wide == ((6, 2) if registers == 16 else None)

@@ -23,6 +23,7 @@ aligned. Hidden and input sizes, dtype and the knobs below are fixed per module:
 
 - ``lanes``: SIMD width in elements (hidden units per block),
 - ``rows``: rows (batch entries or time-batch rows) that share one weight load in registers,
+- ``wide``: (or None) a taller tile reading a few gates at a time, for rows in bulk (``_row_tiles``),
 - ``parallel``: split hidden blocks across the thread pool (per GEMM, and in every time step).
 - ``tiles_first``: the order of a step's work: every block's ``h @ W_hh^T``, then every block's
   gate math; or block by block (see ``step``).
@@ -53,16 +54,24 @@ ON_STACK = {"disable_lower_builtin": True}
 REMAINDER_TILES = (4, 2, 1)
 
 
-def _row_tiles(G, L, R, dtype, pieces=1):
+def _row_tiles(G, L, R, dtype, pieces=1, wide=None):
     """Macros for ``out[m, blk] = a[m, :] @ w[blk] + bias[blk]`` over packed weights, the inner
     kernel of both the projection and each recurrent step: ``tile`` does ``nrows`` rows with one
     weight load shared by all of them, ``remainder`` the last ``rest < R <= 8`` rows as tiles of
     4, 2 and 1 smaller than R (which covers any rest below 8, hence R <= 8), and ``in_order``
     does the same summing every row in the order of a full tile (no split k loop, see below);
     ``blocks_row`` does one row against several blocks in one loop. Each takes ``turn``: read the
-    block in ``pieces`` ranges of k, last first (the recurrence's odd steps)."""
+    block in ``pieces`` ranges of k, last first (the recurrence's odd steps).
+
+    ``wide`` (or None): ``(rows, gates)`` of a tile that ``all_rows`` and ``full_tiles`` run
+    before tiles of R rows, a multiple of R rows reading its block's gates that many at a time,
+    one k loop each: where R rows of all gates leave registers unused (see
+    ``schedule.wide_tile``). It sums every row as a full tile does, so the answers are the same."""
     if not 2 <= R <= 8:
         raise ValueError(f"rows must be in [2, 8], got {R}")
+    wide_rows, wide_gates = wide or (0, 0)
+    if wide is not None and (wide_rows % R or G % wide_gates):
+        raise ValueError(f"a wide tile's rows must be a multiple of {R} and its gates divide {G}, got {wide}")
     # Fewer rows than R leave too few independent FMA chains to hide the FMA latency (a batch-1
     # LSTM step has 4): the k loop is then split S ways into separate accumulators (interleaved,
     # so w is still read in order), keeping about as many accumulators as a full tile. Except a
@@ -77,21 +86,32 @@ def _row_tiles(G, L, R, dtype, pieces=1):
     # stays at 2048 (a bias gradient over a batch of 4096, the tracetorch face's backward).
     acc_dtype = "float32" if dtype == "float16" else dtype
 
-    def wide(value):
+    def widen(value):
         return value if acc_dtype == dtype else T.cast(value, acc_dtype)
 
     def narrow(value):
         return value if acc_dtype == dtype else T.cast(value, dtype)
 
     @T.macro
-    def accumulate(nrows, n_blk, S, ko, row0, blk, a, w, acc):
+    def accumulate(nrows, n_blk, S, ko, row0, blk, a, w, acc, g0=0, n_g=G):
+        # Gates g0 .. g0 + n_g - 1 (acc holds those only).
         for r in T.unroll(nrows):
             for s in T.unroll(S):
                 for c in T.unroll(n_blk):
-                    for g in T.unroll(G):
+                    for g in T.unroll(n_g):
                         for l in T.vectorized(L):
-                            acc[s, r, c, g, l] = acc[s, r, c, g, l] + wide(a[row0 + r, ko * S + s]) * wide(
-                                w[blk + c, ko * S + s, g, l])
+                            acc[s, r, c, g, l] = acc[s, r, c, g, l] + widen(a[row0 + r, ko * S + s]) * widen(
+                                w[blk + c, ko * S + s, g0 + g, l])
+
+    @T.macro
+    def prefetch(k, blk, w, ahead, ahead_line, other):
+        # Row k's gate vector ``ahead_line`` of block ``ahead`` of ``w`` and of block ``blk`` of
+        # ``other``, either of them None for none (see ``split_tile``).
+        if ahead is not None:  # (read, locality 2: prefetcht1)
+            T.evaluate(T.call_intrin("void", "tirx.prefetch", T.address_of(w[ahead, k, ahead_line, 0]), 0, 2, 1))
+        if other is not None:
+            T.evaluate(T.call_intrin("void", "tirx.prefetch", T.address_of(
+                other[blk, T.min(k, other.shape[1] - 1), ahead_line, 0]), 0, 2, 1))
 
     @T.macro
     def split_tile(nrows, n_blk, S, row0, blk, a, w, bias, out, turn, ahead=None, ahead_line=0, other=None):
@@ -104,7 +124,7 @@ def _row_tiles(G, L, R, dtype, pieces=1):
         acc = T.alloc_buffer((S, nrows, n_blk, G, L), acc_dtype, scope="local", annotations=ON_STACK)
         for r, c, g in T.grid(nrows, n_blk, G):
             for l in T.vectorized(L):
-                acc[0, r, c, g, l] = wide(bias[blk + c, g, l])
+                acc[0, r, c, g, l] = widen(bias[blk + c, g, l])
             for s in range(1, S):
                 for l in T.vectorized(L):
                     acc[s, r, c, g, l] = T.cast(0, acc_dtype)
@@ -123,12 +143,7 @@ def _row_tiles(G, L, R, dtype, pieces=1):
                     accumulate(nrows, n_blk, S, ko, row0, blk, a, w, acc)
         else:
             for ko in range(a.shape[1] // S):
-                if ahead is not None:  # (read, locality 2: prefetcht1)
-                    T.evaluate(T.call_intrin("void", "tirx.prefetch", T.address_of(w[ahead, ko * S, ahead_line, 0]),
-                                             0, 2, 1))
-                if other is not None:
-                    T.evaluate(T.call_intrin("void", "tirx.prefetch", T.address_of(
-                        other[blk, T.min(ko * S, other.shape[1] - 1), ahead_line, 0]), 0, 2, 1))
+                prefetch(ko * S, blk, w, ahead, ahead_line, other)
                 accumulate(nrows, n_blk, S, ko, row0, blk, a, w, acc)
         if S > 1:
             for kr in range(a.shape[1] % S):
@@ -137,7 +152,7 @@ def _row_tiles(G, L, R, dtype, pieces=1):
                     for c in T.unroll(n_blk):
                         for g in T.unroll(G):
                             for l in T.vectorized(L):
-                                acc[0, r, c, g, l] = acc[0, r, c, g, l] + wide(a[row0 + r, k]) * wide(w[blk + c, k, g, l])
+                                acc[0, r, c, g, l] = acc[0, r, c, g, l] + widen(a[row0 + r, k]) * widen(w[blk + c, k, g, l])
             for r, c, g in T.grid(nrows, n_blk, G):
                 for s in range(1, S):
                     for l in T.vectorized(L):
@@ -147,8 +162,42 @@ def _row_tiles(G, L, R, dtype, pieces=1):
                 out[row0 + r, blk + c, g, l] = narrow(acc[0, r, c, g, l])
 
     @T.macro
+    def wide_tile(row0, blk, a, w, bias, out, ahead=None, tile_index=0, other=None):
+        # The wide tile's rows against block ``blk``, ``wide_gates`` gates at a time, each group one
+        # pass over k: every row and gate summed as in a full tile (from the bias, k in order).
+        # Each pass prefetches its own gate vector (``split_tile``'s ``ahead``).
+        for group in T.unroll(G // wide_gates):
+            acc = T.alloc_buffer((1, wide_rows, 1, wide_gates, L), acc_dtype, scope="local", annotations=ON_STACK)
+            for r, g in T.grid(wide_rows, wide_gates):
+                for l in T.vectorized(L):
+                    acc[0, r, 0, g, l] = widen(bias[blk, group * wide_gates + g, l])
+            for k in range(a.shape[1]):
+                prefetch(k, blk, w, ahead, (tile_index * (G // wide_gates) + group) % G, other)
+                accumulate(wide_rows, 1, 1, k, row0, blk, a, w, acc, group * wide_gates, wide_gates)
+            for r, g in T.grid(wide_rows, wide_gates):
+                for l in T.vectorized(L):
+                    out[row0 + r, blk, group * wide_gates + g, l] = narrow(acc[0, r, 0, g, l])
+
+    @T.macro
     def tile(nrows, row0, blk, a, w, bias, out, turn):
         split_tile(nrows, 1, ways[nrows], row0, blk, a, w, bias, out, turn)
+
+    @T.macro
+    def full_tiles(n_tiles, row0, blk, a, w, bias, out, turn, ahead=None, other=None, wide_only=False):
+        # ``n_tiles`` full tiles of R rows from ``row0``, or as many of them as it can in wide
+        # tiles first. Full tile i (or wide tile i's group j) prefetches gate vector i % G (or
+        # that of group i * groups + j) of block ``ahead``, so that the first G bring all of it
+        # into L2; likewise of block ``blk`` of ``other``. ``wide_only``: only wide tiles do.
+        if wide is None:
+            for i in range(n_tiles):
+                split_tile(R, 1, ways[R], row0 + i * R, blk, a, w, bias, out, turn, None if wide_only else ahead, i % G,
+                           None if wide_only else other)
+        else:
+            for i in range(n_tiles // (wide_rows // R)):
+                wide_tile(row0 + i * wide_rows, blk, a, w, bias, out, ahead, i, other)
+            for i in range(n_tiles % (wide_rows // R)):
+                split_tile(R, 1, ways[R], row0 + (n_tiles - n_tiles % (wide_rows // R) + i) * R, blk, a, w, bias, out,
+                           turn, None if wide_only else ahead, i % G, None if wide_only else other)
 
     @T.macro
     def blocks_row(n_blk, row, blk0, a, w, bias, out, turn):
@@ -180,17 +229,15 @@ def _row_tiles(G, L, R, dtype, pieces=1):
     def all_rows(n_out, blk, a, w, bias, out, ahead=None, other=None):
         # Full tiles from row 0, then the last ``n_out % R`` rows: each row's sums are in the same
         # order however the rows are split into calls, as long as every part but the last has a
-        # multiple of R rows. With block ``ahead``, full tile i prefetches its gate vector i % G,
-        # so the first G full tiles bring all of it into L2; likewise block ``blk`` of ``other``.
+        # multiple of R rows. Full tiles prefetch block ``ahead`` and ``other`` (``full_tiles``).
         rest = T.bind(n_out % R)
-        for tile_index in range(n_out // R):
-            split_tile(R, 1, ways[R], tile_index * R, blk, a, w, bias, out, False, ahead, tile_index % G, other)
+        full_tiles(n_out // R, 0, blk, a, w, bias, out, False, ahead, other)
         remainder(rest, n_out - rest, blk, a, w, bias, out, False)
 
-    return tile, remainder, in_order, all_rows, blocks_row, ways
+    return tile, full_tiles, remainder, in_order, all_rows, blocks_row, ways
 
 
-def projection(num_gates, output_size, dtype, lanes, rows, parallel, first_step=False, cores=1):
+def projection(num_gates, output_size, dtype, lanes, rows, parallel, first_step=False, cores=1, wide=None):
     """PrimFunc ``project(x (M, K), w (NB, K, G, L), b (NB, G, L), xp (N, NB, G, L), first_row)``.
 
     ``xp[i] = x[first_row + i] @ W^T + b`` for i < N, with a (G*output_size, K) weight packed by
@@ -215,7 +262,7 @@ def projection(num_gates, output_size, dtype, lanes, rows, parallel, first_step=
     P = cores
     whole, left = NB // P, NB % P  # whole blocks per task, and the blocks left over
 
-    tile, remainder, _, all_rows, _, _ = _row_tiles(G, L, R, dtype)
+    tile, _, remainder, _, all_rows, _, _ = _row_tiles(G, L, R, dtype, wide=wide)
 
     @T.macro
     def share_of_rows(task, n_out, blk, a, w, bias, out):
@@ -231,7 +278,9 @@ def projection(num_gates, output_size, dtype, lanes, rows, parallel, first_step=
         @T.prim_func
         def project(x_h: T.handle, w_h: T.handle, b_h: T.handle, xp_h: T.handle, first_row: T.int32):
             T.func_attr({"global_symbol": "project", "tirx.noalias": True})
-            n_m, n_k, n_out = T.int32(), T.int32(), T.int32()
+            # 64-bit sizes: with 32-bit ones each row of a tile computed its address anew every k
+            # (``movslq``, ``lea``), and the AVX2 LSTM's wide tile ran at 132 GFLOP/s, not 161.
+            n_m, n_k, n_out = T.int64(), T.int64(), T.int64()
             x = T.match_buffer(x_h, (n_m, n_k), dtype, align=element)
             w = T.match_buffer(w_h, (NB, n_k, G, L), dtype)
             b = T.match_buffer(b_h, (NB, G, L), dtype)
@@ -267,7 +316,7 @@ def projection(num_gates, output_size, dtype, lanes, rows, parallel, first_step=
     def project_first(x_h: T.handle, w_h: T.handle, b_h: T.handle, xp_h: T.handle, first_row: T.int32,
                       h_h: T.handle, u_h: T.handle, rb_h: T.handle, hp_h: T.handle):
         T.func_attr({"global_symbol": "project_first", "tirx.noalias": True})
-        n_m, n_k, n_out, n_b = T.int32(), T.int32(), T.int32(), T.int32()
+        n_m, n_k, n_out, n_b = T.int64(), T.int64(), T.int64(), T.int32()
         x = T.match_buffer(x_h, (n_m, n_k), dtype, align=element)
         w = T.match_buffer(w_h, (NB, n_k, G, L), dtype)
         b = T.match_buffer(b_h, (NB, G, L), dtype)
@@ -313,7 +362,8 @@ def gather_steps(input_size, dtype):
     return gather
 
 
-def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles_first=False, pieces=1):
+def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles_first=False, pieces=1,
+               wide=None):
     """PrimFunc ``recur`` running ``n`` steps of one layer-direction (one chunk of a sequence).
 
     Arguments: ``xp (n, B, NB, G, L)`` from :func:`projection`, packed ``w (NB, H, G, L)`` and
@@ -358,7 +408,7 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
     n_parts = parts if split == "batch" else 1
     n_tasks = min(parts, NB) if split == "hidden" else 1
 
-    tile, remainder, in_order, all_rows, blocks_row, ways = _row_tiles(G, L, R, dtype, pieces)
+    _, full_tiles, remainder, in_order, all_rows, blocks_row, ways = _row_tiles(G, L, R, dtype, pieces, wide)
     # A one-row step on one thread runs all blocks' tiles as one loop (``blocks_row``) where their
     # accumulators fit in those of a full tile (LSTM to 48, GRU to 64 units on AVX-512). Its step
     # waits on a chain of latencies with W_hh in L1 or close: LSTM 32/1 8-16% and GRU 32/1 24%
@@ -398,6 +448,14 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
         """The ``j``-th of a task's ``n`` blocks (or units) as a step reads them: forwards on even
         steps, backwards on odd ones (see ``step``)."""
         return T.if_then_else(odd, n - 1 - j, j)
+
+    def next_block(first, j, count, odd):
+        """The block a step reads after its ``j``-th of ``count`` from ``first`` (the last one
+        itself), for the wide tiles to prefetch: with all of a block's rows in wide tiles it
+        waits long on its FMAs, and the next block's stream overlaps them (LSTM 1024/16/25 on
+        AVX2 0.72-0.87x the time a call; docs/design.md). Not with tiles of R rows: LSTM 512/4/25
+        took 1.08x as long with them prefetching."""
+        return first + in_step_order(T.min(j + 1, count - 1), count, odd) if wide else None
 
     def turned(odd, blk):
         return tirx.And(odd, functools.reduce(tirx.Or, [blk == end for end in ends]))
@@ -453,10 +511,10 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
                 y[t, b, yoff + blk * L + l] = hnext[b, blk * L + l]
 
     @T.macro
-    def row_tiles(row0, n_rows, n_split, blk, hprev, w, rb, hp, turn):
+    def row_tiles(row0, n_rows, n_split, blk, hprev, w, rb, hp, turn, ahead):
+        # Wide tiles prefetch block ``ahead`` (see ``step``).
         if n_parts == 1:  # (the general form below covers one part too, with tiles it never runs)
-            for bo in range(n_rows // R):
-                tile(R, row0 + bo * R, blk, hprev, w, rb, hp, turn)
+            full_tiles(n_rows // R, row0, blk, hprev, w, rb, hp, turn, ahead, None, True)
             rest = T.bind(n_rows % R)
             remainder(rest, row0 + n_rows - rest, blk, hprev, w, rb, hp, turn)
         else:
@@ -464,8 +522,7 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
             # order, in that order (full tiles, then tiles of 4, 2, 1 that do not split k), then
             # (the last part only) the ``n_split`` rows it sums with k split, in its tiles.
             n_ordered = T.bind(n_rows - n_split)
-            for bo in range(n_ordered // R):
-                tile(R, row0 + bo * R, blk, hprev, w, rb, hp, turn)
+            full_tiles(n_ordered // R, row0, blk, hprev, w, rb, hp, turn, ahead, None, True)
             rest = T.bind(n_ordered % R)
             in_order(rest, row0 + n_ordered - rest, blk, hprev, w, rb, hp, turn)
             remainder(n_split, row0 + n_ordered, blk, hprev, w, rb, hp, turn)
@@ -532,13 +589,14 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
                 if tiles:
                     for j in range(count):
                         blk = T.bind(first + in_step_order(j, count, odd))
-                        row_tiles(row0, n_rows, n_split, blk, hprev, w, rb, hp, turned(odd, blk))
+                        row_tiles(row0, n_rows, n_split, blk, hprev, w, rb, hp, turned(odd, blk), None)
                 all_gates(first, count, odd, row0, n_rows, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
             else:
                 for j in range(count):
                     blk = T.bind(first + in_step_order(j, count, odd))
                     if tiles:
-                        row_tiles(row0, n_rows, n_split, blk, hprev, w, rb, hp, turned(odd, blk))
+                        row_tiles(row0, n_rows, n_split, blk, hprev, w, rb, hp, turned(odd, blk),
+                                  next_block(first, j, count, odd))
                     block_gates(row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t)
 
     @T.macro
@@ -628,7 +686,7 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
                   xp_h: T.handle, w_h: T.handle, rb_h: T.handle, hs_h: T.handle, cs_h: T.handle,
                   hp_h: T.handle, y_h: T.handle, yoff: T.int32, t0: T.int32, reverse: T.int32):
             T.func_attr({"global_symbol": "recur", "tirx.noalias": True})
-            n_s, n_b, n_t, yw, n_m, n_k = T.int32(), T.int32(), T.int32(), T.int32(), T.int32(), T.int32()
+            n_s, n_b, n_t, yw, n_m, n_k = T.int32(), T.int32(), T.int32(), T.int32(), T.int64(), T.int64()
             x = T.match_buffer(x_h, (n_m, n_k), dtype, align=element)
             wi = T.match_buffer(wi_h, (NB, n_k, G, L), dtype)
             bi = T.match_buffer(bi_h, (NB, G, L), dtype)
@@ -648,7 +706,7 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
                   xp_h: T.handle, w_h: T.handle, rb_h: T.handle, hs_h: T.handle,
                   hp_h: T.handle, y_h: T.handle, yoff: T.int32, t0: T.int32, reverse: T.int32):
             T.func_attr({"global_symbol": "recur", "tirx.noalias": True})
-            n_s, n_b, n_t, yw, n_m, n_k = T.int32(), T.int32(), T.int32(), T.int32(), T.int32(), T.int32()
+            n_s, n_b, n_t, yw, n_m, n_k = T.int32(), T.int32(), T.int32(), T.int32(), T.int64(), T.int64()
             x = T.match_buffer(x_h, (n_m, n_k), dtype, align=element)
             wi = T.match_buffer(wi_h, (NB, n_k, G, L), dtype)
             bi = T.match_buffer(bi_h, (NB, G, L), dtype)
