@@ -100,7 +100,7 @@ def wide_tile(registers, gates, vectors, rows):
     than ``rows`` rows of all gates, by reading a block's gates that many at a time (one pass over
     k each), or None. Its rows are a multiple of ``rows``, at most 8. On AVX2 (16 registers) an
     LSTM's 2 rows of 4 gates keep 8 accumulators, too few to hide the FMA latency on two FMA
-    pipes; 6 rows of 2 gates keep 12: its input projection ran at 161 GFLOP/s against 143
+    pipes; 6 rows of 2 gates keep 12: its input projection ran at 166 GFLOP/s against 144
     (docs/design.md, "x86 without AVX-512"). With 32 registers no layout gains."""
     best, most = None, rows * gates * vectors
     for n_g in range(1, gates):

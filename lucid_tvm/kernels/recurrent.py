@@ -279,7 +279,7 @@ def projection(num_gates, output_size, dtype, lanes, rows, parallel, first_step=
         def project(x_h: T.handle, w_h: T.handle, b_h: T.handle, xp_h: T.handle, first_row: T.int32):
             T.func_attr({"global_symbol": "project", "tirx.noalias": True})
             # 64-bit sizes: with 32-bit ones each row of a tile computed its address anew every k
-            # (``movslq``, ``lea``), and the AVX2 LSTM's wide tile ran at 132 GFLOP/s, not 161.
+            # (``movslq``, ``lea``), and the AVX2 LSTM's wide tile ran at 132-142 GFLOP/s, not 161-166.
             n_m, n_k, n_out = T.int64(), T.int64(), T.int64()
             x = T.match_buffer(x_h, (n_m, n_k), dtype, align=element)
             w = T.match_buffer(w_h, (NB, n_k, G, L), dtype)
