@@ -152,7 +152,8 @@ def _row_tiles(G, L, R, dtype, pieces=1, wide=None):
                     for c in T.unroll(n_blk):
                         for g in T.unroll(G):
                             for l in T.vectorized(L):
-                                acc[0, r, c, g, l] = acc[0, r, c, g, l] + widen(a[row0 + r, k]) * widen(w[blk + c, k, g, l])
+                                acc[0, r, c, g, l] = acc[0, r, c, g, l] + widen(a[row0 + r, k]) * widen(
+                                    w[blk + c, k, g, l])
             for r, c, g in T.grid(nrows, n_blk, G):
                 for s in range(1, S):
                     for l in T.vectorized(L):
