@@ -488,7 +488,7 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
     @T.macro
     def gate_math(width, row0, n_rows, blk, xp, hp, hprev, hnext, y, yoff, cst, tt, t):
         # Only ``width`` lanes are stored: a tail block's padding would spill into the next columns.
-        act = T.alloc_buffer((G, L), dtype, scope="local", annotations=ON_STACK)
+        act = T.alloc_buffer((G + is_lstm, L), dtype, scope="local", annotations=ON_STACK)
         for b in range(row0, row0 + n_rows):
             # One statement per gate (a constant `if` picks the gates this mode has).
             for l in T.vectorized(width):
@@ -503,12 +503,19 @@ def recurrence(mode, hidden_size, dtype, lanes, rows, split=None, parts=1, tiles
                 for l in T.vectorized(width):
                     act[3, l] = activation(3, xp, hp, act, tt, b, blk, l)
             # Stores rather than let-bound values: a let of an expression with lets inside is
-            # vectorized wrongly by TVM 0.27 (every lane gets the last lane's value).
+            # vectorized wrongly by TVM 0.27 (every lane gets the last lane's value). The new cell
+            # state goes to the scratch first, which LLVM keeps in a register, and tanh reads it
+            # there: read back from ``cst`` after its store, LLVM loaded it again in pieces (lane 0
+            # from the register, lanes 1, 2-3 and 4-7 from memory) right behind the whole-vector
+            # store, and AVX2 LSTM gate math took about 15% longer in L1 (docs/design.md).
+            if is_lstm:
+                for l in T.vectorized(width):
+                    act[G, l] = new_cell(lambda k: act[k, l], cst[b, blk * L + l])
+                for l in T.vectorized(width):
+                    cst[b, blk * L + l] = act[G, l]
             for l in T.vectorized(width):
-                if is_lstm:
-                    cst[b, blk * L + l] = new_cell(lambda k: act[k, l], cst[b, blk * L + l])
                 hnext[b, blk * L + l] = new_hidden(
-                    mode, lambda k: act[k, l], hprev[b, blk * L + l], cst[b, blk * L + l] if is_lstm else None)
+                    mode, lambda k: act[k, l], hprev[b, blk * L + l], act[G, l] if is_lstm else None)
                 y[t, b, yoff + blk * L + l] = hnext[b, blk * L + l]
 
     @T.macro
