@@ -1,8 +1,8 @@
 """sigmoid and tanh for the kernels, written with plain arithmetic so they vectorize.
 
 TVM lowers ``tirx.exp`` / ``tirx.tanh`` / ``tirx.sigmoid`` to scalar libm calls, which dominate a
-recurrent step at small batch. For float32 these versions use only multiply-adds, min/max, a
-floor, one division and bit operations, so LLVM keeps them in SIMD registers. Relative error is
+recurrent step at small batch. For float32 these versions use only multiply-adds, min/max, one
+division and bit operations, so LLVM keeps them in SIMD registers. Relative error is
 below 1e-6 wherever the result is a normal float (``tests/test_fastmath.py``, against numpy in
 float64); NaN propagates. float16 goes through them in float32 and is rounded once, as torch's
 CPU ops compute it (TVM's intrinsics in float16 round at every operation). float64 keeps TVM's
@@ -14,9 +14,9 @@ polynomials are evaluated by Estrin's scheme rather than Horner's rule (a shorte
 dependent operations; up to 5% off a small layer's step, ``docs/design.md``). The
 coefficients come from ``scripts/fit_fastmath.py`` (near-minimax relative error):
 
-- sigmoid: ``1 / (1 + exp(-x))``. exp: ``x = n ln2 + r`` with ``|r| <= ln2 / 2``, a degree-5
-  polynomial in r (7.5e-8), and ``2^n`` built in the exponent bits. x is clamped to [-87, 89]:
-  at -87, 2^n stays a normal float; at 89, n is 128, whose exponent bits are those of +inf, so
+- sigmoid: ``1 / (1 + exp(-x))``. exp: ``-x = n ln2 + r`` with ``|r| <= ln2 / 2``, a degree-5
+  polynomial in r (7.5e-8), and ``2^n`` built in the exponent bits. x is clamped to [-89, 87]:
+  at 87, 2^n stays a normal float; at -89, n is 128, whose exponent bits are those of +inf, so
   sigmoid is exactly 0 from -88.4 down (where its true value is subnormal) as torch's is, and
   ``sigmoid(-inf) * inf`` is NaN as in torch (a GRU's reset gate on an infinite state).
 - tanh: ``x p(x^2) / q(x^2)`` with p of degree 5 and q of degree 3 (8.9e-8) for ``|x| <= 8``,
@@ -31,6 +31,12 @@ _LN2_LO = 1.4286068203094173e-06
 # Highest power first.
 _EXP_POLY = [0.008297652937471867, 0.04191538318991661, 0.16667574644088745, 0.49998894333839417,
              0.9999997019767761, 1.0000001192092896]
+# e^-s for the polynomial's e^r at s = -r: the odd powers' coefficients negated.
+_EXP_POLY_MINUS = [-c if (len(_EXP_POLY) - 1 - i) % 2 else c for i, c in enumerate(_EXP_POLY)]
+# 1.5 * 2^23 + 127: the sum of it and a float y of magnitude below 2^22 is a float of ulp 1, y
+# rounded to the nearest integer, and its last 9 bits are that integer plus 127 (modulo 512), the
+# exponent field of 2^n for -126 <= n <= 128.
+_SHIFTER = 12582912.0 + 127.0
 _TANH_CLAMP = 8.0  # a power of two: beyond it, clamped x times 1/8 is exactly +-1
 _TANH_P = [2.6117101536993204e-11, -1.562191265236379e-08, 1.0161680620512925e-05,
            0.0030155007261782885, 0.13006393611431122, 1.0]
@@ -94,27 +100,35 @@ def _clamped(x, low, high, body):
     return let(tirx.Select(x < low, low, x), lambda v: let(tirx.Select(v > high, high, v), body))
 
 
-def _exp32(x):
-    """exp for float32. A NaN runs through as a NaN: its 2^n is made from whatever integer the
-    conversion gives (x86's for NaN is INT_MIN), and the polynomial, NaN, makes the product NaN."""
+def _exp_minus(x):
+    """e^-x for float32, as 2^n e^r with -x = n ln2 + r and |r| <= ln2 / 2, x clamped to [-89, 87]
+    (see the module's notes). n comes rounded to the nearest integer as the last bits of
+    ``-x log2e + _SHIFTER`` (a float of ulp 1 there), so that shifting those bits into the exponent
+    field makes 2^n: no rounding, conversion or integer add. Negated throughout (``s = -r``, the
+    odd coefficients negated), so that -x is never formed. A NaN stays NaN: the clamp keeps it, and
+    the polynomial of it is NaN whatever 2^n its bits make."""
     def clamped(x):
-        def split(n):
-            def reduced(r):
-                bits = tirx.shift_left(n.astype("int32") + tirx.const(127, "int32"), tirx.const(23, "int32"))
-                return _estrin(_EXP_POLY, r) * tirx.reinterpret("float32", bits)
+        def rounded(t):
+            def split(n):
+                def reduced(s):
+                    scale = tirx.reinterpret("float32", tirx.shift_left(tirx.reinterpret("int32", t),
+                                                                        tirx.const(23, "int32")))
+                    return _estrin(_EXP_POLY_MINUS, s) * scale
 
-            return let(x - n * _f(_LN2_HI) - n * _f(_LN2_LO), reduced)
+                return let(x + n * _f(_LN2_HI) + n * _f(_LN2_LO), reduced)
 
-        return let(tirx.floor(x * _f(_LOG2E) + _f(0.5)), split)
+            return let(t - _f(_SHIFTER), split)
 
-    return _clamped(x, _f(-87.0), _f(89.0), clamped)
+        return let(x * _f(-_LOG2E) + _f(_SHIFTER), rounded)
+
+    return _clamped(x, _f(-89.0), _f(87.0), clamped)
 
 
 def sigmoid(x):
     x = _expr(x)
     if not _is_fast(x):
         return _in_float32(sigmoid, x) if _is_half(x) else tirx.sigmoid(x)
-    return let(x, lambda v: _f(1.0) / (_f(1.0) + _exp32(-v)))
+    return let(x, lambda v: _f(1.0) / (_f(1.0) + _exp_minus(v)))
 
 
 def _tanh_intrinsic(x):
