@@ -180,11 +180,11 @@ def prepare_case(case, threads):
 
 
 def time_cases(all_impls, reps, sample_limits):
-    """Median ms per call of each implementation of each case, and the list of what
-    ``sample_limits()`` returned at the start of each round. A round gives every implementation of
-    every case a turn, so a burst of noise on this shared VM (it lasts seconds, and moved single
-    cases 2x when all of a case's rounds ran back to back) hits a few rounds of each case rather
-    than every round of one."""
+    """Median ms per call of each implementation of each case, the same per round (a list, one
+    median of its turn's calls per round), and the list of what ``sample_limits()`` returned at the
+    start of each round. A round gives every implementation of every case a turn, so a burst of
+    noise on this shared VM (it lasts seconds, and moved single cases 2x when all of a case's
+    rounds ran back to back) hits a few rounds of each case rather than every round of one."""
     times = [{name: [] for name in impls} for impls in all_impls]
     samples = []
     for _ in range(reps):
@@ -198,7 +198,22 @@ def time_cases(all_impls, reps, sample_limits):
                     case_times[name].append(time.perf_counter() - start)
                 if name in SPINS_AFTER:
                     time.sleep(SPIN_PAUSE)
-    return [{name: statistics.median(t) * 1e3 for name, t in case_times.items()} for case_times in times], samples
+    medians = [{name: statistics.median(t) * 1e3 for name, t in case_times.items()} for case_times in times]
+    rounds = [{name: [statistics.median(t[i:i + CALLS_PER_TURN]) * 1e3 for i in range(0, len(t), CALLS_PER_TURN)]
+               for name, t in case_times.items()} for case_times in times]
+    return medians, rounds, samples
+
+
+def round_speedups(rounds):
+    """The first and third quartiles of lucid_tvm's speedup over the best peer taken round by
+    round (each round's fastest peer over its lucid_tvm, their turns a few seconds apart): how far
+    the machine's noise moves the speedup. Where 1.0x lies between them, a speedup on either side
+    of it is within that noise."""
+    ratios = [min(rounds[name][i] for name in PEERS) / ours for i, ours in enumerate(rounds["lucid_tvm"])]
+    if len(ratios) < 2:
+        return ratios[0], ratios[0]
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    return q1, q3
 
 
 # Pools that go on spinning after the last call, past the next implementation's untimed calls,
@@ -361,36 +376,44 @@ def print_sequence_table(cases, reps, threads):
     # 422 GFLOP/s on three occasions), so limits measured at another time say little about a run.
     probe = Probe()
     prepared = [prepare_case(case, threads) for case in cases]
-    timed, samples = time_cases([p[0] for p in prepared], reps, lambda: probe.sample(fma_runs=5, read_runs=3))
+    timed, rounds, samples = time_cases([p[0] for p in prepared], reps,
+                                        lambda: probe.sample(fma_runs=5, read_runs=3))
     limits = probe.describe(median_limits(samples), f"scripts/bench.py: the median over its {reps} rounds of "
                                                     "scripts/machine_limits.py's kernels, the best of a few runs a round")
     print(f"float32, median ms of {reps} interleaved rounds x {CALLS_PER_TURN} calls. bound: this machine's lower bound "
           f"from its limits measured in the same rounds (scripts/machine_limits.py's kernels, medians: "
           f"{limits['fma_peak_flops'] / 1e9:.0f} GFLOP/s, L2 {limits['bandwidth_bytes_per_s']['L2'] / 1e9:.0f} GB/s); "
+          f"rounds = the middle half of the speedups taken round by round (each round's best peer over its "
+          f"lucid_tvm), which the noise spreads; "
           f"of bound = bound / lucid_tvm; peak MiB = memory one lucid_tvm call allocates beyond the layer's weights "
           f"and packed weights; max err = lucid_tvm's largest difference from torch (output, h_n, c_n); "
           f"torch with its default "
           f"threading, ONNX Runtime (ORT) with its threads spinning (its default) and not (ORT ns)")
     header = (f"{'cell':9s} {'L':>1s} {'I':>4s} {'H':>4s} {'B':>3s} {'T':>4s} {'bf':>2s} | {'lucid_tvm':>9s} "
-              f"{'numpy':>8s} {'torch':>8s} {'ORT':>8s} {'ORT ns':>8s} | {'vs best':>7s} | {'bound':>7s} {'of bound':>8s} | "
+              f"{'numpy':>8s} {'torch':>8s} {'ORT':>8s} {'ORT ns':>8s} | {'vs best':>7s} {'rounds':>11s} | {'bound':>7s} {'of bound':>8s} | "
               f"{'peak MiB':>8s} {'max err':>8s}")
     print(header)
     print("-" * len(header))
     rows = []
-    for case, (_, errors, memory), ms in zip(cases, prepared, timed):
+    for case, (_, errors, memory), ms, case_rounds in zip(cases, prepared, timed, rounds):
         best_peer = min(ms[name] for name in PEERS)
         bound = lower_bound_ms(case, limits)
+        q1, q3 = round_speedups(case_rounds)
         row = {**asdict(case), **{f"{k}_ms": v for k, v in ms.items()}, "speedup_vs_best_peer": best_peer / ms["lucid_tvm"],
-               "bound_ms": bound, "fraction_of_bound": bound / ms["lucid_tvm"], "peak_mib": memory,
-               "max_err": errors["lucid_tvm"]}
+               "speedup_q1": q1, "speedup_q3": q3, "bound_ms": bound, "fraction_of_bound": bound / ms["lucid_tvm"],
+               "peak_mib": memory, "max_err": errors["lucid_tvm"]}
         rows.append(row)
         print(f"{case.mode:9s} {case.layers:1d} {case.input_size:4d} {case.hidden:4d} {case.batch:3d} {case.steps:4d} "
               f"{'y' if case.batch_first else 'n':>2s} | {ms['lucid_tvm']:9.3f} {ms['numpy']:8.3f} {ms['torch']:8.3f} "
-              f"{ms['onnxruntime']:8.3f} {ms['onnxruntime_nospin']:8.3f} | {row['speedup_vs_best_peer']:6.2f}x | {bound:7.3f} "
-              f"{row['fraction_of_bound']:7.0%} | {memory:8.2f} {row['max_err']:8.1e}", flush=True)
+              f"{ms['onnxruntime']:8.3f} {ms['onnxruntime_nospin']:8.3f} | {row['speedup_vs_best_peer']:6.2f}x "
+              f"{q1:5.2f}-{q3:4.2f}x | {bound:7.3f} {row['fraction_of_bound']:7.0%} | {memory:8.2f} {row['max_err']:8.1e}",
+              flush=True)
     speedups = [r["speedup_vs_best_peer"] for r in rows]
+    below = [r for r in rows if r["speedup_vs_best_peer"] < 1.0]
     print(f"geometric mean speedup over the best peer: {statistics.geometric_mean(speedups):.2f}x; "
-          f"lowest {min(speedups):.2f}x; lowest fraction of bound {min(r['fraction_of_bound'] for r in rows):.0%}")
+          f"lowest {min(speedups):.2f}x; lowest fraction of bound {min(r['fraction_of_bound'] for r in rows):.0%}; "
+          f"{len(below)} under 1.0x, {sum(r['speedup_q3'] >= 1.0 for r in below)} of them with 1.0x in their rounds' "
+          f"middle half")
     return rows, limits
 
 
