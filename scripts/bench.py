@@ -204,12 +204,13 @@ def time_cases(all_impls, reps, sample_limits):
     return medians, rounds, samples
 
 
-def round_speedups(rounds):
-    """The first and third quartiles of lucid_tvm's speedup over the best peer taken round by
-    round (each round's fastest peer over its lucid_tvm, their turns a few seconds apart): how far
-    the machine's noise moves the speedup. Where 1.0x lies between them, a speedup on either side
-    of it is within that noise."""
-    ratios = [min(rounds[name][i] for name in PEERS) / ours for i, ours in enumerate(rounds["lucid_tvm"])]
+def round_speedups(rounds, best_peer):
+    """The first and third quartiles of lucid_tvm's speedup over ``best_peer`` taken round by
+    round (the peer's turn over lucid_tvm's in the same round, a few seconds apart): how far the
+    machine's noise moves the speedup. Where 1.0x lies between them, a speedup on either side of
+    it is within that noise. (Each round's fastest peer instead would bias them low: the least of
+    three noisy times is below their medians' least.)"""
+    ratios = [peer / ours for peer, ours in zip(rounds[best_peer], rounds["lucid_tvm"])]
     if len(ratios) < 2:
         return ratios[0], ratios[0]
     q1, _, q3 = statistics.quantiles(ratios, n=4)
@@ -383,8 +384,8 @@ def print_sequence_table(cases, reps, threads):
     print(f"float32, median ms of {reps} interleaved rounds x {CALLS_PER_TURN} calls. bound: this machine's lower bound "
           f"from its limits measured in the same rounds (scripts/machine_limits.py's kernels, medians: "
           f"{limits['fma_peak_flops'] / 1e9:.0f} GFLOP/s, L2 {limits['bandwidth_bytes_per_s']['L2'] / 1e9:.0f} GB/s); "
-          f"rounds = the middle half of the speedups taken round by round (each round's best peer over its "
-          f"lucid_tvm), which the noise spreads; "
+          f"rounds = the middle half of the speedups over the best peer taken round by round, which the "
+          f"noise spreads; "
           f"of bound = bound / lucid_tvm; peak MiB = memory one lucid_tvm call allocates beyond the layer's weights "
           f"and packed weights; max err = lucid_tvm's largest difference from torch (output, h_n, c_n); "
           f"torch with its default "
@@ -398,7 +399,7 @@ def print_sequence_table(cases, reps, threads):
     for case, (_, errors, memory), ms, case_rounds in zip(cases, prepared, timed, rounds):
         best_peer = min(ms[name] for name in PEERS)
         bound = lower_bound_ms(case, limits)
-        q1, q3 = round_speedups(case_rounds)
+        q1, q3 = round_speedups(case_rounds, min(PEERS, key=ms.get))
         row = {**asdict(case), **{f"{k}_ms": v for k, v in ms.items()}, "speedup_vs_best_peer": best_peer / ms["lucid_tvm"],
                "speedup_q1": q1, "speedup_q3": q3, "bound_ms": bound, "fraction_of_bound": bound / ms["lucid_tvm"],
                "peak_mib": memory, "max_err": errors["lucid_tvm"]}
