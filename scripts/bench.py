@@ -397,9 +397,10 @@ def print_sequence_table(cases, reps, threads):
     print("-" * len(header))
     rows = []
     for case, (_, errors, memory), ms, case_rounds in zip(cases, prepared, timed, rounds):
-        best_peer = min(ms[name] for name in PEERS)
+        peer = min(PEERS, key=ms.get)
+        best_peer = ms[peer]
         bound = lower_bound_ms(case, limits)
-        q1, q3 = round_speedups(case_rounds, min(PEERS, key=ms.get))
+        q1, q3 = round_speedups(case_rounds, peer)
         row = {**asdict(case), **{f"{k}_ms": v for k, v in ms.items()}, "speedup_vs_best_peer": best_peer / ms["lucid_tvm"],
                "speedup_q1": q1, "speedup_q3": q3, "bound_ms": bound, "fraction_of_bound": bound / ms["lucid_tvm"],
                "peak_mib": memory, "max_err": errors["lucid_tvm"]}
